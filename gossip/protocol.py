@@ -1,0 +1,81 @@
+"""The protocol interface every gossip protocol implements, and the protocol error family.
+
+A protocol is a plain state machine (the h11 style): ``start(now)`` and ``handle(event, now)`` return the
+actions to carry out. The runner (simulator or node runtime) owns the clock, the network, the timers and
+the training worker; the protocol owns the rules.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from phalanx.gossip.events import (
+    Action,
+    Event,
+    MessageReceived,
+    PeerDown,
+    PeerId,
+    PeerUp,
+    TimerFired,
+    TrainingDone,
+)
+
+
+class ProtocolError(Exception):
+    """Something broke a protocol rule. ``remote`` errors are a peer's fault: drop or penalise that peer."""
+
+    def __init__(self, message: str, *, remote: bool, peer: PeerId | None = None) -> None:
+        super().__init__(message)
+        self.remote = remote
+        self.peer = peer
+
+
+class LocalProtocolError(ProtocolError):
+    """The runner misused the protocol (a bug on our side)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, remote=False)
+
+
+class RemoteProtocolError(ProtocolError):
+    """A peer sent something that breaks the protocol."""
+
+    def __init__(self, message: str, *, peer: PeerId) -> None:
+        super().__init__(message, remote=True, peer=peer)
+
+
+class Protocol(ABC):
+    """Base of all protocols. Subclasses implement ``start`` and the ``on_*`` handlers they need."""
+
+    @abstractmethod
+    def start(self, now: float) -> list[Action]:
+        """Begin: typically ask for the first round's training."""
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        """Dispatch one event to its handler."""
+        if isinstance(event, MessageReceived):
+            return self.on_message(event.peer, event.message, now)
+        if isinstance(event, TimerFired):
+            return self.on_timer(event.name, now)
+        if isinstance(event, TrainingDone):
+            return self.on_training_done(event, now)
+        if isinstance(event, PeerUp):
+            return self.on_peer_up(event.peer, now)
+        if isinstance(event, PeerDown):
+            return self.on_peer_down(event.peer, now)
+        raise LocalProtocolError(f"unknown event {event!r}")
+
+    @abstractmethod
+    def on_message(self, peer: PeerId, message: object, now: float) -> list[Action]: ...
+
+    @abstractmethod
+    def on_timer(self, name: str, now: float) -> list[Action]: ...
+
+    @abstractmethod
+    def on_training_done(self, event: TrainingDone, now: float) -> list[Action]: ...
+
+    def on_peer_up(self, peer: PeerId, now: float) -> list[Action]:
+        return []
+
+    def on_peer_down(self, peer: PeerId, now: float) -> list[Action]:
+        return []
