@@ -21,7 +21,10 @@ from typing import NoReturn
 from phalanx import __version__
 
 # Modules under phalanx/ that each add one subcommand (see register()).
-COMMAND_MODULES = ("phalanx.train_cmd",)
+COMMAND_MODULES = (
+    "phalanx.demo_cmd",
+    "phalanx.train_cmd",
+)
 
 
 class Parser(argparse.ArgumentParser):
