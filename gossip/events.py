@@ -11,7 +11,7 @@ Peers are named by strings: a libp2p peer id (base58) in the node, a stable name
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -70,7 +70,7 @@ class PeerDown:
     peer: PeerId
 
 
-Event = Union[MessageReceived, TimerFired, TrainingDone, PeerUp, PeerDown]
+Event = MessageReceived | TimerFired | TrainingDone | PeerUp | PeerDown
 
 
 # ---------------------------------------------------------------- actions (protocol -> runner)
@@ -136,4 +136,4 @@ class PenalisePeer:
     reason: str
 
 
-Action = Union[Send, Train, SetTimer, CancelTimer, RoundCompleted, PenalisePeer]
+Action = Send | Train | SetTimer | CancelTimer | RoundCompleted | PenalisePeer

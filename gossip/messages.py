@@ -8,7 +8,7 @@ register them at the bottom.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 import torch
 
@@ -42,7 +42,8 @@ class ModelUpdate:
         )
 
 
-Message = Union[ModelUpdate]
+# Every message type (extend as a union: ModelUpdate | Ping | ...).
+Message = ModelUpdate
 
 MESSAGE_TYPES: dict[str, Any] = {
     ModelUpdate.TYPE: ModelUpdate,

@@ -79,7 +79,9 @@ def pack(type_name: str, fields: dict[str, Any]) -> bytes:
 def unpack(body: bytes | bytearray | memoryview, limits: Limits) -> dict[str, Any]:
     """Decode a body into a map with explicit msgpack limits; checks version and the type field's form."""
     if len(body) > limits.max_frame:
-        raise WireError("frame-too-large", f"body of {len(body)} bytes exceeds the limit of {limits.max_frame}")
+        raise WireError(
+            "frame-too-large", f"body of {len(body)} bytes exceeds the limit of {limits.max_frame}"
+        )
     try:
         obj = msgpack.unpackb(
             body,
@@ -111,7 +113,7 @@ def read_int(fields: dict[str, Any], key: str, *, lo: int = 0, hi: int = 2**48) 
 
 def read_float(fields: dict[str, Any], key: str) -> float:
     value = fields.get(key)
-    if type(value) not in (int, float) or not math.isfinite(value):
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
         raise WireError("bad-field", f"{key!r} must be a finite number"[:200])
     return float(value)
 
@@ -128,7 +130,7 @@ def vector_bytes(vector: torch.Tensor) -> memoryview:
     array = vector.detach().cpu().contiguous().numpy()
     if sys.byteorder != "little":  # pragma: no cover - every platform we run on is little-endian
         array = array.astype("<f4")
-    return memoryview(array).cast("B")
+    return memoryview(array.data).cast("B")
 
 
 def read_vector(fields: dict[str, Any], key: str, *, dim: int) -> torch.Tensor:

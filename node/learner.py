@@ -164,7 +164,9 @@ class Trainer:
         return total / steps
 
     @torch.no_grad()
-    def evaluate(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, batch: int = 2000) -> tuple[float, float]:
+    def evaluate(
+        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, batch: int = 2000
+    ) -> tuple[float, float]:
         """Accuracy in [0, 1] and mean cross-entropy loss of ``params`` on (x, y)."""
         self.check_vector(params)
         self.flat.copy_(params)
@@ -207,7 +209,9 @@ class Learner:
         y = dataset.train_y[idx]
         self.y = flip_labels(y, dataset.num_classes) if flipped else y
         self.state = self.trainer.new_state()
-        self.sampler = BatchSampler(len(idx), self.trainer.config.batch_size, derive_seed(seed, "batches", index))
+        self.sampler = BatchSampler(
+            len(idx), self.trainer.config.batch_size, derive_seed(seed, "batches", index)
+        )
 
     @property
     def dim(self) -> int:

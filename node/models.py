@@ -13,13 +13,17 @@ class ModelError(ValueError):
     """A model name or shape that cannot be built."""
 
 
-def build_model(name: str, feature_shape: tuple[int, ...], num_classes: int, *, hidden: int = 64) -> nn.Module:
+def build_model(
+    name: str, feature_shape: tuple[int, ...], num_classes: int, *, hidden: int = 64
+) -> nn.Module:
     """Build a freshly initialised model for inputs of ``feature_shape`` (without the batch dimension)."""
     features = math.prod(feature_shape)
     if name == "logreg":
         return nn.Sequential(nn.Flatten(), nn.Linear(features, num_classes))
     if name == "mlp":
-        return nn.Sequential(nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+        return nn.Sequential(
+            nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
+        )
     if name == "cnn":
         if len(feature_shape) != 3 or feature_shape[1] < 12 or feature_shape[2] < 12:
             raise ModelError(f"cnn needs image inputs (C, H, W) of at least 12x12, got {feature_shape}")

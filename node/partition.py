@@ -74,7 +74,9 @@ def parse_partition(spec: str) -> tuple[str, float]:
         try:
             alpha = float(arg)
         except ValueError:
-            raise PartitionError(f"dirichlet needs a number alpha, as in dirichlet:0.5; got {spec!r}") from None
+            raise PartitionError(
+                f"dirichlet needs a number alpha, as in dirichlet:0.5; got {spec!r}"
+            ) from None
         if not alpha > 0 or not np.isfinite(alpha):
             raise PartitionError(f"dirichlet alpha must be a finite number > 0, got {arg}")
         return "dirichlet", alpha

@@ -7,7 +7,9 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("demo", help="the README's main job: train on the embedded MNIST and print accuracy")
+    parser = sub.add_parser(
+        "demo", help="the README's main job: train on the embedded MNIST and print accuracy"
+    )
     parser.set_defaults(func=run_demo)
 
 

@@ -14,11 +14,11 @@ if TYPE_CHECKING:
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument(
-        "--dataset", default="mnist", help="mnist (embedded, 8,000/2,000), blobs, or idx:PATH (default: mnist)"
+        "--dataset",
+        default="mnist",
+        help="mnist (embedded, 8,000/2,000), blobs, or idx:PATH (default: mnist)",
     )
-    group.add_argument(
-        "--partition", default="iid", help="iid, dirichlet:ALPHA or shards:K (default: iid)"
-    )
+    group.add_argument("--partition", default="iid", help="iid, dirichlet:ALPHA or shards:K (default: iid)")
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +26,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", default="mlp", help="logreg, mlp (784-64-10) or cnn (default: mlp)")
     group.add_argument("--lr", type=positive_float, default=0.05, help="learning rate (default: 0.05)")
     group.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum (default: 0.9)")
-    group.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="L2 weight decay (default: 0)")
+    group.add_argument(
+        "--weight-decay", type=non_negative_float, default=0.0, help="L2 weight decay (default: 0)"
+    )
     group.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default: 32)")
     group.add_argument(
         "--sam-rho", type=non_negative_float, default=0.0, help="sharpness-aware minimisation radius; 0 = off"

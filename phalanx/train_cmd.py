@@ -12,13 +12,21 @@ from phalanx.options import add_data_arguments, add_training_arguments, train_co
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("train", help="train one model locally (centralised baseline) and print its accuracy")
+    parser = sub.add_parser(
+        "train", help="train one model locally (centralised baseline) and print its accuracy"
+    )
     add_data_arguments(parser)
     add_training_arguments(parser)
     parser.add_argument("--steps", type=positive_int, default=750, help="local SGD steps (default: 750)")
-    parser.add_argument("--eval-every", type=positive_int, default=250, help="evaluate every N steps (default: 250)")
-    parser.add_argument("--nodes", type=positive_int, default=1, help="split the data across N nodes (default: 1)")
-    parser.add_argument("--index", type=non_negative_int, default=0, help="train on this node's shard (default: 0)")
+    parser.add_argument(
+        "--eval-every", type=positive_int, default=250, help="evaluate every N steps (default: 250)"
+    )
+    parser.add_argument(
+        "--nodes", type=positive_int, default=1, help="split the data across N nodes (default: 1)"
+    )
+    parser.add_argument(
+        "--index", type=non_negative_int, default=0, help="train on this node's shard (default: 0)"
+    )
     parser.add_argument("--flip-labels", action="store_true", help="poison the shard by label flipping")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_train)
@@ -35,7 +43,12 @@ def run_train(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset)
     shard = shard_of(dataset.train_y.numpy(), args.nodes, args.index, args.partition, seed=args.seed)
     learner = Learner(
-        dataset=dataset, shard=shard, model=args.model, config=config, seed=args.seed, index=args.index,
+        dataset=dataset,
+        shard=shard,
+        model=args.model,
+        config=config,
+        seed=args.seed,
+        index=args.index,
         flipped=args.flip_labels,
     )
     print(
@@ -46,7 +59,9 @@ def run_train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     done = 0
     acc, loss = learner.evaluate()
-    with tqdm(total=args.steps, unit="step", disable=args.no_progress or None, file=sys.stderr, leave=False) as bar:
+    with tqdm(
+        total=args.steps, unit="step", disable=args.no_progress or None, file=sys.stderr, leave=False
+    ) as bar:
         while done < args.steps:
             chunk = min(args.eval_every, args.steps - done)
             learner.train(chunk)
