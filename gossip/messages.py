@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from phalanx.gossip.membership import EMPTY_VIEW, MAX_COUNTER, ViewDelta
 from phalanx.gossip.wire import Limits, WireError, pack, read_int, read_vector, unpack, vector_bytes
 
 
@@ -42,11 +43,168 @@ class ModelUpdate:
         )
 
 
+# ---------------------------------------------------------------- MoDeST (gossip/modest.py) and membership
+
+
+def _check_params(name: str, params: torch.Tensor) -> None:
+    if params.dtype != torch.float32 or params.dim() != 1:
+        raise TypeError(f"{name}.params must be a 1-D float32 tensor")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ping:
+    """Are you available for round ``round``? ``nonce`` names the sampling search the answer belongs to."""
+
+    TYPE: ClassVar[str] = "ping"
+    round: int
+    nonce: int = 0
+
+    def to_fields(self) -> dict[str, Any]:
+        return {"r": self.round, "n": self.nonce}
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any], limits: Limits) -> Ping:
+        return cls(round=read_int(fields, "r", hi=limits.max_round), nonce=read_int(fields, "n", hi=2**63))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pong:
+    """The answer to a :class:`Ping`, echoing its round and nonce."""
+
+    TYPE: ClassVar[str] = "pong"
+    round: int
+    nonce: int = 0
+
+    def to_fields(self) -> dict[str, Any]:
+        return {"r": self.round, "n": self.nonce}
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any], limits: Limits) -> Pong:
+        return cls(round=read_int(fields, "r", hi=limits.max_round), nonce=read_int(fields, "n", hi=2**63))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainedModel:
+    """A trainer's model after local training in ``round``, sent to the aggregators of ``round + 1``."""
+
+    TYPE: ClassVar[str] = "modest-trained"
+    round: int
+    params: torch.Tensor
+    view: ViewDelta = EMPTY_VIEW
+
+    def __post_init__(self) -> None:
+        _check_params("TrainedModel", self.params)
+
+    def to_fields(self) -> dict[str, Any]:
+        return {"r": self.round, "p": vector_bytes(self.params), **self.view.to_fields()}
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any], limits: Limits) -> TrainedModel:
+        return cls(
+            round=read_int(fields, "r", hi=limits.max_round),
+            params=read_vector(fields, "p", dim=limits.dim),
+            view=ViewDelta.from_fields(fields, limits),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AggregatedModel:
+    """The model of ``round``, aggregated by one of its aggregators and sent to that round's trainers."""
+
+    TYPE: ClassVar[str] = "modest-aggregated"
+    round: int
+    params: torch.Tensor
+    view: ViewDelta = EMPTY_VIEW
+
+    def __post_init__(self) -> None:
+        _check_params("AggregatedModel", self.params)
+
+    def to_fields(self) -> dict[str, Any]:
+        return {"r": self.round, "p": vector_bytes(self.params), **self.view.to_fields()}
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any], limits: Limits) -> AggregatedModel:
+        return cls(
+            round=read_int(fields, "r", hi=limits.max_round),
+            params=read_vector(fields, "p", dim=limits.dim),
+            view=ViewDelta.from_fields(fields, limits),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Join:
+    """The sender joins (again): ``counter`` is its new, odd, membership counter."""
+
+    TYPE: ClassVar[str] = "join"
+    counter: int
+
+    def __post_init__(self) -> None:
+        if self.counter % 2 != 1:
+            raise ValueError("Join.counter must be odd")
+
+    def to_fields(self) -> dict[str, Any]:
+        return {"c": self.counter}
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any], limits: Limits) -> Join:
+        counter = read_int(fields, "c", lo=1, hi=MAX_COUNTER)
+        if counter % 2 != 1:
+            raise WireError("bad-field", "a join counter must be odd")
+        return cls(counter=counter)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Leave:
+    """The sender leaves: ``counter`` is its new, even, membership counter."""
+
+    TYPE: ClassVar[str] = "leave"
+    counter: int
+
+    def __post_init__(self) -> None:
+        if self.counter % 2 != 0 or self.counter < 2:
+            raise ValueError("Leave.counter must be even and >= 2")
+
+    def to_fields(self) -> dict[str, Any]:
+        return {"c": self.counter}
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any], limits: Limits) -> Leave:
+        counter = read_int(fields, "c", lo=2, hi=MAX_COUNTER)
+        if counter % 2 != 0:
+            raise WireError("bad-field", "a leave counter must be even")
+        return cls(counter=counter)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ViewUpdate:
+    """A membership view (the full one, answering a :class:`Join`) and the sender's current round."""
+
+    TYPE: ClassVar[str] = "view"
+    round: int
+    view: ViewDelta
+
+    def to_fields(self) -> dict[str, Any]:
+        return {"r": self.round, **self.view.to_fields()}
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any], limits: Limits) -> ViewUpdate:
+        return cls(
+            round=read_int(fields, "r", hi=limits.max_round), view=ViewDelta.from_fields(fields, limits)
+        )
+
+
 # Every message type (extend as a union: ModelUpdate | Ping | ...).
-Message = ModelUpdate
+Message = ModelUpdate | Ping | Pong | TrainedModel | AggregatedModel | Join | Leave | ViewUpdate
 
 MESSAGE_TYPES: dict[str, Any] = {
     ModelUpdate.TYPE: ModelUpdate,
+    Ping.TYPE: Ping,
+    Pong.TYPE: Pong,
+    TrainedModel.TYPE: TrainedModel,
+    AggregatedModel.TYPE: AggregatedModel,
+    Join.TYPE: Join,
+    Leave.TYPE: Leave,
+    ViewUpdate.TYPE: ViewUpdate,
 }
 
 
