@@ -97,7 +97,7 @@ def unpack(body: bytes | bytearray | memoryview, limits: Limits) -> dict[str, An
         raise WireError("malformed", f"not a msgpack body ({type(exc).__name__})") from None
     if not isinstance(obj, dict):
         raise WireError("malformed", "body is not a map")
-    if obj.get("v") != VERSION:
+    if type(obj.get("v")) is not int or obj["v"] != VERSION:
         raise WireError("version", f"unsupported version {obj.get('v')!r}")
     if not isinstance(obj.get("t"), str):
         raise WireError("malformed", "missing type field")
