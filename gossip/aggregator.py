@@ -1,0 +1,118 @@
+"""Bind an aggregation rule name and its parameters into the ``combine`` step of a gossip protocol.
+
+A gossip protocol ends each exchange with its own vector and the vectors its neighbours sent:
+``combine(own, received, weights) -> new``. :class:`Combiner` turns any rule of :mod:`phalanx.aggregation`
+into that call:
+
+- ``mean`` with mixing weights is the D-PSGD mixing step ``w_ii x_i + sum_j w_ij x_j``. A neighbour whose
+  vector did not arrive gives its weight back to the node itself, so the weights still sum to one;
+- a *gossip rule* (one that needs the node's own vector and the mixing weights, such as self-centred
+  clipping) gets ``own`` and the weights of the neighbours that answered;
+- any other rule is a robust statistic of the rows ``[own, *received]``.
+
+Rows that are not finite are dropped first (the wire layer already rejects them; the simulator, which
+skips the wire, relies on this). A rule that cannot run on the rows at hand (too few rows for its ``f``,
+say, after crashes) leaves the node's own vector unchanged and counts it in ``failures``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from phalanx.gossip.events import PeerId
+
+Tensor = torch.Tensor
+
+# Rules whose signature is rule(own, neighbours, weights, **params) rather than rule(updates, **params).
+_LOCAL_GOSSIP_RULES = ("mean",)
+
+
+def _weighted_mean(own: Tensor, rows: Tensor, weights: Tensor) -> Tensor:
+    self_weight = 1.0 - float(weights.sum())
+    return own * self_weight + weights @ rows
+
+
+def _aggregation() -> Any:
+    """The aggregation package's API, or None while it is not there yet (then only ``mean`` works)."""
+    try:
+        import phalanx.aggregation as agg
+    except ImportError:  # pragma: no cover
+        return None
+    return agg if hasattr(agg, "aggregate") else None
+
+
+def _finite_mask(rows: Tensor) -> Tensor:
+    agg = _aggregation()
+    if agg is not None and hasattr(agg, "finite_rows"):
+        filtered = agg.finite_rows(rows)
+        if isinstance(filtered, tuple):  # (rows, mask) or (rows, kept) variants
+            filtered = filtered[-1]
+        if filtered.dtype == torch.bool:
+            return filtered
+    return torch.isfinite(rows).all(dim=1)
+
+
+def gossip_rule_names() -> frozenset[str]:
+    """Rules that take (own, neighbours, weights): the aggregation package's gossip rules and ``mean``."""
+    agg = _aggregation()
+    names = set(_LOCAL_GOSSIP_RULES)
+    if agg is not None:
+        names |= set(getattr(agg, "GOSSIP_RULES", ()))
+    return frozenset(names)
+
+
+def rule_names() -> tuple[str, ...]:
+    agg = _aggregation()
+    names = set(_LOCAL_GOSSIP_RULES)
+    if agg is not None:
+        names |= set(getattr(agg, "RULES", {}))
+        names |= set(getattr(agg, "GOSSIP_RULES", ()))
+    return tuple(sorted(names))
+
+
+class Combiner:
+    """``combine(own, received, weights)`` for one rule and its parameters (see the module docstring)."""
+
+    def __init__(self, rule: str = "mean", params: Mapping[str, Any] | None = None) -> None:
+        self.rule = rule
+        self.params = dict(params or {})
+        self.failures = 0
+        self.dropped_nonfinite = 0
+        agg = _aggregation()
+        known = rule_names()
+        if rule not in known:
+            raise ValueError(f"unknown aggregation rule {rule!r}; choose one of: {', '.join(known)}")
+        self._gossip = rule in gossip_rule_names()
+        self._fn: Callable[..., Tensor] | None = None
+        if rule != "mean" and agg is not None:
+            self._fn = lambda *a, **k: agg.aggregate(rule, *a, **k)
+
+    def __call__(
+        self, own: Tensor, received: Mapping[PeerId, Tensor], weights: Mapping[PeerId, float]
+    ) -> Tensor:
+        """The node's next vector; never modifies ``own`` or the received tensors."""
+        if not received:
+            return own
+        peers = sorted(received)
+        rows = torch.stack([received[p] for p in peers])
+        mask = _finite_mask(rows)
+        if not bool(mask.all()):
+            self.dropped_nonfinite += int((~mask).sum())
+            peers = [p for p, keep in zip(peers, mask.tolist()) if keep]
+            rows = rows[mask]
+            if not peers:
+                return own
+        w = torch.tensor([float(weights.get(p, 0.0)) for p in peers], dtype=own.dtype)
+        try:
+            if self._fn is None:
+                return _weighted_mean(own, rows, w)
+            assert self._fn is not None
+            if self._gossip:
+                return self._fn(own=own, neighbours=rows, weights=w, **self.params)
+            return self._fn(torch.cat([own.unsqueeze(0), rows]), **self.params)
+        except ValueError:
+            self.failures += 1
+            return own

@@ -1,0 +1,273 @@
+"""The D-PSGD family as a sans-I/O state machine: train, send to neighbours, wait, combine, repeat.
+
+One round ``r`` of :class:`DPSGD` (Lian et al., 2017), as the runner sees it:
+
+1. ``Train(r, x, local_steps)``; the runner answers ``TrainingDone(r, x')``.
+2. ``Send(peer, ModelUpdate(r, x', step=0))`` to every neighbour (one message object for all of them),
+   and ``SetTimer("dpsgd/r/0", now + round_timeout)``.
+3. ``ModelUpdate`` messages for ``(r, 0)`` arrive. When every neighbour that is not known to be down has
+   answered, or the timer fires, the node combines its own vector with the ones that arrived using the
+   configured rule (:class:`~phalanx.gossip.aggregator.Combiner`: D-PSGD mixing for ``mean``, any robust
+   or gossip rule of :mod:`phalanx.aggregation` otherwise).
+4. With ``gossip_steps = Q > 1`` (DFedSAM-MGS), steps 2-3 repeat Q times on the combined vector
+   (messages carry ``step = 1 .. Q-1``) before the round ends.
+5. ``RoundCompleted(r, x'')`` and ``Train(r + 1, x'', local_steps)``.
+
+Momentum and SAM (DFedSAM) are local-optimiser settings of the learner that runs ``Train``; the protocol
+only decides what gets trained, sent and mixed.
+
+Messages for a later exchange (a faster neighbour is ahead) are kept until their exchange comes, up to
+``max_ahead`` rounds ahead; a message for an exchange that is already over is dropped, never mixed in;
+a second message from the same peer for the same exchange is dropped (the first one counts). Messages
+from peers that are not neighbours in that round are dropped and reported with ``PenalisePeer``.
+
+The protocol never modifies a tensor it received or handed out, so a runner may share them (one message
+object sent to many neighbours, no copies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from phalanx.gossip.aggregator import Combiner
+from phalanx.gossip.events import (
+    Action,
+    CancelTimer,
+    PeerId,
+    PenalisePeer,
+    RoundCompleted,
+    Send,
+    SetTimer,
+    Train,
+    TrainingDone,
+)
+from phalanx.gossip.messages import ModelUpdate
+from phalanx.gossip.protocol import LocalProtocolError, Protocol
+
+Weights = Mapping[PeerId, float]
+
+
+def uniform_weights(neighbours: tuple[PeerId, ...]) -> dict[PeerId, float]:
+    """1 / (deg + 1) for each neighbour (and, implicitly, for the node itself)."""
+    w = 1.0 / (len(neighbours) + 1)
+    return {p: w for p in neighbours}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DPSGDConfig:
+    """Settings of one node's D-PSGD.
+
+    Args:
+        neighbours: the peers this node exchanges models with.
+        weights: mixing weight of each neighbour (the node's own weight is one minus their sum);
+            ``None`` means uniform ``1 / (deg + 1)``. Only ``mean`` and the gossip rules use them.
+        rule: an aggregation rule name (``mean`` is D-PSGD's weighted mixing).
+        rule_params: keyword parameters of the rule (``f``, ``tau``, ...).
+        local_steps: local SGD steps per round (>= 0).
+        gossip_steps: Q, exchanges per round (>= 1).
+        round_timeout: seconds to wait for neighbours' models in one exchange (> 0).
+        rounds: stop after this many rounds; 0 runs until the runner stops.
+        max_ahead: keep messages up to this many rounds ahead of the node's own round.
+        schedule: time-varying topology: ``schedule(r)`` gives round r's neighbour -> weight map and
+            overrides ``neighbours``/``weights`` (every node must compute the same graph from a shared seed).
+    """
+
+    neighbours: tuple[PeerId, ...]
+    weights: Weights | None = None
+    rule: str = "mean"
+    rule_params: Mapping[str, Any] = field(default_factory=dict)
+    local_steps: int = 1
+    gossip_steps: int = 1
+    round_timeout: float = 10.0
+    rounds: int = 0
+    max_ahead: int = 2
+    schedule: Callable[[int], Weights] | None = None
+
+    def __post_init__(self) -> None:
+        if self.local_steps < 0:
+            raise ValueError(f"local_steps must be >= 0, got {self.local_steps}")
+        if self.gossip_steps < 1:
+            raise ValueError(f"gossip_steps must be >= 1, got {self.gossip_steps}")
+        if not self.round_timeout > 0:
+            raise ValueError(f"round_timeout must be > 0, got {self.round_timeout}")
+        if self.rounds < 0 or self.max_ahead < 0:
+            raise ValueError("rounds and max_ahead must be >= 0")
+        if len(set(self.neighbours)) != len(self.neighbours):
+            raise ValueError("neighbours must be distinct")
+        if self.weights is not None:
+            if set(self.weights) != set(self.neighbours):
+                raise ValueError("weights must name exactly the neighbours")
+            total = sum(self.weights.values())
+            if any(w < 0 for w in self.weights.values()) or total > 1 + 1e-6:
+                raise ValueError("mixing weights must be >= 0 and sum to at most 1")
+
+
+@dataclass(slots=True)
+class DPSGDStats:
+    """Counters a runner may read and log."""
+
+    received: int = 0
+    mixed: int = 0
+    late: int = 0
+    too_early: int = 0
+    duplicates: int = 0
+    strangers: int = 0
+    timeouts: int = 0
+
+
+class DPSGD(Protocol):
+    """One node's D-PSGD (see the module docstring). ``params`` is the initial model vector."""
+
+    def __init__(
+        self,
+        config: DPSGDConfig,
+        params: torch.Tensor,
+        *,
+        start_round: int = 0,
+        combiner: Combiner | None = None,
+    ) -> None:
+        if params.dtype != torch.float32 or params.dim() != 1:
+            raise TypeError("params must be a 1-D float32 tensor")
+        self.config = config
+        self.combiner = combiner or Combiner(config.rule, config.rule_params)
+        self.params = params
+        self.round = start_round
+        self.step = 0
+        self.phase = "idle"  # idle -> train -> gossip (-> train ...) -> done
+        self.stats = DPSGDStats()
+        self._inbox: dict[tuple[int, int], dict[PeerId, torch.Tensor]] = {}
+        self._down: set[PeerId] = set()
+        self._static = (
+            dict(config.weights) if config.weights is not None else uniform_weights(config.neighbours)
+        )
+        self._weights_cache: tuple[int, Weights] | None = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def weights_at(self, round: int) -> Weights:
+        """Neighbour -> mixing weight in ``round``."""
+        if self.config.schedule is None:
+            return self._static
+        if self._weights_cache is None or self._weights_cache[0] != round:
+            self._weights_cache = (round, self.config.schedule(round))
+        return self._weights_cache[1]
+
+    def neighbours_at(self, round: int) -> tuple[PeerId, ...]:
+        return tuple(self.weights_at(round))
+
+    @property
+    def timer_name(self) -> str:
+        return f"dpsgd/{self.round}/{self.step}"
+
+    def _begin_training(self) -> list[Action]:
+        if self.config.rounds and self.round >= self.config.rounds:
+            self.phase = "done"
+            return []
+        self.phase = "train"
+        self.step = 0
+        return [Train(round=self.round, params=self.params, steps=self.config.local_steps)]
+
+    def _exchange(self, now: float) -> list[Action]:
+        """Send the current vector for (round, step) and wait; finish at once if everything is in."""
+        self.phase = "gossip"
+        message = ModelUpdate(round=self.round, step=self.step, params=self.params)
+        actions: list[Action] = [Send(peer=p, message=message) for p in self.neighbours_at(self.round)]
+        actions.append(SetTimer(name=self.timer_name, deadline=now + self.config.round_timeout))
+        if self._complete():
+            actions.extend(self._finish_exchange(now, timed_out=False))
+        return actions
+
+    def _complete(self) -> bool:
+        got = self._inbox.get((self.round, self.step), {})
+        return all(p in got or p in self._down for p in self.neighbours_at(self.round))
+
+    def _finish_exchange(self, now: float, *, timed_out: bool) -> list[Action]:
+        key = (self.round, self.step)
+        got = self._inbox.pop(key, {})
+        actions: list[Action] = [] if timed_out else [CancelTimer(name=self.timer_name)]
+        if timed_out:
+            self.stats.timeouts += 1
+        weights = self.weights_at(self.round)
+        self.params = self.combiner(self.params, got, weights)
+        self.stats.mixed += len(got)
+        if self.step + 1 < self.config.gossip_steps:
+            self.step += 1
+            actions.extend(self._exchange(now))
+            return actions
+        actions.append(
+            RoundCompleted(round=self.round, params=self.params, received=len(got), accepted=len(got))
+        )
+        self.round += 1
+        # Drop whatever is left for exchanges that are now over.
+        for old in [k for k in self._inbox if k < (self.round, 0)]:
+            del self._inbox[old]
+        actions.extend(self._begin_training())
+        return actions
+
+    # ------------------------------------------------------------------ events
+
+    def start(self, now: float) -> list[Action]:
+        if self.phase != "idle":
+            raise LocalProtocolError("start() called twice")
+        return self._begin_training()
+
+    def on_training_done(self, event: TrainingDone, now: float) -> list[Action]:
+        if self.phase != "train" or event.round != self.round:
+            return []  # stale: the runner finished training we no longer want
+        if event.params.shape != self.params.shape:
+            raise LocalProtocolError(
+                f"trained vector has shape {tuple(event.params.shape)}, expected {tuple(self.params.shape)}"
+            )
+        self.params = event.params
+        return self._exchange(now)
+
+    def on_message(self, peer: PeerId, message: object, now: float) -> list[Action]:
+        if not isinstance(message, ModelUpdate):
+            self.stats.strangers += 1
+            return [PenalisePeer(peer=peer, reason=f"unexpected message {type(message).__name__}")]
+        key = (message.round, message.step)
+        if key < (self.round, self.step if self.phase == "gossip" else 0) or self.phase == "done":
+            self.stats.late += 1
+            return []
+        if message.round > self.round + self.config.max_ahead or message.step >= self.config.gossip_steps:
+            self.stats.too_early += 1
+            return []
+        if peer not in self.weights_at(message.round):
+            self.stats.strangers += 1
+            return [PenalisePeer(peer=peer, reason="model from a peer that is not a neighbour in that round")]
+        if message.params.shape != self.params.shape:
+            return [PenalisePeer(peer=peer, reason="model of the wrong dimension")]
+        box = self._inbox.setdefault(key, {})
+        if peer in box:
+            self.stats.duplicates += 1
+            return []
+        box[peer] = message.params
+        self.stats.received += 1
+        if self.phase == "gossip" and key == (self.round, self.step) and self._complete():
+            return self._finish_exchange(now, timed_out=False)
+        return []
+
+    def on_timer(self, name: str, now: float) -> list[Action]:
+        if self.phase != "gossip" or name != self.timer_name:
+            return []  # a timer of an exchange that already finished
+        return self._finish_exchange(now, timed_out=True)
+
+    def on_peer_down(self, peer: PeerId, now: float) -> list[Action]:
+        self._down.add(peer)
+        if self.phase == "gossip" and peer in self.weights_at(self.round) and self._complete():
+            return self._finish_exchange(now, timed_out=False)
+        return []
+
+    def on_peer_up(self, peer: PeerId, now: float) -> list[Action]:
+        self._down.discard(peer)
+        return []
+
+    # ------------------------------------------------------------------ introspection
+
+    def pending(self) -> int:
+        """Messages held for exchanges that have not happened yet."""
+        return sum(len(box) for box in self._inbox.values())

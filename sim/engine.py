@@ -1,0 +1,222 @@
+"""The discrete-event engine: a heap of timed events, a virtual clock, and nothing protocol-specific.
+
+The engine runs any :class:`~phalanx.gossip.protocol.Protocol`: it calls ``start`` on every node, then pops
+events in (time, sequence) order and hands each to its node's protocol, carrying out the actions that
+come back:
+
+- ``Send`` -> the message is sized with :func:`~phalanx.gossip.messages.encoded_size` (once per message
+  object, however many peers it goes to), counted, and delivered after the :class:`~phalanx.sim.network.Network`
+  transit time unless lost; a message to a dead node is dropped on arrival;
+- ``Train`` -> the :class:`Worker` says how long training takes in virtual time; the training itself runs
+  when that time comes (so a node that crashes meanwhile costs nothing) and ``TrainingDone`` follows;
+- ``SetTimer``/``CancelTimer`` -> timers keyed by (node, name), a newer one replacing the older;
+- ``RoundCompleted`` -> observers are told (metrics, fault schedules);
+- ``PenalisePeer`` -> counted.
+
+Everything random comes from the generators the caller passes in, and ties in time are broken by
+insertion order, so a run is a pure function of its seed.
+
+Observers implement any of ``on_round(engine, node, action, now)`` and ``on_send(engine, node, peer,
+message, size, now)``. ``engine.outbox[node]`` holds the last message each node sent (what an omniscient
+simulated attacker may look at).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+from typing import Protocol as TypingProtocol
+
+import torch
+
+from phalanx.gossip.events import (
+    Action,
+    CancelTimer,
+    Event,
+    MessageReceived,
+    PeerDown,
+    PeerId,
+    PeerUp,
+    PenalisePeer,
+    RoundCompleted,
+    Send,
+    SetTimer,
+    TimerFired,
+    Train,
+    TrainingDone,
+)
+from phalanx.gossip.messages import Message, encoded_size
+from phalanx.gossip.protocol import Protocol
+from phalanx.sim.network import Network
+
+_DELIVER, _TIMER, _TRAINED, _CALL = 0, 1, 2, 3
+
+
+class Worker(TypingProtocol):
+    """Local training for simulated nodes."""
+
+    def duration(self, node: PeerId, steps: int) -> float:
+        """Virtual seconds ``steps`` local steps take on ``node``."""
+        ...
+
+    def train(self, node: PeerId, round: int, params: torch.Tensor, steps: int) -> tuple[torch.Tensor, float]:
+        """Train from ``params`` (never modified); return a new vector and the mean loss."""
+        ...
+
+
+class Engine:
+    def __init__(
+        self,
+        protocols: Mapping[PeerId, Protocol],
+        *,
+        network: Network,
+        worker: Worker,
+        observers: tuple[Any, ...] = (),
+    ) -> None:
+        self.protocols = dict(protocols)
+        self.network = network
+        self.worker = worker
+        self.observers = list(observers)
+        self.now = 0.0
+        self.alive: set[PeerId] = set(self.protocols)
+        self.outbox: dict[PeerId, Message] = {}
+        self.bytes_sent = 0
+        self.messages_sent = 0
+        self.penalties = 0
+        self.events_handled = 0
+        self._heap: list[tuple[float, int, int, PeerId, Any]] = []
+        self._seq = 0
+        self._timer_gen: dict[tuple[PeerId, str], int] = {}
+        self._size_of: tuple[object, int] | None = None
+        self._stopped = False
+        self._round_obs = [o for o in self.observers if hasattr(o, "on_round")]
+        self._send_obs = [o for o in self.observers if hasattr(o, "on_send")]
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _push(self, time: float, kind: int, node: PeerId, payload: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (time, self._seq, kind, node, payload))
+
+    def call_at(self, time: float, fn: Callable[[Engine], None]) -> None:
+        """Run ``fn(engine)`` at virtual ``time`` (fault schedules use this)."""
+        self._push(max(time, self.now), _CALL, "", fn)
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    # ------------------------------------------------------------------ faults
+
+    def crash(self, node: PeerId) -> None:
+        """``node`` stops silently: its neighbours notice only by their timeouts."""
+        self.alive.discard(node)
+
+    def leave(self, node: PeerId, neighbours: tuple[PeerId, ...]) -> None:
+        """``node`` leaves and ``neighbours`` get ``PeerDown`` (a closed connection)."""
+        self.alive.discard(node)
+        for peer in neighbours:
+            if peer in self.alive:
+                self._dispatch(peer, PeerDown(peer=node))
+
+    def rejoin(self, node: PeerId, neighbours: tuple[PeerId, ...]) -> None:
+        """``node`` comes back with the state it had; ``neighbours`` and the node get ``PeerUp``.
+
+        A protocol may define ``resume(now) -> list[Action]`` to catch up after being away; the engine
+        calls it if present.
+        """
+        if node in self.alive:
+            return
+        self.alive.add(node)
+        for peer in neighbours:
+            if peer in self.alive and peer != node:
+                self._dispatch(peer, PeerUp(peer=node))
+                self._dispatch(node, PeerUp(peer=peer))
+        resume = getattr(self.protocols[node], "resume", None)
+        if resume is not None:
+            self._apply(node, resume(self.now))
+
+    # ------------------------------------------------------------------ the loop
+
+    def start(self) -> None:
+        for node in sorted(self.protocols, key=_node_order):
+            self._apply(node, self.protocols[node].start(self.now))
+
+    def run(self, *, until: float = math.inf) -> float:
+        """Start every node and process events until none are left, ``until`` passes, or ``stop()``."""
+        self.start()
+        return self.resume(until=until)
+
+    def resume(self, *, until: float = math.inf) -> float:
+        heap = self._heap
+        while heap and not self._stopped:
+            time, _, kind, node, payload = heap[0]
+            if time > until:
+                break
+            heapq.heappop(heap)
+            self.now = time
+            if kind == _CALL:
+                payload(self)
+                continue
+            if node not in self.alive:
+                continue
+            if kind == _DELIVER:
+                event: Event = MessageReceived(peer=payload[0], message=payload[1])
+            elif kind == _TIMER:
+                name, gen = payload
+                if self._timer_gen.get((node, name)) != gen:
+                    continue
+                del self._timer_gen[(node, name)]
+                event = TimerFired(name=name)
+            else:
+                round_, params, steps = payload
+                new, loss = self.worker.train(node, round_, params, steps)
+                event = TrainingDone(round=round_, params=new, loss=loss)
+            self._dispatch(node, event)
+        return self.now
+
+    def _dispatch(self, node: PeerId, event: Event) -> None:
+        self.events_handled += 1
+        self._apply(node, self.protocols[node].handle(event, self.now))
+
+    def _apply(self, node: PeerId, actions: list[Action]) -> None:
+        now = self.now
+        for action in actions:
+            if isinstance(action, Send):
+                self._send(node, action.peer, action.message)
+            elif isinstance(action, SetTimer):
+                key = (node, action.name)
+                gen = self._timer_gen.get(key, 0) + 1
+                self._timer_gen[key] = gen
+                self._push(max(action.deadline, now), _TIMER, node, (action.name, gen))
+            elif isinstance(action, CancelTimer):
+                self._timer_gen.pop((node, action.name), None)
+            elif isinstance(action, Train):
+                done = now + self.worker.duration(node, action.steps)
+                self._push(done, _TRAINED, node, (action.round, action.params, action.steps))
+            elif isinstance(action, RoundCompleted):
+                for obs in self._round_obs:
+                    obs.on_round(self, node, action, now)
+            elif isinstance(action, PenalisePeer):
+                self.penalties += 1
+
+    def _send(self, node: PeerId, peer: PeerId, message: Message) -> None:
+        cached = self._size_of
+        if cached is not None and cached[0] is message:
+            size = cached[1]
+        else:
+            size = encoded_size(message)
+            self._size_of = (message, size)
+        self.outbox[node] = message
+        self.bytes_sent += size
+        self.messages_sent += 1
+        for obs in self._send_obs:
+            obs.on_send(self, node, peer, message, size, self.now)
+        delay = self.network.transit(node, peer, size)
+        if delay is not None:
+            self._push(self.now + delay, _DELIVER, peer, (node, message))
+
+
+def _node_order(node: PeerId) -> tuple[int, str]:
+    return (int(node), node) if node.isdigit() else (1 << 62, node)

@@ -1,0 +1,65 @@
+"""The virtual network: per-edge latency and bandwidth, message loss, partitions.
+
+A message of ``size`` bytes from u to v takes ``latency(u, v) + size / bandwidth(u, v)`` seconds, where
+edge attributes ``latency`` and ``bandwidth`` override the defaults; peers that are not adjacent in the
+graph (protocols with their own membership, such as MoDeST, may talk to anyone) use the defaults. It is
+lost with probability ``loss``, and always when u and v are on different sides of an active partition.
+There is no queueing: links are independent.
+"""
+
+from __future__ import annotations
+
+import math
+
+import networkx as nx
+import numpy as np
+
+
+class Network:
+    def __init__(
+        self,
+        graph: nx.Graph,
+        *,
+        latency: float = 0.01,
+        bandwidth: float = math.inf,
+        loss: float = 0.0,
+        rng: np.random.Generator,
+    ) -> None:
+        if latency < 0 or not bandwidth > 0 or not 0 <= loss < 1:
+            raise ValueError("network: latency must be >= 0, bandwidth > 0 and loss in [0, 1)")
+        self.graph = graph
+        self.latency = latency
+        self.bandwidth = bandwidth
+        self.loss = loss
+        self.rng = rng
+        self._side: dict[str, int] | None = None
+        self._edge_cache: dict[tuple[str, str], tuple[float, float]] = {}
+        self.lost = 0
+
+    def set_partition(self, groups: list[set[str]] | None) -> None:
+        """Cut the network into ``groups`` (nodes in no group form one more group); ``None`` heals it."""
+        if groups is None:
+            self._side = None
+            return
+        self._side = {node: i for i, group in enumerate(groups) for node in group}
+
+    def _edge(self, u: str, v: str) -> tuple[float, float]:
+        key = (u, v)
+        cached = self._edge_cache.get(key)
+        if cached is None:
+            data = self.graph.get_edge_data(int(u), int(v)) if u.isdigit() and v.isdigit() else None
+            data = data or {}
+            cached = (float(data.get("latency", self.latency)), float(data.get("bandwidth", self.bandwidth)))
+            self._edge_cache[key] = cached
+        return cached
+
+    def transit(self, u: str, v: str, size: int) -> float | None:
+        """Seconds the message takes, or ``None`` if it is lost."""
+        if self._side is not None and self._side.get(u, -1) != self._side.get(v, -1):
+            self.lost += 1
+            return None
+        if self.loss and self.rng.random() < self.loss:
+            self.lost += 1
+            return None
+        latency, bandwidth = self._edge(u, v)
+        return latency + (size / bandwidth if bandwidth != math.inf else 0.0)

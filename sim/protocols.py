@@ -1,0 +1,74 @@
+"""The registry of protocols the simulator can run: ``PROTOCOLS: dict[str, Builder]``.
+
+A builder makes one node's protocol object from what that node may know, and nothing else::
+
+    def build(view: NodeView, config: SimConfig, rng: numpy.random.Generator) -> Protocol
+
+- ``view`` is the node's view of the network (:class:`NodeView`): its id, its neighbours and their mixing
+  weights, every peer's id (the membership a sampling protocol starts from), the graph (read it, never
+  change it), the initial model vector (shared by every node: copy before writing into it) and, for a
+  time-varying topology, ``schedule(round) -> {neighbour: weight}``;
+- ``config`` is the whole validated :class:`~phalanx.sim.config.SimConfig`; protocol-specific settings
+  live in ``config.protocol_params`` (a dict from the TOML table ``[protocol_params]`` or ``--protocol-param
+  KEY=VALUE`` flags) besides the shared ones (``rule``, ``rule_params``, ``local_steps``, ``gossip_steps``,
+  ``round_timeout``, ``rounds``);
+- ``rng`` is the node's own generator, seeded from (run seed, node id): draw from it, never from a global RNG.
+
+The engine is protocol-agnostic; Byzantine behaviour is layered on top of whatever a builder returns
+(:class:`~phalanx.gossip.byzantine.Byzantine`). Register a new protocol by adding its builder here:
+``PROTOCOLS["name"] = build_name``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import networkx as nx
+import numpy as np
+import torch
+
+from phalanx.gossip.dpsgd import DPSGD, DPSGDConfig
+from phalanx.gossip.events import PeerId
+from phalanx.gossip.protocol import Protocol
+
+if TYPE_CHECKING:
+    from phalanx.sim.config import SimConfig
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeView:
+    """What one simulated node knows when its protocol is built (see the module docstring)."""
+
+    node: PeerId
+    neighbours: tuple[PeerId, ...]
+    weights: Mapping[PeerId, float]
+    peers: tuple[PeerId, ...]
+    graph: nx.Graph
+    initial: torch.Tensor
+    schedule: Callable[[int], Mapping[PeerId, float]] | None = None
+
+
+Builder = Callable[[NodeView, "SimConfig", np.random.Generator], Protocol]
+
+
+def build_dpsgd(view: NodeView, config: SimConfig, rng: np.random.Generator) -> Protocol:
+    """D-PSGD (and DFedSAM / DFedSAM-MGS through ``sam_rho`` and ``gossip_steps``)."""
+    settings = DPSGDConfig(
+        neighbours=view.neighbours,
+        weights=view.weights,
+        rule=config.rule,
+        rule_params=config.rule_params,
+        local_steps=config.local_steps,
+        gossip_steps=config.gossip_steps,
+        round_timeout=config.round_timeout,
+        rounds=config.rounds,
+        schedule=view.schedule,
+    )
+    return DPSGD(settings, view.initial)
+
+
+PROTOCOLS: dict[str, Builder] = {
+    "dpsgd": build_dpsgd,
+}
