@@ -1,0 +1,146 @@
+"""Epidemic Learning (de Vos et al., NeurIPS 2023): every round, train, send to s peers, average.
+
+- **EL-Local**: each node sends its freshly trained model to ``s`` peers it draws uniformly at random (from
+  its own seeded generator) and, when ``round_timeout`` seconds have passed since it sent, averages its
+  own model with every model of that round it received (however many: a node receives s on average).
+- **EL-Oracle**: every round the nodes follow a fresh random s-regular directed graph, so each node sends
+  to ``s`` and receives from exactly ``s``; a node averages as soon as it has its ``s`` models (or at the
+  timeout, when some are lost).
+
+**Where EL-Oracle's graph comes from.** gossip/ cannot import networkx, and the oracle must be the same
+for every node without anyone coordinating, so it is generated here by a pure seeded algorithm:
+:func:`oracle_out_neighbours` shuffles the sorted peer list with a generator seeded by SHA-256 of
+(seed, round) and lets the node at position ``i`` send to positions ``i+1 .. i+s`` (mod n). Every node
+then has out-degree and in-degree exactly ``s``, every node computes the same graph from the same peer
+list, and the graph changes every round. (It is a random relabelling of a circulant graph, not a uniform
+draw among all s-regular graphs; what EL-Oracle needs — fresh, regular, independent of the data — holds.)
+
+Models travel as :class:`~phalanx.gossip.messages.ModelUpdate`. A model of a round the node has finished
+is dropped; one of a later round waits in the inbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from phalanx.gossip.events import Action, PeerId, RoundCompleted, Send, SetTimer, Train, TrainingDone
+from phalanx.gossip.messages import ModelUpdate
+from phalanx.gossip.protocol import Protocol
+
+VARIANTS = ("local", "oracle")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpidemicConfig:
+    s: int = 7
+    variant: str = "local"
+    local_steps: int = 1
+    round_timeout: float = 1.0
+    rounds: int = 0
+    seed: int = 0  # the oracle graph's seed, the same on every node
+
+    def __post_init__(self) -> None:
+        if self.s < 1:
+            raise ValueError(f"s must be >= 1, got {self.s}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.local_steps < 0 or self.rounds < 0 or not self.round_timeout > 0:
+            raise ValueError("local_steps and rounds must be >= 0, round_timeout > 0")
+
+
+@lru_cache(maxsize=64)
+def oracle_out_neighbours(
+    peers: tuple[PeerId, ...], k: int, s: int, seed: int
+) -> dict[PeerId, tuple[PeerId, ...]]:
+    """Round ``k``'s s-regular directed graph over ``peers``: node -> the ``s`` peers it sends to."""
+    n = len(peers)
+    if not 1 <= s < n:
+        raise ValueError(f"an s-regular graph on {n} nodes needs 1 <= s < n, got s={s}")
+    digest = hashlib.sha256(f"el-oracle:{seed}:{k}".encode()).digest()
+    order = sorted(peers)
+    perm = np.random.default_rng(int.from_bytes(digest[:8], "little")).permutation(n)
+    ring = [order[int(i)] for i in perm]
+    return {ring[i]: tuple(ring[(i + j) % n] for j in range(1, s + 1)) for i in range(n)}
+
+
+class Epidemic(Protocol):
+    """One node running EL-Local or EL-Oracle over ``peers`` (every node's id, this one included)."""
+
+    def __init__(
+        self,
+        *,
+        node: PeerId,
+        params: torch.Tensor,
+        peers: Sequence[PeerId],
+        config: EpidemicConfig,
+        rng: np.random.Generator,
+    ) -> None:
+        self.node = node
+        self.config = config
+        self.rng = rng
+        self.peers = tuple(sorted(peers))
+        self.others = tuple(p for p in self.peers if p != node)
+        if config.s > len(self.others):
+            raise ValueError(f"s = {config.s} exceeds the {len(self.others)} other peers")
+        self.model = params.clone()
+        self.round = 0
+        self.trained: torch.Tensor | None = None  # this round's own trained model, once done
+        self.inbox: dict[int, dict[PeerId, torch.Tensor]] = {}
+
+    def targets(self, k: int) -> tuple[PeerId, ...]:
+        """The peers this node sends its round-``k`` model to."""
+        if self.config.variant == "oracle":
+            return oracle_out_neighbours(self.peers, k, self.config.s, self.config.seed)[self.node]
+        picks = self.rng.choice(len(self.others), size=self.config.s, replace=False)
+        return tuple(self.others[int(i)] for i in sorted(picks))
+
+    def start(self, now: float) -> list[Action]:
+        return [Train(round=0, params=self.model, steps=self.config.local_steps)]
+
+    def on_training_done(self, event: TrainingDone, now: float) -> list[Action]:
+        if event.round != self.round or self.trained is not None:
+            return []
+        self.trained = event.params
+        message = ModelUpdate(round=self.round, params=event.params)
+        actions: list[Action] = [Send(peer=p, message=message) for p in self.targets(self.round)]
+        if self._complete():
+            return actions + self._finish()
+        actions.append(SetTimer(name="round", deadline=now + self.config.round_timeout))
+        return actions
+
+    def _complete(self) -> bool:
+        return self.config.variant == "oracle" and len(self.inbox.get(self.round, ())) >= self.config.s
+
+    def on_message(self, peer: PeerId, message: object, now: float) -> list[Action]:
+        if not isinstance(message, ModelUpdate) or message.round < self.round:
+            return []
+        self.inbox.setdefault(message.round, {})[peer] = message.params
+        if message.round == self.round and self.trained is not None and self._complete():
+            return self._finish()
+        return []
+
+    def on_timer(self, name: str, now: float) -> list[Action]:
+        if name == "round" and self.trained is not None:
+            return self._finish()
+        return []
+
+    def _finish(self) -> list[Action]:
+        assert self.trained is not None
+        k = self.round
+        received = self.inbox.pop(k, {})
+        rows = [self.trained] + [received[p] for p in sorted(received)]
+        self.model = torch.stack(rows).mean(dim=0)
+        self.trained = None
+        self.round = k + 1
+        actions: list[Action] = [
+            RoundCompleted(round=k, params=self.model, received=len(received), accepted=len(received))
+        ]
+        if self.config.rounds and self.round >= self.config.rounds:
+            return actions
+        return [*actions, Train(round=self.round, params=self.model, steps=self.config.local_steps)]

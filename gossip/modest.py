@@ -1,0 +1,453 @@
+"""MoDeST (de Vos et al.): decentralized sampling of trainers and aggregators, and a Byzantine-robust variant.
+
+Round ``k`` has a sample of ``s`` trainers and ``a`` aggregators that every node computes alike from its
+membership view (:mod:`phalanx.gossip.sampling`). The flow of one round:
+
+1. An aggregator of round ``k`` holds the round-``k`` model; it pings the round-``k`` trainer candidates in
+   rank order and sends the model (:class:`AggregatedModel`, with its view) to the first ``s`` that answer.
+2. A trainer of round ``k`` trains on it, pings the round-``k+1`` aggregator candidates and sends the result
+   (:class:`TrainedModel`) to the first ``a`` that answer.
+3. An aggregator of round ``k+1`` waits for ``ceil(success_fraction * s)`` trained models or
+   ``aggregation_timeout`` seconds after the first, aggregates them with ``aggregator_rule`` (any rule of
+   :mod:`phalanx.aggregation`; a robust rule filters Byzantine trainers) and goes to step 1 for ``k+1``.
+
+Round 0's trainers need no aggregator: every node draws them from its initial view at ``start``.
+
+**Availability.** A search pings up to as many candidates as it still needs, resends every ``ping_retry``
+seconds, and replaces a candidate silent for ``ping_timeout`` by the next one in rank order; it settles on
+the first ``need`` candidates, in rank order, that answered. A node itself, when drawn, needs no ping.
+
+**Newer rounds win.** A node that receives the model of a round newer than the one it trains abandons that
+training (its ``TrainingDone`` is ignored) and trains the newer one.
+
+**Byzantine-robust variant (not in the paper).** Plain MoDeST trains on the first aggregate that arrives,
+so one Byzantine aggregator can poison a round. With ``trainer_combine_rule`` set (e.g. ``"median"``) a
+trainer waits for ``combine_quorum`` aggregates of the round (default ``a``) or ``aggregation_timeout`` and
+combines them with that rule; with ``a >= 2 f_a + 1`` the coordinate-wise median of the aggregates lies
+within the range of the honest ones.
+
+**Evaluation.** A trainer reports ``RoundCompleted(round=k, params=model it trains from)``: the round-``k``
+model as that trainer sees it (poisoned, in plain MoDeST, when a Byzantine aggregate arrived first).
+
+**Membership.** Every model transfer carries the sender's recent view changes; pings refresh activity;
+``join``/``leave`` announce to ``announce`` peers (see :mod:`phalanx.gossip.membership`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from phalanx.gossip.events import (
+    Action,
+    CancelTimer,
+    PeerId,
+    RoundCompleted,
+    Send,
+    SetTimer,
+    Train,
+    TrainingDone,
+)
+from phalanx.gossip.membership import View, ViewDelta
+from phalanx.gossip.messages import (
+    AggregatedModel,
+    Join,
+    Leave,
+    Message,
+    Ping,
+    Pong,
+    TrainedModel,
+    ViewUpdate,
+)
+from phalanx.gossip.protocol import LocalProtocolError, Protocol
+from phalanx.gossip.sampling import AGGREGATORS, TRAINERS, candidates, sample
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModestConfig:
+    """MoDeST's parameters. Times are seconds on the runner's clock; ``inactivity`` counts rounds."""
+
+    s: int = 10
+    a: int = 1
+    success_fraction: float = 1.0
+    ping_timeout: float = 1.0
+    ping_retry: float = 0.25
+    aggregation_timeout: float = 5.0
+    inactivity: int = 1000
+    local_steps: int = 1
+    aggregator_rule: str = "mean"
+    aggregator_params: Mapping[str, Any] = field(default_factory=dict)
+    trainer_combine_rule: str | None = None
+    trainer_combine_params: Mapping[str, Any] = field(default_factory=dict)
+    combine_quorum: int = 0
+    view_window: int = 2
+    announce: int = 3
+    join_delay: int = 2
+    rounds: int = 0
+
+    def __post_init__(self) -> None:
+        if self.s < 1 or self.a < 1:
+            raise ValueError(f"s and a must be >= 1, got s={self.s}, a={self.a}")
+        if not 0 < self.success_fraction <= 1:
+            raise ValueError(f"success_fraction must be in (0, 1], got {self.success_fraction}")
+        if not (self.ping_timeout > 0 and self.ping_retry > 0 and self.aggregation_timeout > 0):
+            raise ValueError("ping_timeout, ping_retry and aggregation_timeout must be > 0")
+        if self.inactivity < 0 or self.local_steps < 0 or self.view_window < 0 or self.announce < 1:
+            raise ValueError("inactivity, local_steps and view_window must be >= 0, announce >= 1")
+        if not 0 <= self.combine_quorum <= self.a:
+            raise ValueError(f"combine_quorum must be in [0, a], got {self.combine_quorum}")
+        if self.join_delay < 1 or self.rounds < 0:
+            raise ValueError("join_delay must be >= 1 and rounds >= 0")
+
+    @property
+    def needed_models(self) -> int:
+        return max(1, math.ceil(self.success_fraction * self.s - 1e-9))
+
+    @property
+    def quorum(self) -> int:
+        return self.combine_quorum or self.a
+
+
+def combine(rule: str, updates: torch.Tensor, params: Mapping[str, Any]) -> torch.Tensor:
+    """Aggregate the rows of ``updates`` with a rule of :mod:`phalanx.aggregation`.
+
+    "mean" and "median" (coordinate-wise) are computed here, so plain MoDeST needs nothing else.
+    """
+    if rule == "mean":
+        return updates.mean(dim=0)
+    if rule == "median" and not params:
+        return updates.median(dim=0).values
+    from phalanx.aggregation import aggregate
+
+    return aggregate(rule, updates, **params)
+
+
+@dataclass(slots=True)
+class _Search:
+    """Finding the first ``need`` available candidates of a round, then sending them ``payload``."""
+
+    nonce: int
+    round: int
+    need: int
+    pool: Iterator[PeerId]
+    payload: Message
+    order: list[PeerId] = field(default_factory=list)
+    state: dict[PeerId, str] = field(default_factory=dict)  # "wait" | "ok" | "fail"
+    sent_at: dict[PeerId, float] = field(default_factory=dict)
+    exhausted: bool = False
+
+    def live(self) -> int:
+        return sum(1 for p in self.order if self.state[p] != "fail")
+
+    def pull(self) -> PeerId | None:
+        if self.exhausted:
+            return None
+        peer = next(self.pool, None)
+        if peer is None:
+            self.exhausted = True
+            return None
+        self.order.append(peer)
+        return peer
+
+    def chosen(self) -> list[PeerId] | None:
+        """The selection once settled: the first ``need`` answered candidates, with none pending before."""
+        picked = []
+        for p in self.order:
+            st = self.state[p]
+            if st == "wait":
+                return None
+            if st == "ok":
+                picked.append(p)
+                if len(picked) == self.need:
+                    return picked
+        return picked if self.exhausted else None
+
+
+class Modest(Protocol):
+    """One node running MoDeST. ``peers`` is the initial membership (the node included, unless joining).
+
+    ``joining=True`` makes a node that is not yet a member: ``start`` announces a join to ``announce``
+    of ``peers`` (its bootstrap peers), which answer with their full view.
+    """
+
+    def __init__(
+        self,
+        *,
+        node: PeerId,
+        params: torch.Tensor,
+        peers: Sequence[PeerId],
+        config: ModestConfig,
+        rng: np.random.Generator,
+        joining: bool = False,
+    ) -> None:
+        self.node = node
+        self.config = config
+        self.rng = rng
+        self.model = params.clone()
+        self.view = View(node, () if joining else peers)
+        self.bootstrap = tuple(p for p in peers if p != node)
+        self.joining = joining
+        if joining:
+            for p in self.bootstrap:
+                self.view.update(p, 0, 1, now_round=0)
+        self.left = False
+        self.round = -1  # newest round whose model this node has seen
+        self.training: int | None = None  # round being trained
+        self.started: int = -1  # newest round this node started training
+        self.aggregated = -1  # newest round k+1 this node aggregated
+        self._inbox: dict[int, dict[PeerId, torch.Tensor]] = {}  # trained models by their round k
+        self._aggregates: dict[PeerId, torch.Tensor] = {}  # robust trainer: aggregates of self._collecting
+        self._collecting = -1
+        self._searches: dict[int, _Search] = {}
+        self._nonce = 0
+        self._last_sent = 0
+        self.counters = {"pings": 0, "aggregations": 0, "trainings": 0, "abandoned": 0}
+
+    # ------------------------------------------------------------------ helpers
+
+    def _delta(self) -> ViewDelta:
+        since = min(max(self.round, 0) - self.config.view_window, self._last_sent)
+        self._last_sent = max(self.round, 0)
+        return self.view.delta(since=since)
+
+    def _search(self, k: int, role: bytes, need: int, payload: Message, now: float) -> list[Action]:
+        self._nonce += 1
+        pool = candidates(self.view, k, inactivity=self.config.inactivity, role=role)
+        search = _Search(nonce=self._nonce, round=k, need=need, pool=pool, payload=payload)
+        self._searches[search.nonce] = search
+        return self._fill(search, now)
+
+    def _fill(self, search: _Search, now: float) -> list[Action]:
+        """Top up pending candidates to what is still needed, then deliver if settled."""
+        actions: list[Action] = []
+        while search.live() < search.need:
+            peer = search.pull()
+            if peer is None:
+                break
+            if peer == self.node:
+                search.state[peer] = "ok"
+                continue
+            search.state[peer] = "wait"
+            search.sent_at[peer] = now
+            self.counters["pings"] += 1
+            actions.append(Send(peer=peer, message=Ping(round=search.round, nonce=search.nonce)))
+        chosen = search.chosen()
+        if chosen is None:
+            actions.append(SetTimer(name=f"ping:{search.nonce}", deadline=now + self.config.ping_retry))
+            return actions
+        del self._searches[search.nonce]
+        actions.append(CancelTimer(name=f"ping:{search.nonce}"))
+        for peer in chosen:
+            if peer == self.node:
+                actions += self._deliver_local(search.payload, now)
+            else:
+                actions.append(Send(peer=peer, message=search.payload))
+        return actions
+
+    def _deliver_local(self, message: Message, now: float) -> list[Action]:
+        if isinstance(message, TrainedModel):
+            return self._on_trained(self.node, message, now)
+        if isinstance(message, AggregatedModel):
+            return self._on_aggregated(self.node, message, now)
+        raise LocalProtocolError(f"cannot deliver {type(message).__name__} locally")
+
+    # ------------------------------------------------------------------ the protocol
+
+    def start(self, now: float) -> list[Action]:
+        if self.joining:
+            return self._announce(Join(counter=self.view.counter(self.node) + 1), self.bootstrap)
+        trainers = sample(self.view, 0, self.config.s, inactivity=self.config.inactivity, role=TRAINERS)
+        if self.node in trainers:
+            return self._start_training(0, self.model)
+        return []
+
+    def _announce(self, message: Join | Leave, pool: Sequence[PeerId]) -> list[Action]:
+        if isinstance(message, Join):
+            self.view.update(self.node, max(self.round, 0), message.counter, now_round=max(self.round, 0))
+        else:
+            self.view.update(self.node, 0, message.counter, now_round=max(self.round, 0))
+        if not pool:
+            return []
+        count = min(self.config.announce, len(pool))
+        picks = self.rng.choice(len(pool), size=count, replace=False)
+        return [Send(peer=pool[int(i)], message=message) for i in sorted(picks)]
+
+    def leave(self, now: float) -> list[Action]:
+        """Leave the network: announce it and stop taking part (``join`` undoes it)."""
+        if self.left:
+            return []
+        self.left = True
+        self.training = None
+        self._searches.clear()
+        others = [p for p in self.view.active(max(self.round, 0), self.config.inactivity) if p != self.node]
+        return self._announce(Leave(counter=self.view.counter(self.node) + 1), others)
+
+    def join(self, now: float) -> list[Action]:
+        """Join again after :meth:`leave`."""
+        if not self.left:
+            return []
+        self.left = False
+        others = [p for p in self.view.active(max(self.round, 0), self.config.inactivity) if p != self.node]
+        return self._announce(Join(counter=self.view.counter(self.node) + 1), others or list(self.bootstrap))
+
+    def _start_training(self, k: int, params: torch.Tensor) -> list[Action]:
+        if self.training is not None and self.training < k:
+            self.counters["abandoned"] += 1
+        self.round = max(self.round, k)
+        self.training = k
+        self.started = k
+        self.model = params
+        self.view.touch(self.node, k, now_round=k)
+        self.counters["trainings"] += 1
+        return [
+            RoundCompleted(round=k, params=params),
+            Train(round=k, params=params, steps=self.config.local_steps),
+        ]
+
+    def on_training_done(self, event: TrainingDone, now: float) -> list[Action]:
+        if self.left or event.round != self.training:
+            return []
+        self.training = None
+        k = event.round
+        payload = TrainedModel(round=k, params=event.params, view=self._delta())
+        return self._search(k + 1, AGGREGATORS, self.config.a, payload, now)
+
+    def on_message(self, peer: PeerId, message: object, now: float) -> list[Action]:
+        if isinstance(message, Ping):
+            if self.left:
+                return []
+            self.view.touch(peer, message.round, now_round=max(self.round, 0))
+            return [Send(peer=peer, message=Pong(round=message.round, nonce=message.nonce))]
+        if isinstance(message, Pong):
+            return self._on_pong(peer, message, now)
+        if self.left:
+            return []
+        if isinstance(message, TrainedModel):
+            return self._on_trained(peer, message, now)
+        if isinstance(message, AggregatedModel):
+            return self._on_aggregated(peer, message, now)
+        if isinstance(message, Join):
+            r = max(self.round, 0)
+            rec = self.view.get(peer)
+            self.view.update(peer, r + self.config.join_delay, message.counter, now_round=r)
+            if rec is None or not rec.member or rec.counter < message.counter:
+                return [Send(peer=peer, message=ViewUpdate(round=r, view=self.view.delta()))]
+            return []
+        if isinstance(message, Leave):
+            rec = self.view.get(peer)
+            self.view.update(
+                peer, 0 if rec is None else rec.last_active, message.counter, now_round=max(self.round, 0)
+            )
+            return []
+        if isinstance(message, ViewUpdate):
+            self.view.merge(message.view, now_round=max(self.round, 0))
+            self.round = max(self.round, message.round)
+            return []
+        return []
+
+    def _on_pong(self, peer: PeerId, message: Pong, now: float) -> list[Action]:
+        self.view.touch(peer, message.round, now_round=max(self.round, 0))
+        search = self._searches.get(message.nonce)
+        if search is None or search.state.get(peer) != "wait":
+            return []
+        search.state[peer] = "ok"
+        return self._fill(search, now)
+
+    def on_timer(self, name: str, now: float) -> list[Action]:
+        kind, _, arg = name.partition(":")
+        if kind == "ping":
+            search = self._searches.get(int(arg))
+            if search is None:
+                return []
+            actions: list[Action] = []
+            for peer in search.order:
+                if search.state[peer] != "wait":
+                    continue
+                if now - search.sent_at[peer] >= self.config.ping_timeout - 1e-12:
+                    search.state[peer] = "fail"
+                else:
+                    self.counters["pings"] += 1
+                    actions.append(Send(peer=peer, message=Ping(round=search.round, nonce=search.nonce)))
+            return actions + self._fill(search, now)
+        if kind == "aggregate":
+            return self._aggregate(int(arg), now)
+        if kind == "combine":
+            if int(arg) == self._collecting and self._aggregates:
+                return self._combine(now)
+            return []
+        return []
+
+    # ------------------------------------------------------------------ aggregator
+
+    def _on_trained(self, peer: PeerId, message: TrainedModel, now: float) -> list[Action]:
+        k = message.round
+        self.view.merge(message.view, now_round=max(self.round, 0))
+        self.view.touch(peer, k, now_round=max(self.round, 0))
+        if k + 1 <= self.aggregated:
+            return []  # that round is already aggregated (a late trainer)
+        box = self._inbox.setdefault(k, {})
+        first = not box
+        box[peer] = message.params
+        if len(box) >= self.config.needed_models:
+            return self._aggregate(k, now)
+        if first:
+            return [SetTimer(name=f"aggregate:{k}", deadline=now + self.config.aggregation_timeout)]
+        return []
+
+    def _aggregate(self, k: int, now: float) -> list[Action]:
+        box = self._inbox.pop(k, None)
+        if not box or k + 1 <= self.aggregated:
+            return []
+        for old in [r for r in self._inbox if r < k]:
+            del self._inbox[old]
+        self.aggregated = k + 1
+        self.round = max(self.round, k + 1)
+        self.view.touch(self.node, k + 1, now_round=k + 1)
+        self.counters["aggregations"] += 1
+        updates = torch.stack([box[p] for p in sorted(box)])
+        model = combine(self.config.aggregator_rule, updates, self.config.aggregator_params)
+        payload = AggregatedModel(round=k + 1, params=model, view=self._delta())
+        actions: list[Action] = [CancelTimer(name=f"aggregate:{k}")]
+        if self.config.rounds and k + 1 >= self.config.rounds:
+            return actions
+        return actions + self._search(k + 1, TRAINERS, self.config.s, payload, now)
+
+    # ------------------------------------------------------------------ trainer
+
+    def _on_aggregated(self, peer: PeerId, message: AggregatedModel, now: float) -> list[Action]:
+        k = message.round
+        self.view.merge(message.view, now_round=max(self.round, 0))
+        self.view.touch(peer, k, now_round=max(self.round, 0))
+        if k <= self.started:
+            return []  # already training this round (or a newer one)
+        if self.config.trainer_combine_rule is None:
+            return self._start_training(k, message.params)
+        if k < self._collecting:
+            return []
+        actions: list[Action] = []
+        if k > self._collecting:
+            self._collecting = k
+            self._aggregates = {}
+            actions.append(SetTimer(name=f"combine:{k}", deadline=now + self.config.aggregation_timeout))
+        self._aggregates[peer] = message.params
+        if len(self._aggregates) >= self.config.quorum:
+            actions.append(CancelTimer(name=f"combine:{k}"))
+            actions += self._combine(now)
+        return actions
+
+    def _combine(self, now: float) -> list[Action]:
+        k = self._collecting
+        rows = [self._aggregates[p] for p in sorted(self._aggregates)]
+        self._aggregates = {}
+        assert self.config.trainer_combine_rule is not None
+        if len(rows) == 1:
+            model = rows[0]
+        else:
+            stacked = torch.stack(rows)
+            model = combine(self.config.trainer_combine_rule, stacked, self.config.trainer_combine_params)
+        return self._start_training(k, model)
