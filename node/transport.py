@@ -407,6 +407,20 @@ class Libp2pTransport(Transport):
     def peers(self) -> set[str]:
         return set(self._conns)
 
+    async def connect(self, peer: str) -> None:
+        """Dial ``peer`` (its address must be known, see :meth:`add_address`); raises TransportError."""
+        from libp2p.peer.id import ID
+        from libp2p.peer.peerinfo import PeerInfo
+
+        pid = ID.from_base58(peer)
+        try:
+            with trio.fail_after(self._send_timeout):
+                await self.host.connect(PeerInfo(pid, self.host.get_peerstore().addrs(pid)))
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            raise TransportError(f"connect to {peer} failed: {type(exc).__name__}") from None
+
     def listen_addresses(self) -> list[str]:
         return [str(a) for a in self.host.get_addrs()]
 

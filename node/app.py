@@ -1,0 +1,203 @@
+"""Assemble and run one node from a :class:`~phalanx.node.config.NodeConfig`: data shard and learner, identity,
+checkpoint, libp2p transport, the protocol object (optionally wrapped as a Byzantine attacker), the runtime
+and the metrics endpoint. ``phalanx node run`` is a thin shell around :func:`run_node`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import TextIO
+
+import numpy as np
+import trio
+
+from phalanx.gossip.aggregator import rule_names
+from phalanx.gossip.byzantine import BEHAVIOURS, Byzantine, attack_names
+from phalanx.gossip.dpsgd import DPSGD, DPSGDConfig
+from phalanx.gossip.protocol import Protocol
+from phalanx.gossip.wire import Limits
+from phalanx.node import checkpoint as ckpt
+from phalanx.node.bans import BanList
+from phalanx.node.config import ConfigError, NodeConfig, neighbours_from_files
+from phalanx.node.datasets import load_dataset
+from phalanx.node.identity import load_or_create_key, peer_id_of
+from phalanx.node.learner import Learner, TrainConfig, derive_seed
+from phalanx.node.metrics import Metrics, serve
+from phalanx.node.partition import shard_of
+from phalanx.node.runtime import NodeRuntime, RuntimeSettings
+from phalanx.node.transport import TransportError, open_libp2p_transport
+
+PROTOCOLS = ("dpsgd",)
+
+
+def byzantine_behaviour(spec: str) -> tuple[str, str]:
+    """(behaviour, attack name) for a ``--byzantine`` value: a behaviour of gossip.byzantine or an attack."""
+    if not spec:
+        return "", ""
+    if spec in BEHAVIOURS and spec != "attack":
+        return spec, ""
+    names = attack_names()
+    if spec not in names:
+        raise ConfigError(
+            f"unknown Byzantine behaviour or attack {spec!r}; choose one of: {', '.join(names)}"
+        )
+    return "attack", spec
+
+
+def check(config: NodeConfig) -> None:
+    if config.protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {config.protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
+    if config.rule not in rule_names():
+        raise ConfigError(
+            f"unknown aggregation rule {config.rule!r}; choose one of: {', '.join(rule_names())}"
+        )
+    byzantine_behaviour(config.byzantine)
+
+
+def build_protocol(
+    config: NodeConfig, neighbours: tuple[str, ...], params: object, start_round: int
+) -> Protocol:
+    settings = DPSGDConfig(
+        neighbours=neighbours,
+        rule=config.rule,
+        rule_params=config.rule_params,
+        local_steps=config.local_steps,
+        gossip_steps=config.gossip_steps,
+        round_timeout=config.round_timeout,
+        rounds=config.rounds,
+    )
+    protocol: Protocol = DPSGD(settings, params, start_round=start_round)  # type: ignore[arg-type]
+    behaviour, attack = byzantine_behaviour(config.byzantine)
+    if behaviour:
+        protocol = Byzantine(
+            protocol,
+            behaviour=behaviour,
+            attack=attack,
+            attack_params=config.attack_params,
+            delay=config.attack_delay,
+            rng=np.random.default_rng(derive_seed(config.seed, "byzantine", config.index)),
+        )
+    return protocol
+
+
+def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
+    """Run the node until its rounds are done (or SIGTERM / SIGINT); returns the exit status."""
+    check(config)
+    if not os.environ.get("PHALANX_DEBUG"):
+        logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+    log = log or sys.stdout
+    neighbour_addrs = config.neighbours
+    if config.topology_file is not None and config.address_book is not None:
+        neighbour_addrs += neighbours_from_files(config.topology_file, config.address_book, config.index)
+
+    dataset = load_dataset(config.dataset)
+    shard = shard_of(dataset.train_y.numpy(), config.nodes, config.index, config.partition, seed=config.seed)
+    train = TrainConfig(
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        batch_size=config.batch_size,
+        sam_rho=config.sam_rho,
+    )
+    learner = Learner(
+        dataset=dataset,
+        shard=shard,
+        model=config.model,
+        config=train,
+        seed=config.seed,
+        index=config.index,
+        flipped=config.byzantine == "label-flip",
+    )
+    key = load_or_create_key(config.key_path)
+    peer_id = peer_id_of(key)
+    checkpoint_path = config.data_dir / ckpt.FILENAME
+    saved = ckpt.load(checkpoint_path, dim=learner.dim)
+    if saved is not None and saved.peer_id and saved.peer_id != peer_id:
+        raise ConfigError(
+            f"checkpoint {checkpoint_path} belongs to peer {saved.peer_id}, this key is {peer_id}"
+        )
+    start_round = 0
+    metrics = Metrics(peer_id=peer_id)
+    if saved is not None:
+        learner.state.params.copy_(saved.params)
+        learner.state.momentum.copy_(saved.momentum)
+        learner.state.steps = saved.steps
+        start_round = saved.round
+        metrics.restore(saved.counters)
+
+    limits = Limits(dim=learner.dim)
+    bans = BanList(threshold=config.ban_threshold, window=config.ban_window, duration=config.ban_duration)
+
+    async def main() -> None:
+        now: Callable[[], float] = trio.current_time
+        if saved is not None:
+            bans.restore(saved.bans, now())
+        async with open_libp2p_transport(
+            key,
+            listen=config.listen,
+            limits=limits,
+            is_banned=lambda p: bans.is_banned(p, now()),
+            stall=config.stall_timeout,
+        ) as transport:
+            neighbours = tuple(transport.add_address(a) for a in neighbour_addrs)
+            protocol = build_protocol(config, neighbours, learner.get_vector(), start_round)
+            settings = RuntimeSettings(
+                rounds=config.rounds,
+                eval_every=config.eval_every,
+                linger=config.linger,
+                checkpoint_path=checkpoint_path,
+                protocol_name=config.protocol,
+                byzantine=config.byzantine,
+            )
+            runtime = NodeRuntime(
+                protocol=protocol,
+                transport=transport,
+                learner=learner,
+                limits=limits,
+                metrics=metrics,
+                bans=bans,
+                settings=settings,
+                start_round=start_round,
+                log=log,
+            )
+            metrics.listen = transport.listen_addresses()
+            async with trio.open_nursery() as nursery:
+                port = -1
+                if config.metrics_port >= 0:
+                    port = await nursery.start(serve, metrics, config.metrics_port)
+                runtime.log(
+                    "listening",
+                    peer_id=peer_id,
+                    addrs=metrics.listen,
+                    metrics_port=port,
+                    start_round=start_round,
+                    dim=learner.dim,
+                    neighbours=list(neighbours),
+                    byzantine=config.byzantine or None,
+                )
+                nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+                for addr in config.bootstrap:
+                    nursery.start_soon(_dial, transport, transport.add_address(addr))
+                await runtime.run()
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    return 0
+
+
+async def _dial(transport: object, peer: str) -> None:
+    try:
+        await transport.connect(peer)  # type: ignore[attr-defined]
+    except TransportError:
+        pass
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return

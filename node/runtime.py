@@ -1,0 +1,322 @@
+"""The trio runtime that drives one sans-I/O protocol object on a real node.
+
+Glue only (CONVENTIONS.md): transport events become protocol events, protocol actions become writes,
+timers and training. Everything happens on one trio thread, so the protocol is never entered twice at
+once; local training runs in a worker thread (``trio.to_thread.run_sync``) under a lock that also covers
+evaluation, because both use the learner's one model.
+
+What the runtime adds around the protocol:
+
+- every frame is decoded under :class:`~phalanx.gossip.wire.Limits`; a bad one is dropped, counted by
+  reason, logged, and is a strike against its sender (:class:`~phalanx.node.bans.BanList`);
+- a model update for a round this node has already completed is dropped as ``stale``, and one whose
+  (round, step) is not newer than the last one accepted from that peer is dropped as ``replay``;
+- after each round: evaluate, write the checkpoint atomically, log one JSON line, update metrics.
+
+Log lines go to ``log`` (stdout by default), one JSON object per line, so that ``net up`` and tests can
+follow a node by reading its output.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+import trio
+
+from phalanx.gossip.events import (
+    Action,
+    CancelTimer,
+    Event,
+    MessageReceived,
+    PeerDown,
+    PeerUp,
+    PenalisePeer,
+    RoundCompleted,
+    Send,
+    SetTimer,
+    TimerFired,
+    Train,
+    TrainingDone,
+)
+from phalanx.gossip.messages import ModelUpdate, decode, encode
+from phalanx.gossip.protocol import Protocol, ProtocolError
+from phalanx.gossip.wire import Limits, WireError
+from phalanx.node import checkpoint as ckpt
+from phalanx.node.bans import BanList
+from phalanx.node.learner import Learner
+from phalanx.node.metrics import Metrics
+from phalanx.node.transport import Connected, Disconnected, Frame, Rejected, Transport, TransportError
+
+# Remote errors reported by the protocol (PenalisePeer) are counted under this reason.
+PENALISED = "penalised"
+
+
+@dataclass(slots=True, kw_only=True)
+class RuntimeSettings:
+    rounds: int = 0  # 0: run until cancelled
+    eval_every: int = 1
+    linger: float = 1.0  # seconds to keep answering after the last round
+    checkpoint_path: Path | None = None
+    protocol_name: str = ""
+    byzantine: str = ""
+    send_retry: float = 3.0  # seconds to keep retrying a failed send
+
+
+class NodeRuntime:
+    def __init__(
+        self,
+        *,
+        protocol: Protocol,
+        transport: Transport,
+        learner: Learner,
+        limits: Limits,
+        metrics: Metrics,
+        bans: BanList,
+        settings: RuntimeSettings,
+        start_round: int = 0,
+        log: TextIO | None = None,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self.protocol = protocol
+        self.transport = transport
+        self.learner = learner
+        self.limits = limits
+        self.metrics = metrics
+        self.bans = bans
+        self.settings = settings
+        self.clock = clock
+        self._log = log or sys.stdout
+        self._completed = start_round  # rounds completed so far (== the next round's index)
+        self._last_seen: dict[str, tuple[int, int]] = {}
+        self._timers: dict[str, trio.CancelScope] = {}
+        self._learner_lock = trio.Lock()
+        self._rounds_out: trio.MemorySendChannel[tuple[RoundCompleted, torch.Tensor, int]]
+        self._rounds_in: trio.MemoryReceiveChannel[tuple[RoundCompleted, torch.Tensor, int]]
+        self._rounds_out, self._rounds_in = trio.open_memory_channel(math.inf)
+        self._finished = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._t0 = time.monotonic()
+        self.metrics.round = start_round
+        self.metrics.protocol = settings.protocol_name
+        self.metrics.byzantine = settings.byzantine
+
+    # ------------------------------------------------------------------ logging
+
+    def log(self, event: str, **fields: Any) -> None:
+        record = {"event": event, "t": round(time.monotonic() - self._t0, 3), **fields}
+        print(json.dumps(record, separators=(",", ":")), file=self._log, flush=True)
+
+    # ------------------------------------------------------------------ main loop
+
+    async def run(self) -> None:
+        """Run until the configured number of rounds is done (then linger) or until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._pump_transport)
+            nursery.start_soon(self._round_writer)
+            if self.settings.rounds and self._completed >= self.settings.rounds:
+                self._finish()
+            else:
+                self._apply(self.protocol.start(self.clock()))
+            await self._finished.wait()
+            await trio.sleep(self.settings.linger)
+            nursery.cancel_scope.cancel()
+
+    def _finish(self) -> None:
+        self.metrics.finished = True
+        self.log("finished", round=self._completed)
+        self._finished.set()
+
+    def dispatch(self, event: Event) -> None:
+        """Hand one event to the protocol and carry out its actions."""
+        try:
+            actions = self.protocol.handle(event, self.clock())
+        except ProtocolError as exc:
+            if exc.remote and exc.peer is not None:
+                self._reject(exc.peer, PENALISED, str(exc))
+                return
+            raise
+        self._apply(actions)
+
+    def _apply(self, actions: list[Action]) -> None:
+        assert self._nursery is not None
+        encoded: dict[int, bytes] = {}  # one encoding per message object, however many peers get it
+        for action in actions:
+            if isinstance(action, Send):
+                body = encoded.get(id(action.message))
+                if body is None:
+                    body = encoded[id(action.message)] = encode(action.message)
+                self._nursery.start_soon(self._send, action.peer, body)
+            elif isinstance(action, Train):
+                self._nursery.start_soon(self._train, action)
+            elif isinstance(action, SetTimer):
+                self._cancel_timer(action.name)
+                scope = trio.CancelScope()
+                self._timers[action.name] = scope
+                self._nursery.start_soon(self._timer, action.name, action.deadline, scope)
+            elif isinstance(action, CancelTimer):
+                self._cancel_timer(action.name)
+            elif isinstance(action, RoundCompleted):
+                self._completed = max(self._completed, action.round + 1)
+                # Snapshot the optimiser state now, before the next round's training can start: no training
+                # runs between a round's exchange and its end, so it belongs with action.params.
+                state = self.learner.state
+                self._rounds_out.send_nowait((action, state.momentum.clone(), state.steps))
+            elif isinstance(action, PenalisePeer):
+                self._reject(action.peer, PENALISED, action.reason)
+
+    # ------------------------------------------------------------------ actions
+
+    async def _send(self, peer: str, body: bytes) -> None:
+        # A peer that is not up yet (nodes start in any order) or restarting gets a few retries with
+        # backoff, for at most send_retry seconds; after that the protocol's round timeout copes.
+        deadline = trio.current_time() + self.settings.send_retry
+        delay = 0.1
+        while True:
+            try:
+                await self.transport.send(peer, body)
+                break
+            except TransportError as exc:
+                if trio.current_time() + delay > deadline:
+                    self.metrics.send_failures += 1
+                    self.log("send-failed", peer=peer, error=str(exc)[:200])
+                    return
+            await trio.sleep(delay)
+            delay *= 2
+        self.metrics.bytes_out += len(body) + 4
+        self.metrics.messages_out += 1
+
+    async def _train(self, action: Train) -> None:
+        async with self._learner_lock:
+            learner = self.learner
+
+            def work() -> tuple[torch.Tensor, float]:
+                learner.set_vector(action.params)
+                loss = learner.train(action.steps)
+                return learner.get_vector(), loss
+
+            params, loss = await trio.to_thread.run_sync(work)
+        self.dispatch(TrainingDone(round=action.round, params=params, loss=loss))
+
+    def _cancel_timer(self, name: str) -> None:
+        scope = self._timers.pop(name, None)
+        if scope is not None:
+            scope.cancel()
+
+    async def _timer(self, name: str, deadline: float, scope: trio.CancelScope) -> None:
+        with scope:
+            await trio.sleep_until(deadline)
+            if self._timers.get(name) is scope:
+                del self._timers[name]
+                self.dispatch(TimerFired(name=name))
+
+    # ------------------------------------------------------------------ rounds: evaluate, checkpoint, log
+
+    async def _round_writer(self) -> None:
+        async for done, momentum, steps in self._rounds_in:
+            await self._complete_round(done, momentum, steps)
+
+    async def _complete_round(self, done: RoundCompleted, momentum: torch.Tensor, steps: int) -> None:
+        number = done.round + 1
+        acc, loss = math.nan, math.nan
+        evaluate = self.settings.eval_every and (
+            number % self.settings.eval_every == 0 or number == self.settings.rounds
+        )
+        async with self._learner_lock:
+            learner = self.learner
+            if evaluate:
+                acc, loss = await trio.to_thread.run_sync(
+                    lambda: learner.trainer.evaluate(
+                        done.params, learner.dataset.test_x, learner.dataset.test_y
+                    )
+                )
+        self.metrics.round = number
+        self.metrics.rounds_completed += 1
+        if evaluate:
+            self.metrics.accuracy, self.metrics.loss = acc, loss
+        now = self.clock()
+        self.metrics.banned = len(self.bans.banned(now))
+        self.metrics.peers = len(self.transport.peers())
+        if self.settings.checkpoint_path is not None:
+            state = ckpt.Checkpoint(
+                round=number,
+                params=done.params,
+                momentum=momentum,
+                steps=steps,
+                peer_id=self.transport.peer_id,
+                view=sorted(self.transport.peers()),
+                counters=self.metrics.counters(),
+                bans=self.bans.to_dict(now),
+                extra={"protocol": self.settings.protocol_name},
+            )
+            await trio.to_thread.run_sync(ckpt.save, self.settings.checkpoint_path, state)
+        self.log(
+            "round",
+            round=number,
+            accuracy=None if math.isnan(acc) else round(acc, 4),
+            loss=None if math.isnan(loss) else round(loss, 4),
+            received=done.received,
+            accepted=done.accepted,
+            bytes_in=self.metrics.bytes_in,
+            bytes_out=self.metrics.bytes_out,
+            rejected=sum(self.metrics.rejected.values()),
+            peers=self.metrics.peers,
+        )
+        if self.settings.rounds and number >= self.settings.rounds and not self._finished.is_set():
+            self._finish()
+
+    # ------------------------------------------------------------------ inbound
+
+    def _reject(self, peer: str, reason: str, detail: str = "") -> None:
+        self.metrics.reject(reason)
+        self.log("rejected", peer=peer, reason=reason, **({"detail": detail[:200]} if detail else {}))
+        if reason in ("banned", "stale"):
+            return  # already banned / an honest peer that is slow: not a strike
+        now = self.clock()
+        if self.bans.strike(peer, now):
+            self.metrics.banned = len(self.bans.banned(now))
+            self.log("banned", peer=peer, seconds=self.bans.duration)
+
+    def _accept(self, peer: str, body: bytes) -> None:
+        self.metrics.bytes_in += len(body) + 4
+        if self.bans.is_banned(peer, self.clock()):
+            self._reject(peer, "banned")
+            return
+        try:
+            message = decode(body, self.limits)
+        except WireError as exc:
+            self._reject(peer, exc.reason, str(exc))
+            return
+        if isinstance(message, ModelUpdate):
+            key = (message.round, message.step)
+            if message.round < self._completed:
+                self._reject(peer, "stale", f"round {message.round} already completed")
+                return
+            if key <= self._last_seen.get(peer, (-1, -1)):
+                self._reject(peer, "replay", f"round {message.round} step {message.step} seen before")
+                return
+            self._last_seen[peer] = key
+        self.metrics.messages_in += 1
+        self.dispatch(MessageReceived(peer=peer, message=message))
+
+    async def _pump_transport(self) -> None:
+        while True:
+            event = await self.transport.receive()
+            if isinstance(event, Frame):
+                self._accept(event.peer, event.body)
+            elif isinstance(event, Rejected):
+                self._reject(event.peer, event.reason)
+            elif isinstance(event, Connected):
+                self.metrics.peers = len(self.transport.peers())
+                self.dispatch(PeerUp(peer=event.peer))
+            elif isinstance(event, Disconnected):
+                self.metrics.peers = len(self.transport.peers())
+                self.dispatch(PeerDown(peer=event.peer))
