@@ -53,34 +53,54 @@ def _check_params(name: str, params: torch.Tensor) -> None:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Ping:
-    """Are you available for round ``round``? ``nonce`` names the sampling search the answer belongs to."""
+    """Are you available as a ``role`` (0 trainer, 1 aggregator) of round ``round``?
+
+    ``nonce`` names the pinger's sampling search the answer belongs to.
+    """
 
     TYPE: ClassVar[str] = "ping"
     round: int
     nonce: int = 0
+    role: int = 0
 
     def to_fields(self) -> dict[str, Any]:
-        return {"r": self.round, "n": self.nonce}
+        return {"r": self.round, "n": self.nonce, "o": self.role}
 
     @classmethod
     def from_fields(cls, fields: dict[str, Any], limits: Limits) -> Ping:
-        return cls(round=read_int(fields, "r", hi=limits.max_round), nonce=read_int(fields, "n", hi=2**63))
+        return cls(
+            round=read_int(fields, "r", hi=limits.max_round),
+            nonce=read_int(fields, "n", hi=2**63),
+            role=read_int(fields, "o", hi=1),
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Pong:
-    """The answer to a :class:`Ping`, echoing its round and nonce."""
+    """The answer to a :class:`Ping`, echoing its round and nonce.
+
+    ``has``: the answering node already holds what the pinger would send it for that round; ``done``: it
+    has also finished its part of the round (trained it, or aggregated it).
+    """
 
     TYPE: ClassVar[str] = "pong"
     round: int
     nonce: int = 0
+    has: bool = False
+    done: bool = False
 
     def to_fields(self) -> dict[str, Any]:
-        return {"r": self.round, "n": self.nonce}
+        return {"r": self.round, "n": self.nonce, "f": int(self.has) | (int(self.done) << 1)}
 
     @classmethod
     def from_fields(cls, fields: dict[str, Any], limits: Limits) -> Pong:
-        return cls(round=read_int(fields, "r", hi=limits.max_round), nonce=read_int(fields, "n", hi=2**63))
+        flags = read_int(fields, "f", hi=3)
+        return cls(
+            round=read_int(fields, "r", hi=limits.max_round),
+            nonce=read_int(fields, "n", hi=2**63),
+            has=bool(flags & 1),
+            done=bool(flags & 2),
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -89,6 +89,8 @@ class ModestConfig:
     announce: int = 3
     join_delay: int = 2
     rounds: int = 0
+    progress_timeout: float = 10.0
+    watch_limit: int = 3
 
     def __post_init__(self) -> None:
         if self.s < 1 or self.a < 1:
@@ -101,8 +103,8 @@ class ModestConfig:
             raise ValueError("inactivity, local_steps and view_window must be >= 0, announce >= 1")
         if not 0 <= self.combine_quorum <= self.a:
             raise ValueError(f"combine_quorum must be in [0, a], got {self.combine_quorum}")
-        if self.join_delay < 1 or self.rounds < 0:
-            raise ValueError("join_delay must be >= 1 and rounds >= 0")
+        if self.join_delay < 1 or self.rounds < 0 or self.watch_limit < 0 or not self.progress_timeout > 0:
+            raise ValueError("join_delay must be >= 1, rounds and watch_limit >= 0, progress_timeout > 0")
 
     @property
     def needed_models(self) -> int:
@@ -133,6 +135,7 @@ class _Search:
 
     nonce: int
     round: int
+    role: int  # 0: looking for trainers, 1: for aggregators
     need: int
     pool: Iterator[PeerId]
     payload: Message
@@ -140,6 +143,10 @@ class _Search:
     state: dict[PeerId, str] = field(default_factory=dict)  # "wait" | "ok" | "fail"
     sent_at: dict[PeerId, float] = field(default_factory=dict)
     exhausted: bool = False
+    has: set[PeerId] = field(default_factory=set)  # answered that they already hold the payload
+    delivered: set[PeerId] = field(default_factory=set)
+    progress: bool = False  # a chosen peer reported its part of the round done
+    watches: int = 0
 
     def live(self) -> int:
         return sum(1 for p in self.order if self.state[p] != "fail")
@@ -218,7 +225,9 @@ class Modest(Protocol):
     def _search(self, k: int, role: bytes, need: int, payload: Message, now: float) -> list[Action]:
         self._nonce += 1
         pool = candidates(self.view, k, inactivity=self.config.inactivity, role=role)
-        search = _Search(nonce=self._nonce, round=k, need=need, pool=pool, payload=payload)
+        search = _Search(
+            nonce=self._nonce, round=k, role=int(role == AGGREGATORS), need=need, pool=pool, payload=payload
+        )
         self._searches[search.nonce] = search
         return self._fill(search, now)
 
@@ -234,20 +243,33 @@ class Modest(Protocol):
                 continue
             search.state[peer] = "wait"
             search.sent_at[peer] = now
-            self.counters["pings"] += 1
-            actions.append(Send(peer=peer, message=Ping(round=search.round, nonce=search.nonce)))
+            actions.append(Send(peer=peer, message=self._ping(search)))
         chosen = search.chosen()
         if chosen is None:
             actions.append(SetTimer(name=f"ping:{search.nonce}", deadline=now + self.config.ping_retry))
             return actions
-        del self._searches[search.nonce]
         actions.append(CancelTimer(name=f"ping:{search.nonce}"))
         for peer in chosen:
+            if peer in search.delivered or peer in search.has:
+                continue
+            search.delivered.add(peer)
             if peer == self.node:
                 actions += self._deliver_local(search.payload, now)
             else:
                 actions.append(Send(peer=peer, message=search.payload))
+        # Watch the round: if every chosen peer dies before finishing its part, the next candidates get
+        # the payload (a liveness guard MoDeST's paper leaves to timeouts at the receivers).
+        if search.progress or search.watches >= self.config.watch_limit or chosen == [self.node]:
+            del self._searches[search.nonce]
+        else:
+            actions.append(
+                SetTimer(name=f"watch:{search.nonce}", deadline=now + self.config.progress_timeout)
+            )
         return actions
+
+    def _ping(self, search: _Search) -> Ping:
+        self.counters["pings"] += 1
+        return Ping(round=search.round, nonce=search.nonce, role=search.role)
 
     def _deliver_local(self, message: Message, now: float) -> list[Action]:
         if isinstance(message, TrainedModel):
@@ -322,7 +344,7 @@ class Modest(Protocol):
             if self.left:
                 return []
             self.view.touch(peer, message.round, now_round=max(self.round, 0))
-            return [Send(peer=peer, message=Pong(round=message.round, nonce=message.nonce))]
+            return [Send(peer=peer, message=self._pong(peer, message))]
         if isinstance(message, Pong):
             return self._on_pong(peer, message, now)
         if self.left:
@@ -350,12 +372,26 @@ class Modest(Protocol):
             return []
         return []
 
+    def _pong(self, peer: PeerId, ping: Ping) -> Pong:
+        k = ping.round
+        if ping.role == 0:  # a trainer of round k is wanted: do I have round k's model, have I trained it?
+            has = self.started >= k
+            done = self.started > k or (has and self.training != k)
+        else:  # an aggregator of round k: have I got the pinger's model of round k - 1, aggregated k?
+            done = self.aggregated >= k
+            has = done or peer in self._inbox.get(k - 1, {})
+        return Pong(round=k, nonce=ping.nonce, has=has, done=done)
+
     def _on_pong(self, peer: PeerId, message: Pong, now: float) -> list[Action]:
         self.view.touch(peer, message.round, now_round=max(self.round, 0))
         search = self._searches.get(message.nonce)
         if search is None or search.state.get(peer) != "wait":
             return []
         search.state[peer] = "ok"
+        if message.has:
+            search.has.add(peer)
+        if message.done:
+            search.progress = True
         return self._fill(search, now)
 
     def on_timer(self, name: str, now: float) -> list[Action]:
@@ -371,8 +407,19 @@ class Modest(Protocol):
                 if now - search.sent_at[peer] >= self.config.ping_timeout - 1e-12:
                     search.state[peer] = "fail"
                 else:
-                    self.counters["pings"] += 1
-                    actions.append(Send(peer=peer, message=Ping(round=search.round, nonce=search.nonce)))
+                    actions.append(Send(peer=peer, message=self._ping(search)))
+            return actions + self._fill(search, now)
+        if kind == "watch":
+            search = self._searches.get(int(arg))
+            if search is None:
+                return []
+            search.watches += 1
+            actions = []
+            for peer in search.order:
+                if search.state[peer] == "ok" and peer != self.node:
+                    search.state[peer] = "wait"
+                    search.sent_at[peer] = now
+                    actions.append(Send(peer=peer, message=self._ping(search)))
             return actions + self._fill(search, now)
         if kind == "aggregate":
             return self._aggregate(int(arg), now)
