@@ -137,7 +137,7 @@ class DPSGD(Protocol):
         self.params = params
         self.round = start_round
         self.step = 0
-        self.phase = "idle"  # idle -> train -> gossip (-> train ...) -> done
+        self.phase = "idle"  # idle -> train -> gossip (-> train ...) -> done; sync after resume()
         self.stats = DPSGDStats()
         self._inbox: dict[tuple[int, int], dict[PeerId, torch.Tensor]] = {}
         self._down: set[PeerId] = set()
@@ -229,6 +229,14 @@ class DPSGD(Protocol):
         if not isinstance(message, ModelUpdate):
             self.stats.strangers += 1
             return [PenalisePeer(peer=peer, reason=f"unexpected message {type(message).__name__}")]
+        if self.phase == "sync":
+            if message.step != 0 or peer not in self.weights_at(message.round) or message.round < self.round:
+                return []
+            # Back from an absence: join the round the neighbours are in.
+            self.round = message.round
+            self._inbox = {(message.round, 0): {peer: message.params}}
+            self.stats.received += 1
+            return self._begin_training()
         key = (message.round, message.step)
         if key < (self.round, self.step if self.phase == "gossip" else 0) or self.phase == "done":
             self.stats.late += 1
@@ -264,6 +272,15 @@ class DPSGD(Protocol):
 
     def on_peer_up(self, peer: PeerId, now: float) -> list[Action]:
         self._down.discard(peer)
+        return []
+
+    def resume(self, now: float) -> list[Action]:
+        """The node was away (events meant for it were lost): wait for a neighbour's model and join its
+        round. A neighbour can make the node skip rounds this way, never go back."""
+        if self.phase == "done":
+            return []
+        self.phase = "sync"
+        self._inbox.clear()
         return []
 
     # ------------------------------------------------------------------ introspection

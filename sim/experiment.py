@@ -1,0 +1,348 @@
+"""One simulation run, from a validated config to per-round metrics.
+
+:func:`plan` checks everything that can be checked without training (names, graph, roles, the rule's
+tolerance at every honest node's degree) and fixes the roles of the nodes; :func:`run` builds the
+nodes, wires attackers and faults into the engine, and returns the metrics rows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import torch
+
+from phalanx.gossip.aggregator import Combiner, gossip_rule_names, rule_names
+from phalanx.gossip.byzantine import Byzantine, HonestView, attack_names
+from phalanx.gossip.events import PeerId, RoundCompleted
+from phalanx.gossip.messages import ModelUpdate
+from phalanx.gossip.protocol import Protocol
+from phalanx.node.datasets import Dataset, load_dataset
+from phalanx.node.learner import TrainConfig, Trainer, derive_seed
+from phalanx.node.models import MODEL_NAMES
+from phalanx.node.partition import parse_partition, partition
+from phalanx.sim.config import ConfigError, SimConfig
+from phalanx.sim.engine import Engine
+from phalanx.sim.faults import FaultSchedule
+from phalanx.sim.metrics import Metrics
+from phalanx.sim.mixing import mixing_matrix, neighbour_weights, spectral_gap
+from phalanx.sim.network import Network
+from phalanx.sim.protocols import PROTOCOLS, NodeView
+from phalanx.sim.topology import TimeVarying, build_graph, is_time_varying
+
+BEHAVIOUR_OF = {
+    "dissensus": "dissensus",
+    "equivocation": "equivocation",
+    "silent": "silent",
+    "label-flip": "label-flip",
+}
+
+
+@dataclass(slots=True, kw_only=True)
+class Plan:
+    """A checked run: the graph, who is Byzantine, who crashes, who straggles, the data shards."""
+
+    config: SimConfig
+    graph: nx.Graph
+    weights: dict[int, dict[int, float]]
+    spectral_gap: float
+    byzantine: frozenset[int]
+    crashed: tuple[int, ...]
+    stragglers: frozenset[int]
+    dataset: Dataset
+    shards: list[np.ndarray]
+    eval_nodes: tuple[int, ...]
+
+    @property
+    def honest(self) -> list[int]:
+        return [i for i in range(self.config.nodes) if i not in self.byzantine]
+
+
+def _pick(rng: np.random.Generator, candidates: list[int], k: int) -> list[int]:
+    return sorted(int(i) for i in rng.choice(candidates, size=min(k, len(candidates)), replace=False))
+
+
+def _by_degree(graph: nx.Graph, candidates: list[int]) -> list[int]:
+    return sorted(candidates, key=lambda i: (-graph.degree[i], i))
+
+
+def place_byzantine(config: SimConfig, graph: nx.Graph, rng: np.random.Generator) -> frozenset[int]:
+    k = config.num_byzantine
+    if config.byzantine_nodes:
+        return frozenset(config.byzantine_nodes)
+    if k == 0:
+        return frozenset()
+    nodes = list(range(config.nodes))
+    if config.byzantine_placement == "hubs":
+        return frozenset(_by_degree(graph, nodes)[:k])
+    if config.byzantine_placement == "target":
+        order = [v for v in nx.bfs_tree(graph, config.byzantine_target) if v != config.byzantine_target]
+        return frozenset(order[:k])
+    return frozenset(_pick(rng, nodes, k))
+
+
+def place_crashes(
+    config: SimConfig,
+    graph: nx.Graph,
+    byzantine: frozenset[int],
+    shards: list[np.ndarray],
+    rng: np.random.Generator,
+) -> tuple[int, ...]:
+    if config.crash_nodes:
+        return tuple(config.crash_nodes)
+    honest = [i for i in range(config.nodes) if i not in byzantine]
+    k = min(config.num_crashed, len(honest) - 1)
+    if k <= 0:
+        return ()
+    if config.crash_placement == "hubs":
+        return tuple(sorted(_by_degree(graph, honest)[:k]))
+    if config.crash_placement in ("relays", "data"):
+        # Relays hold no data; "data" crashes the nodes with the most data first.
+        sizes = {i: len(shards[i]) for i in honest}
+        if config.crash_placement == "relays":
+            relays = [i for i in honest if sizes[i] == 0]
+            rest = [i for i in honest if sizes[i] > 0]
+            chosen = _pick(rng, relays, k) if relays else []
+            return tuple(sorted(chosen + _pick(rng, rest, k - len(chosen))))
+        return tuple(sorted(sorted(honest, key=lambda i: (-sizes[i], i))[:k]))
+    return tuple(_pick(rng, honest, k))
+
+
+def check_rule(config: SimConfig, graph: nx.Graph, byzantine: frozenset[int]) -> None:
+    """Run the rule once on zero vectors of every honest degree: a rule that cannot tolerate its ``f``
+    with deg + 1 inputs fails here, before training, instead of in round 0."""
+    if config.rule not in rule_names():
+        raise ConfigError(f"unknown rule {config.rule!r}; choose one of: {', '.join(rule_names())}")
+    combiner = Combiner(config.rule, config.rule_params)
+    gossip = config.rule in gossip_rule_names()
+    degrees = sorted({graph.degree[i] for i in graph if i not in byzantine})
+    for deg in degrees:
+        own = torch.zeros(4)
+        received = {str(j): torch.zeros(4) for j in range(deg)}
+        weights = {str(j): 1.0 / (deg + 1) for j in range(deg)}
+        try:
+            if gossip or config.rule == "mean":
+                combiner(own, received, weights)
+            else:
+                assert combiner._fn is not None
+                combiner._fn(torch.zeros(deg + 1, 4), **config.rule_params)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(
+                f"rule {config.rule} with {dict(config.rule_params)} cannot run at a node of degree {deg} "
+                f"({deg + 1} inputs): {exc}".splitlines()[0]
+            ) from None
+
+
+def plan(config: SimConfig) -> Plan:
+    """Check the config and fix every random choice that does not need training."""
+    if config.protocol not in PROTOCOLS:
+        raise ConfigError(
+            f"unknown protocol {config.protocol!r}; choose one of: {', '.join(sorted(PROTOCOLS))}"
+        )
+    if config.model not in MODEL_NAMES:
+        raise ConfigError(f"unknown model {config.model!r}; choose one of: {', '.join(MODEL_NAMES)}")
+    attacks = attack_names()
+    if config.num_byzantine and config.attack not in attacks:
+        raise ConfigError(f"unknown attack {config.attack!r}; choose one of: {', '.join(attacks)}")
+    parse_partition(config.partition)
+    rng = np.random.default_rng(derive_seed(config.seed, "plan"))
+    graph = build_graph(config.topology, config.nodes, seed=config.seed)
+    weights = neighbour_weights(graph, config.mixing)
+    gap = spectral_gap(mixing_matrix(graph, config.mixing)) if config.nodes <= 2000 else float("nan")
+    byzantine = place_byzantine(config, graph, rng)
+    if len(byzantine) >= config.nodes:
+        raise ConfigError("every node would be Byzantine")
+    check_rule(config, graph, byzantine)
+    dataset = load_dataset(config.dataset)
+    shards = partition(dataset.train_y.numpy(), config.nodes, config.partition, seed=config.seed)
+    crashed = place_crashes(config, graph, byzantine, shards, rng)
+    honest = [i for i in range(config.nodes) if i not in byzantine]
+    stragglers = frozenset(_pick(rng, honest, round(config.straggler_fraction * len(honest))))
+    eval_nodes = tuple(honest) if not config.eval_nodes else tuple(_pick(rng, honest, config.eval_nodes))
+    return Plan(
+        config=config,
+        graph=graph,
+        weights=weights,
+        spectral_gap=gap,
+        byzantine=byzantine,
+        crashed=crashed,
+        stragglers=stragglers,
+        dataset=dataset,
+        shards=shards,
+        eval_nodes=eval_nodes,
+    )
+
+
+@dataclass(slots=True)
+class Result:
+    plan: Plan
+    rows: list[dict[str, Any]]
+    crashed_ids: set[int] = field(default_factory=set)
+    wall_time: float = 0.0
+    engine_stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _omniscient_hook(
+    holder: dict[str, Engine], plan: Plan, byz: frozenset[PeerId]
+) -> Callable[[PeerId, int, int], HonestView | None]:
+    weights = plan.weights
+
+    def hook(target: PeerId, round_: int, step: int) -> HonestView | None:
+        outbox = holder["engine"].outbox
+
+        def vector(node: PeerId) -> torch.Tensor | None:
+            msg = outbox.get(node)
+            if isinstance(msg, ModelUpdate) and msg.round == round_ and msg.step == step:
+                return msg.params
+            return None
+
+        row = weights[int(target)]
+        vecs, ws, byz_w = [], [], 0.0
+        for j, w in row.items():
+            if str(j) in byz:
+                byz_w += w
+                continue
+            v = vector(str(j))
+            if v is not None:
+                vecs.append(v)
+                ws.append(w)
+        own = vector(target)
+        if own is None and not vecs:
+            return None
+        return HonestView(
+            own=own,
+            neighbours=torch.stack(vecs) if vecs else torch.zeros((0, plan.dataset.train_x[0].numel())),
+            weights=torch.tensor(ws, dtype=torch.float32),
+            byzantine_weight=byz_w,
+        )
+
+    return hook
+
+
+def run(
+    plan: Plan,
+    *,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> Result:
+    """Simulate the planned run; ``progress`` is called with each finished round's metrics row."""
+    config = plan.config
+    start = time.perf_counter()
+    train_config = TrainConfig(
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        batch_size=config.batch_size,
+        sam_rho=config.sam_rho,
+    )
+    trainer = Trainer(config.model, plan.dataset, train_config, init_seed=config.seed)
+    from phalanx.sim.training import SimWorker
+
+    byz = frozenset(str(i) for i in plan.byzantine)
+    flipped = byz if config.attack == "label-flip" else frozenset()
+    worker = SimWorker(
+        trainer,
+        plan.dataset,
+        plan.shards,
+        seed=config.seed,
+        step_time=config.step_time,
+        slowdown={str(i): config.straggler_slowdown for i in plan.stragglers},
+        flipped=flipped,
+    )
+    peers = tuple(str(i) for i in range(config.nodes))
+    schedule_of = _schedules(plan) if is_time_varying(config.topology) else None
+    holder: dict[str, Engine] = {}
+    hook = _omniscient_hook(holder, plan, byz) if config.omniscient and schedule_of is None else None
+    delay = min(config.round_timeout / 2, 2 * config.latency + 1e-3)
+    protocols: dict[PeerId, Protocol] = {}
+    for i in range(config.nodes):
+        node = str(i)
+        view = NodeView(
+            node=node,
+            neighbours=tuple(str(j) for j in plan.graph[i]),
+            weights={str(j): w for j, w in plan.weights[i].items()},
+            peers=peers,
+            graph=plan.graph,
+            initial=trainer.initial,
+            schedule=schedule_of(node) if schedule_of else None,
+        )
+        node_rng = np.random.default_rng(derive_seed(config.seed, "node", i))
+        proto = PROTOCOLS[config.protocol](view, config, node_rng)
+        if node in byz:
+            proto = Byzantine(
+                proto,
+                behaviour=BEHAVIOUR_OF.get(config.attack, "attack"),
+                attack=config.attack,
+                attack_params=config.attack_params,
+                delay=delay,
+                omniscient=hook,
+                colluders=byz - {node},
+                rng=node_rng,
+            )
+        protocols[node] = proto
+    honest = [str(i) for i in plan.honest]
+    test_x, test_y = plan.dataset.test_x, plan.dataset.test_y
+    if config.eval_samples and config.eval_samples < len(test_y):
+        test_x, test_y = test_x[: config.eval_samples], test_y[: config.eval_samples]
+    metrics = Metrics(
+        honest=honest,
+        eval_nodes=frozenset(str(i) for i in plan.eval_nodes),
+        rounds=config.rounds,
+        eval_every=config.eval_every,
+        evaluate=lambda p: trainer.evaluate(p, test_x, test_y),
+        start=start,
+        on_row=progress,
+    )
+    network = Network(
+        plan.graph,
+        latency=config.latency,
+        bandwidth=config.bandwidth,
+        loss=config.loss,
+        rng=np.random.default_rng(derive_seed(config.seed, "network")),
+    )
+    faults = FaultSchedule(plan, rng=np.random.default_rng(derive_seed(config.seed, "faults")))
+    engine = Engine(protocols, network=network, worker=worker, observers=(faults, metrics))
+    holder["engine"] = engine
+    metrics.engine = engine
+    engine.run()
+    metrics.finish()
+    return Result(
+        plan=plan,
+        rows=metrics.rows,
+        crashed_ids={int(n) for n in faults.crashed},
+        wall_time=time.perf_counter() - start,
+        engine_stats={
+            "virtual_time": engine.now,
+            "events": engine.events_handled,
+            "lost": network.lost,
+            "penalties": engine.penalties,
+            "train_steps": worker.steps_run,
+        },
+    )
+
+
+def _schedules(plan: Plan) -> Callable[[PeerId], Callable[[int], Mapping[PeerId, float]]]:
+    config = plan.config
+    k = int(config.topology.split(":")[1])
+    tv = TimeVarying(config.nodes, k, config.seed)
+    cache: dict[int, dict[int, dict[int, float]]] = {}
+
+    def weights_at(round_: int) -> dict[int, dict[int, float]]:
+        if round_ not in cache:
+            if len(cache) > 4:
+                cache.pop(min(cache))
+            cache[round_] = neighbour_weights(tv.graph(round_), config.mixing)
+        return cache[round_]
+
+    def for_node(node: PeerId) -> Callable[[int], Mapping[PeerId, float]]:
+        i = int(node)
+        return lambda r: {str(j): w for j, w in weights_at(r)[i].items()}
+
+    return for_node
+
+
+def round_completed(action: object) -> bool:
+    return isinstance(action, RoundCompleted)

@@ -1,0 +1,134 @@
+"""Per-round metrics over honest nodes, computed as rounds finish, without keeping every model.
+
+For each round the collector keeps running sums (float64) of the honest models and of their squared
+norms — enough for the consensus distance ``sqrt(mean_i ||x_i - mean(x)||^2)`` — and, on evaluation rounds
+only, the models of the evaluated nodes. A round is written out when every live honest node has finished
+it (or at the end of the run), in round order.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from phalanx.gossip.events import PeerId
+
+if TYPE_CHECKING:
+    from phalanx.sim.engine import Engine
+
+
+@dataclass(slots=True)
+class _Pending:
+    count: int = 0
+    total: torch.Tensor | None = None
+    sq: float = 0.0
+    nodes: set[PeerId] = field(default_factory=set)
+    models: dict[PeerId, torch.Tensor] = field(default_factory=dict)
+
+
+class Metrics:
+    def __init__(
+        self,
+        *,
+        honest: list[PeerId],
+        eval_nodes: frozenset[PeerId],
+        rounds: int,
+        eval_every: int,
+        evaluate: Callable[[torch.Tensor], tuple[float, float]],
+        start: float,
+        on_row: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.honest = frozenset(honest)
+        self.eval_nodes = eval_nodes
+        self.rounds = rounds
+        self.eval_every = eval_every
+        self.evaluate = evaluate
+        self.start = start
+        self.on_row = on_row
+        self.rows: list[dict[str, Any]] = []
+        self.engine: Engine | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._next = 0
+
+    def is_eval_round(self, r: int) -> bool:
+        return (r + 1) % self.eval_every == 0 or r == self.rounds - 1 or r == 0
+
+    def on_round(self, engine: Engine, node: PeerId, action: Any, now: float) -> None:
+        if node not in self.honest or action.round < self._next:
+            return
+        p = self._pending.setdefault(action.round, _Pending())
+        if node in p.nodes:
+            return
+        x = action.params
+        p.nodes.add(node)
+        p.count += 1
+        x64 = x.double()
+        p.total = x64 if p.total is None else p.total.add_(x64)
+        p.sq += float(x64.dot(x64))
+        if node in self.eval_nodes and self.is_eval_round(action.round):
+            p.models[node] = x
+        self._flush(engine, final=False)
+
+    def _flush(self, engine: Engine, *, final: bool) -> None:
+        while self._next in self._pending:
+            p = self._pending[self._next]
+            live = (self.honest & engine.alive) - p.nodes
+            if live and not final:
+                return
+            self._emit(engine, self._next, p)
+            del self._pending[self._next]
+            self._next += 1
+
+    def finish(self) -> None:
+        assert self.engine is not None
+        for r in sorted(self._pending):
+            self._next = r
+            self._flush(self.engine, final=True)
+
+    def _emit(self, engine: Engine, r: int, p: _Pending) -> None:
+        row: dict[str, Any] = {"round": r}
+        assert p.total is not None
+        mean = p.total / p.count
+        dist2 = max(0.0, p.sq / p.count - float(mean.dot(mean)))
+        accs, losses = [], []
+        for node in sorted(p.models, key=lambda n: (len(n), n)):
+            acc, loss = self.evaluate(p.models[node])
+            accs.append(acc)
+            losses.append(loss if math.isfinite(loss) else float("nan"))
+        if accs:
+            row.update(
+                acc_mean=sum(accs) / len(accs),
+                acc_min=min(accs),
+                acc_max=max(accs),
+                loss_mean=sum(losses) / len(losses),
+                loss_min=min(losses),
+                loss_max=max(losses),
+                evaluated=len(accs),
+            )
+        else:
+            row.update(
+                acc_mean=None,
+                acc_min=None,
+                acc_max=None,
+                loss_mean=None,
+                loss_min=None,
+                loss_max=None,
+                evaluated=0,
+            )
+        row.update(
+            consensus=math.sqrt(dist2),
+            honest_reported=p.count,
+            bytes=engine.bytes_sent,
+            messages=engine.messages_sent,
+            live=len(engine.alive),
+            virtual_time=round(engine.now, 6),
+            wall_time=round(time.perf_counter() - self.start, 3),
+        )
+        self.rows.append(row)
+        if self.on_row is not None:
+            self.on_row(row)
