@@ -5,6 +5,7 @@ and the metrics endpoint. ``phalanx node run`` is a thin shell around :func:`run
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -29,7 +30,7 @@ from phalanx.node.learner import Learner, TrainConfig, derive_seed
 from phalanx.node.metrics import Metrics, serve
 from phalanx.node.partition import shard_of
 from phalanx.node.runtime import NodeRuntime, RuntimeSettings
-from phalanx.node.transport import TransportError, open_libp2p_transport
+from phalanx.node.transport import Libp2pTransport, TransportError, open_libp2p_transport
 
 PROTOCOLS = ("dpsgd",)
 
@@ -189,11 +190,9 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
     return 0
 
 
-async def _dial(transport: object, peer: str) -> None:
-    try:
-        await transport.connect(peer)  # type: ignore[attr-defined]
-    except TransportError:
-        pass
+async def _dial(transport: Libp2pTransport, peer: str) -> None:
+    with contextlib.suppress(TransportError):
+        await transport.connect(peer)
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

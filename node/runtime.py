@@ -267,6 +267,8 @@ class NodeRuntime:
             accepted=done.accepted,
             bytes_in=self.metrics.bytes_in,
             bytes_out=self.metrics.bytes_out,
+            messages_in=self.metrics.messages_in,
+            messages_out=self.metrics.messages_out,
             rejected=sum(self.metrics.rejected.values()),
             peers=self.metrics.peers,
         )

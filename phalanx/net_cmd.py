@@ -1,0 +1,229 @@
+"""``phalanx net up``: a local network of real node processes on 127.0.0.1, wired by a simulator topology.
+
+It writes the same files as ``phalanx sim`` (config.toml, metrics.jsonl, summary.json, plots) so a real run
+and a simulated run of the same config compare side by side, plus nodes.json and the per-node table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from phalanx.cli import positive_float, positive_int
+from phalanx.options import add_data_arguments, add_training_arguments
+
+
+def _byzantine(text: str) -> tuple[int, str]:
+    index, sep, attack = text.partition(":")
+    if not sep or not index.isdigit() or not attack:
+        raise argparse.ArgumentTypeError(f"expected NODE:ATTACK, as in 2:alie; got {text!r}")
+    return int(index), attack
+
+
+def _kill(text: str) -> tuple[int, int]:
+    index, sep, rnd = text.partition("@")
+    if not sep or not index.isdigit() or not rnd.isdigit() or int(rnd) < 1:
+        raise argparse.ArgumentTypeError(f"expected NODE@ROUND, as in 3@5; got {text!r}")
+    return int(index), int(rnd)
+
+
+def register(sub: Any) -> None:
+    net = sub.add_parser("net", help="run a local network of real node processes")
+    net_sub = net.add_subparsers(dest="net_command", metavar="COMMAND", parser_class=type(net))
+    p = net_sub.add_parser(
+        "up",
+        help="start N real nodes on 127.0.0.1, run R rounds, report",
+        description="Start N real phalanx node processes on 127.0.0.1 wired by a topology, wait for R rounds, "
+        "print a per-node table and write the same files as 'phalanx sim'.",
+    )
+    p.add_argument("--nodes", type=positive_int, default=4, help="number of node processes (default 4)")
+    p.add_argument("--topology", default="ring", help="a simulator topology spec (default ring)")
+    p.add_argument("--rounds", type=positive_int, default=10, help="rounds every node runs (default 10)")
+    p.add_argument(
+        "--byzantine",
+        type=_byzantine,
+        action="append",
+        default=[],
+        metavar="NODE:ATTACK",
+        help="make NODE an attacker (alie, ipm, ..., label-flip, silent, equivocation)",
+    )
+    p.add_argument(
+        "--kill",
+        type=_kill,
+        action="append",
+        default=[],
+        metavar="NODE@ROUND",
+        help="SIGKILL NODE once it completed ROUND",
+    )
+    p.add_argument("--out", type=Path, help="run directory (default runs/net-<time>)")
+    p.add_argument("--timeout", type=positive_float, default=600.0, help="give up after this many seconds")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    add_data_arguments(p)
+    add_training_arguments(p)
+    g = p.add_argument_group("protocol")
+    g.add_argument("--rule", default="mean", help="aggregation rule (default mean)")
+    g.add_argument("--rule-param", action="append", default=[], metavar="KEY=VALUE")
+    g.add_argument("--attack-param", action="append", default=[], metavar="KEY=VALUE")
+    g.add_argument("--local-steps", type=int, default=1)
+    g.add_argument("--gossip-steps", type=int, default=1)
+    g.add_argument("--round-timeout", type=positive_float, default=10.0, help="seconds (default 10)")
+    g.add_argument("--eval-every", type=int, default=1)
+    p.set_defaults(func=run_net, command="net up")
+    net.set_defaults(func=lambda args: (net.print_help(), 2)[1])
+
+
+def sim_config(args: argparse.Namespace) -> Any:
+    """The simulator config that describes this network (uniform mixing: what a real node uses)."""
+    from phalanx.node.config import parse_pairs
+    from phalanx.sim.config import from_mapping
+
+    data: dict[str, Any] = {
+        "name": f"net-{args.topology.replace(':', '-')}-{args.nodes}",
+        "nodes": args.nodes,
+        "rounds": args.rounds,
+        "seed": args.seed,
+        "topology": args.topology,
+        "mixing": "uniform",
+        "protocol": "dpsgd",
+        "rule": args.rule,
+        "rule_params": parse_pairs(args.rule_param, "--rule-param"),
+        "local_steps": args.local_steps,
+        "gossip_steps": args.gossip_steps,
+        "round_timeout": args.round_timeout,
+        "dataset": args.dataset,
+        "partition": args.partition,
+        "model": args.model,
+        "lr": args.lr,
+        "momentum": args.momentum,
+        "weight_decay": args.weight_decay,
+        "batch_size": args.batch_size,
+        "sam_rho": args.sam_rho,
+        "eval_every": max(1, args.eval_every),
+    }
+    if args.byzantine:
+        data["byzantine_nodes"] = [i for i, _ in args.byzantine]
+        data["attack"] = args.byzantine[0][1]
+        data["attack_params"] = parse_pairs(args.attack_param, "--attack-param")
+    if args.kill:
+        data["crash_nodes"] = [i for i, _ in args.kill]
+        data["crash_round"] = min(r for _, r in args.kill)
+    return from_mapping(data)
+
+
+def node_args(args: argparse.Namespace) -> list[str]:
+    out = [
+        "--dataset",
+        args.dataset,
+        "--partition",
+        args.partition,
+        "--model",
+        args.model,
+        "--lr",
+        str(args.lr),
+        "--momentum",
+        str(args.momentum),
+        "--weight-decay",
+        str(args.weight_decay),
+        "--batch-size",
+        str(args.batch_size),
+        "--sam-rho",
+        str(args.sam_rho),
+        "--seed",
+        str(args.seed),
+        "--rule",
+        args.rule,
+        "--local-steps",
+        str(args.local_steps),
+        "--gossip-steps",
+        str(args.gossip_steps),
+        "--round-timeout",
+        str(args.round_timeout),
+        "--eval-every",
+        str(args.eval_every),
+    ]
+    for pair in args.rule_param:
+        out += ["--rule-param", pair]
+    for pair in args.attack_param:
+        out += ["--attack-param", pair]
+    return out
+
+
+def run_net(args: argparse.Namespace) -> int:
+    import trio
+
+    from phalanx.node.netup import NetSpec, node_table, rows, run_network
+    from phalanx.sim.experiment import Result, plan
+    from phalanx.sim.report import summary_table, write_run
+
+    config = sim_config(args)
+    checked = plan(config)  # the same checks as 'phalanx sim': topology, rule vs degree, attack names
+    out = args.out or Path("runs") / f"net-{time.strftime('%Y%m%d-%H%M%S')}"
+    spec = NetSpec(
+        n=args.nodes,
+        edges=sorted(tuple(sorted(e)) for e in checked.graph.edges()),
+        rounds=args.rounds,
+        workdir=out / "nodes",
+        byzantine=dict(args.byzantine),
+        kills=dict(args.kill),
+        node_args=node_args(args),
+        timeout=args.timeout,
+    )
+    print(
+        f"net up: {args.nodes} node processes, {args.topology}, {args.rule}, {len(spec.byzantine)} Byzantine, "
+        f"{len(spec.kills)} to kill, {args.rounds} rounds on {args.dataset}; run directory {out}/",
+        flush=True,
+    )
+
+    def progress(record: Any, event: dict[str, Any]) -> None:
+        if event.get("event") == "round" and record.index == 0:
+            acc = event.get("accuracy")
+            print(
+                f"  node 0 round {event['round']}" + (f"  accuracy {acc:.4f}" if acc is not None else ""),
+                file=sys.stderr,
+                flush=True,
+            )
+
+    result = trio.run(lambda: run_network(spec, on_event=progress))
+    table = node_table(result)
+    print(table)
+    killed = {n.index for n in result.nodes if n.killed_at is not None}
+    sim_result = Result(
+        plan=checked, rows=rows(result, args.rounds), crashed_ids=killed, wall_time=result.wall_time
+    )
+    info = write_run(sim_result, out, plots=not args.no_plots)
+    (out / "nodes.json").write_text(
+        json.dumps(
+            [
+                {
+                    "index": n.index,
+                    "peer_id": n.peer_id,
+                    "address": n.address,
+                    "role": n.role,
+                    "rounds": n.last.get("round", 0),
+                    "accuracy": n.last.get("accuracy"),
+                    "bytes_in": n.last.get("bytes_in", 0),
+                    "bytes_out": n.last.get("bytes_out", 0),
+                    "rejected": n.rejected,
+                    "killed_at": n.killed_at,
+                    "exit_code": n.exit_code,
+                }
+                for n in result.nodes
+            ],
+            indent=2,
+        )
+        + "\n"
+    )
+    (out / "table.txt").write_text(table + "\n")
+    print(summary_table([info]))
+    print(
+        f"wrote {out}/ (config.toml, metrics.jsonl, summary.json, nodes.json, table.txt"
+        f"{'' if args.no_plots else ', plots'}) in {result.wall_time:.1f} s"
+    )
+    if result.timed_out:
+        print(f"phalanx net up: error: timed out after {args.timeout:g} s", file=sys.stderr)
+        return 1
+    return 0
