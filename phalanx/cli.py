@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "phalanx.node_cmd",
     "phalanx.net_cmd",
     "phalanx.sim_cmd",
+    "phalanx.sweep_cmd",
 )
 
 
