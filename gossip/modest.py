@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -180,6 +180,11 @@ class Modest(Protocol):
 
     ``joining=True`` makes a node that is not yet a member: ``start`` announces a join to ``announce``
     of ``peers`` (its bootstrap peers), which answer with their full view.
+
+    ``schedule`` is a churn trace for simulation: ``(time, "join" | "leave" | "crash")`` pairs carried out by
+    the node's own timers (a crashed node goes silent without announcing anything; "join" after a leave or
+    a crash rejoins). A node whose first event is a join starts outside the network. The real node leaves
+    it empty.
     """
 
     def __init__(
@@ -191,6 +196,7 @@ class Modest(Protocol):
         config: ModestConfig,
         rng: np.random.Generator,
         joining: bool = False,
+        schedule: Sequence[tuple[float, str]] = (),
     ) -> None:
         self.node = node
         self.config = config
@@ -213,6 +219,8 @@ class Modest(Protocol):
         self._searches: dict[int, _Search] = {}
         self._nonce = 0
         self._last_sent = 0
+        self.last_inputs: torch.Tensor | None = None  # the trainers' models of the latest aggregation
+        self._schedule = sorted(schedule)
         self.counters = {"pings": 0, "aggregations": 0, "trainings": 0, "abandoned": 0}
 
     # ------------------------------------------------------------------ helpers
@@ -281,6 +289,15 @@ class Modest(Protocol):
     # ------------------------------------------------------------------ the protocol
 
     def start(self, now: float) -> list[Action]:
+        actions: list[Action] = [
+            SetTimer(name=f"churn:{i}", deadline=t) for i, (t, _) in enumerate(self._schedule)
+        ]
+        if self._schedule and self._schedule[0][1] == "join":
+            self.left = True  # not here yet: the schedule's first join brings the node in
+            return actions
+        return actions + self._begin(now)
+
+    def _begin(self, now: float) -> list[Action]:
         if self.joining:
             return self._announce(Join(counter=self.view.counter(self.node) + 1), self.bootstrap)
         trainers = sample(self.view, 0, self.config.s, inactivity=self.config.inactivity, role=TRAINERS)
@@ -316,6 +333,35 @@ class Modest(Protocol):
         self.left = False
         others = [p for p in self.view.active(max(self.round, 0), self.config.inactivity) if p != self.node]
         return self._announce(Join(counter=self.view.counter(self.node) + 1), others or list(self.bootstrap))
+
+    def resume(self, now: float) -> list[Action]:
+        """Come back after the runner took this node away (the simulator's churn): join again."""
+        return self.join(now)
+
+    def _churn(self, event: str, now: float) -> list[Action]:
+        if event == "leave":
+            return self.leave(now)
+        if event == "crash":
+            self.left = True
+            self.training = None
+            self._searches.clear()
+            return []
+        if event == "join":
+            if self.view.counter(self.node) == 0:  # never joined: announce to the bootstrap peers
+                self.left = False
+                self.joining = True
+                return self._begin(now)
+            if self.view.is_member(self.node):  # back from a crash: still a member; announce activity
+                self.left = False
+                self.view.update(
+                    self.node,
+                    max(self.round, 0),
+                    self.view.counter(self.node) + 2,
+                    now_round=max(self.round, 0),
+                )
+                return self._announce(Join(counter=self.view.counter(self.node)), list(self.bootstrap))
+            return self.join(now)
+        raise LocalProtocolError(f"unknown churn event {event!r}")
 
     def _start_training(self, k: int, params: torch.Tensor) -> list[Action]:
         if self.training is not None and self.training < k:
@@ -423,6 +469,8 @@ class Modest(Protocol):
             return actions + self._fill(search, now)
         if kind == "aggregate":
             return self._aggregate(int(arg), now)
+        if kind == "churn":
+            return self._churn(self._schedule[int(arg)][1], now)
         if kind == "combine":
             if int(arg) == self._collecting and self._aggregates:
                 return self._combine(now)
@@ -457,6 +505,7 @@ class Modest(Protocol):
         self.view.touch(self.node, k + 1, now_round=k + 1)
         self.counters["aggregations"] += 1
         updates = torch.stack([box[p] for p in sorted(box)])
+        self.last_inputs = updates
         model = combine(self.config.aggregator_rule, updates, self.config.aggregator_params)
         payload = AggregatedModel(round=k + 1, params=model, view=self._delta())
         actions: list[Action] = [CancelTimer(name=f"aggregate:{k}")]
@@ -498,3 +547,100 @@ class Modest(Protocol):
             stacked = torch.stack(rows)
             model = combine(self.config.trainer_combine_rule, stacked, self.config.trainer_combine_params)
         return self._start_training(k, model)
+
+
+class ByzantineModest(Protocol):
+    """A Byzantine MoDeST node: an honest :class:`Modest` inside, whose outgoing models are replaced.
+
+    ``roles`` says when it attacks: as a ``"trainer"`` (the :class:`TrainedModel` it sends) and/or as an
+    ``"aggregator"`` (the :class:`AggregatedModel` it sends). The attack vector comes from an attack of
+    :mod:`phalanx.aggregation` applied to the honest vectors the node holds: as an aggregator, the trainers'
+    models it just aggregated; as a trainer, its own trained model and the round's model. ``"silent"``
+    sends no models at all (it still answers pings, so it is drawn and wastes the slot).
+    """
+
+    def __init__(
+        self,
+        inner: Modest,
+        *,
+        attack: str,
+        attack_params: Mapping[str, Any] | None = None,
+        roles: Sequence[str] = ("trainer", "aggregator"),
+    ) -> None:
+        bad = set(roles) - {"trainer", "aggregator"}
+        if bad or not roles:
+            raise ValueError(f"roles must be trainer and/or aggregator, got {tuple(roles)}")
+        self.inner = inner
+        self.attack = attack
+        self.params = dict(attack_params or {})
+        self.roles = frozenset(roles)
+        self._cache: tuple[object, Message | None] | None = None
+        self.sent = 0
+
+    def start(self, now: float) -> list[Action]:
+        return self._rewrite(self.inner.start(now))
+
+    def on_message(self, peer: PeerId, message: object, now: float) -> list[Action]:
+        return self._rewrite(self.inner.on_message(peer, message, now))
+
+    def on_timer(self, name: str, now: float) -> list[Action]:
+        return self._rewrite(self.inner.on_timer(name, now))
+
+    def on_training_done(self, event: TrainingDone, now: float) -> list[Action]:
+        return self._rewrite(self.inner.on_training_done(event, now))
+
+    def resume(self, now: float) -> list[Action]:
+        return self._rewrite(self.inner.resume(now))
+
+    def leave(self, now: float) -> list[Action]:
+        return self.inner.leave(now)
+
+    def _rewrite(self, actions: list[Action]) -> list[Action]:
+        out: list[Action] = []
+        for action in actions:
+            if isinstance(action, Send) and isinstance(action.message, TrainedModel | AggregatedModel):
+                replaced = self._replace(action.message)
+                if replaced is None:
+                    continue
+                self.sent += 1
+                action = Send(peer=action.peer, message=replaced)
+            out.append(action)
+        return out
+
+    def _replace(self, message: TrainedModel | AggregatedModel) -> Message | None:
+        role = "trainer" if isinstance(message, TrainedModel) else "aggregator"
+        if role not in self.roles:
+            return message
+        if self._cache is not None and self._cache[0] is message:
+            return self._cache[1]
+        result: Message | None
+        if self.attack == "silent":
+            result = None
+        else:
+            if role == "aggregator" and self.inner.last_inputs is not None:
+                honest = self.inner.last_inputs
+            else:
+                honest = torch.stack([message.params, self.inner.model])
+            vector = attack_vector(self.attack, honest, self.params)
+            result = replace(message, params=vector.to(torch.float32).contiguous())
+        self._cache = (message, result)
+        return result
+
+
+def attack_vector(name: str, honest: torch.Tensor, params: Mapping[str, Any]) -> torch.Tensor:
+    """An attack of :mod:`phalanx.aggregation` on the (n, d) honest vectors.
+
+    ``"sign-flip"`` (``-scale`` times the honest mean, scale 4 by default) works without the aggregation
+    package's attack registry.
+    """
+    import phalanx.aggregation as agg
+
+    run = getattr(agg, "attack", None)
+    if run is not None and (name != "sign-flip" or name in getattr(agg, "ATTACKS", {})):
+        return run(name, honest, **params)
+    attacks = getattr(agg, "ATTACKS", {})
+    if name in attacks:
+        return attacks[name](honest, **params)
+    if name == "sign-flip":
+        return honest.mean(dim=0) * -float(params.get("scale", 4.0))
+    raise ValueError(f"unknown attack {name!r}")

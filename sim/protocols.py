@@ -32,6 +32,7 @@ import torch
 from phalanx.gossip.dpsgd import DPSGD, DPSGDConfig
 from phalanx.gossip.events import PeerId
 from phalanx.gossip.protocol import Protocol
+from phalanx.sim.sampling_builders import build_el_local, build_el_oracle, build_modest
 
 if TYPE_CHECKING:
     from phalanx.sim.config import SimConfig
@@ -71,4 +72,7 @@ def build_dpsgd(view: NodeView, config: SimConfig, rng: np.random.Generator) -> 
 
 PROTOCOLS: dict[str, Builder] = {
     "dpsgd": build_dpsgd,
+    "modest": build_modest,
+    "el-local": build_el_local,
+    "el-oracle": build_el_oracle,
 }

@@ -1,0 +1,215 @@
+"""Simulator builders for the sampling protocols: MoDeST (``modest``), EL-Local (``el-local``), EL-Oracle
+(``el-oracle``). Registered in :data:`phalanx.sim.protocols.PROTOCOLS`.
+
+Their settings come from ``config.protocol_params`` (``--protocol-param KEY=VALUE`` or ``[protocol_params]``),
+besides the shared ``rule``/``rule_params`` (MoDeST's aggregators), ``local_steps``, ``round_timeout`` and
+``rounds``:
+
+- modest: ``s`` (10), ``a`` (1), ``success_fraction`` (1.0), ``ping_timeout`` (max(0.05, 5 x latency)),
+  ``ping_retry`` (ping_timeout / 4), ``aggregation_timeout`` (round_timeout), ``progress_timeout``
+  (round_timeout + 2 x training time), ``inactivity`` (1000 rounds), ``trainer_combine_rule`` (none: plain
+  MoDeST; e.g. "median" for the robust variant), ``combine_quorum`` (a), ``announce`` (3), ``join_delay`` (2),
+  ``byzantine_roles`` ("trainer,aggregator"), and churn: ``churn`` (a CSV trace ``time,node,event``) or
+  ``churn_leave``/``churn_crash``/``churn_rejoin`` (rates per virtual second per node) with ``churn_late``
+  (fraction of nodes that join late) and ``churn_horizon`` (seconds);
+- el-local / el-oracle: ``s`` (7).
+
+Byzantine nodes (``byzantine_fraction``/``byzantine_nodes`` with any ``attack``) run MoDeST honestly inside
+:class:`~phalanx.gossip.modest.ByzantineModest`, which replaces the models they send as trainers and/or
+aggregators. The engine's own Byzantine wrapper only rewrites ``ModelUpdate`` messages (what EL sends, so EL
+needs nothing more); for MoDeST the builder finds out whether its node is Byzantine by replaying the
+experiment's placement (:func:`phalanx.sim.experiment.place_byzantine`, same seed, same generator).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from phalanx.gossip.epidemic import Epidemic, EpidemicConfig
+from phalanx.gossip.modest import ByzantineModest, Modest, ModestConfig
+from phalanx.gossip.protocol import Protocol
+from phalanx.node.learner import derive_seed
+from phalanx.sim.churn import Trace, churn_from_rates, read_churn_csv
+from phalanx.sim.config import ConfigError
+
+if TYPE_CHECKING:
+    from phalanx.sim.config import SimConfig
+    from phalanx.sim.protocols import NodeView
+
+MODEST_KEYS = frozenset(
+    {
+        "s",
+        "a",
+        "success_fraction",
+        "ping_timeout",
+        "ping_retry",
+        "aggregation_timeout",
+        "progress_timeout",
+        "inactivity",
+        "trainer_combine_rule",
+        "combine_quorum",
+        "announce",
+        "join_delay",
+        "view_window",
+        "byzantine_roles",
+        "churn",
+        "churn_leave",
+        "churn_crash",
+        "churn_rejoin",
+        "churn_late",
+        "churn_horizon",
+    }
+)
+EL_KEYS = frozenset({"s"})
+
+
+def _check_keys(config: SimConfig, allowed: frozenset[str]) -> dict[str, Any]:
+    params = dict(config.protocol_params)
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"unknown protocol_params {', '.join(unknown)} for {config.protocol}; known: {', '.join(sorted(allowed))}"
+        )
+    return params
+
+
+def modest_config(config: SimConfig) -> ModestConfig:
+    p = _check_keys(config, MODEST_KEYS)
+    train_time = config.local_steps * config.step_time
+    ping_timeout = float(p.get("ping_timeout", max(0.05, 5 * config.latency)))
+    try:
+        return ModestConfig(
+            s=int(p.get("s", 10)),
+            a=int(p.get("a", 1)),
+            success_fraction=float(p.get("success_fraction", 1.0)),
+            ping_timeout=ping_timeout,
+            ping_retry=float(p.get("ping_retry", ping_timeout / 4)),
+            aggregation_timeout=float(p.get("aggregation_timeout", config.round_timeout)),
+            progress_timeout=float(p.get("progress_timeout", config.round_timeout + 2 * train_time)),
+            inactivity=int(p.get("inactivity", 1000)),
+            local_steps=config.local_steps,
+            aggregator_rule=config.rule,
+            aggregator_params=dict(config.rule_params),
+            trainer_combine_rule=p.get("trainer_combine_rule") or None,
+            combine_quorum=int(p.get("combine_quorum", 0)),
+            announce=int(p.get("announce", 3)),
+            join_delay=int(p.get("join_delay", 2)),
+            view_window=int(p.get("view_window", 2)),
+            rounds=config.rounds,
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"modest: {exc}") from None
+
+
+_BYZANTINE: dict[tuple[Any, ...], frozenset[str]] = {}
+
+
+def _byzantine_ids(config: SimConfig, graph: Any) -> frozenset[str]:
+    from phalanx.sim.experiment import place_byzantine
+
+    key = (
+        id(graph),
+        config.seed,
+        config.nodes,
+        config.byzantine_nodes,
+        config.num_byzantine,
+        config.byzantine_placement,
+        config.byzantine_target,
+    )
+    if key not in _BYZANTINE:
+        _BYZANTINE.clear()
+        rng = np.random.default_rng(derive_seed(config.seed, "plan"))
+        _BYZANTINE[key] = frozenset(str(i) for i in place_byzantine(config, graph, rng))
+    return _BYZANTINE[key]
+
+
+def _churn_key(config: SimConfig) -> tuple[Any, ...]:
+    p = config.protocol_params
+    return (
+        config.nodes,
+        config.seed,
+        p.get("churn"),
+        *(float(p.get(k, 0.0)) for k in ("churn_leave", "churn_crash", "churn_rejoin", "churn_late")),
+        float(
+            p.get(
+                "churn_horizon",
+                config.rounds * (config.round_timeout + config.local_steps * config.step_time),
+            )
+        ),
+    )
+
+
+@lru_cache(maxsize=4)
+def _churn(key: tuple[Any, ...]) -> Trace:
+    nodes, seed, path, leave, crash, rejoin, late, horizon = key
+    try:
+        if path:
+            return read_churn_csv(path, nodes=nodes)
+        if leave or crash or rejoin or late:
+            return churn_from_rates(
+                nodes,
+                leave=leave,
+                crash=crash,
+                rejoin=rejoin,
+                late=late,
+                horizon=horizon,
+                seed=derive_seed(seed, "churn"),
+            )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return {}
+
+
+def build_modest(view: NodeView, config: SimConfig, rng: np.random.Generator) -> Protocol:
+    """MoDeST over every peer of the simulation (plain, or robust with ``trainer_combine_rule``)."""
+    settings = modest_config(config)
+    schedule = _churn(_churn_key(config)).get(view.node, ())
+    node = Modest(
+        node=view.node,
+        params=view.initial,
+        peers=view.peers,
+        config=settings,
+        rng=rng,
+        schedule=schedule,
+    )
+    if config.num_byzantine and view.node in _byzantine_ids(config, view.graph):
+        roles = str(config.protocol_params.get("byzantine_roles", "trainer,aggregator")).split(",")
+        attack = "silent" if config.attack == "silent" else config.attack
+        if attack in ("label-flip",):
+            return node  # the poison is in the node's data
+        try:
+            return ByzantineModest(
+                node, attack=attack, attack_params=config.attack_params, roles=[r.strip() for r in roles]
+            )
+        except ValueError as exc:
+            raise ConfigError(f"modest: {exc}") from None
+    return node
+
+
+def _build_el(view: NodeView, config: SimConfig, rng: np.random.Generator, variant: str) -> Protocol:
+    p = _check_keys(config, EL_KEYS)
+    try:
+        settings = EpidemicConfig(
+            s=int(p.get("s", 7)),
+            variant=variant,
+            local_steps=config.local_steps,
+            round_timeout=config.round_timeout,
+            rounds=config.rounds,
+            seed=config.seed,
+        )
+        return Epidemic(node=view.node, params=view.initial, peers=view.peers, config=settings, rng=rng)
+    except ValueError as exc:
+        raise ConfigError(f"el-{variant}: {exc}") from None
+
+
+def build_el_local(view: NodeView, config: SimConfig, rng: np.random.Generator) -> Protocol:
+    """EL-Local: send to s uniformly random peers each round."""
+    return _build_el(view, config, rng, "local")
+
+
+def build_el_oracle(view: NodeView, config: SimConfig, rng: np.random.Generator) -> Protocol:
+    """EL-Oracle: a fresh random s-regular graph each round."""
+    return _build_el(view, config, rng, "oracle")
