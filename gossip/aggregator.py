@@ -7,7 +7,7 @@ into that call:
 - ``mean`` with mixing weights is the D-PSGD mixing step ``w_ii x_i + sum_j w_ij x_j``. A neighbour whose
   vector did not arrive gives its weight back to the node itself, so the weights still sum to one;
 - a *gossip rule* (one that needs the node's own vector and the mixing weights, such as self-centred
-  clipping) gets ``own`` and the weights of the neighbours that answered;
+  clipping) gets the neighbours' rows, ``own=`` and ``weights=`` (of the neighbours that answered);
 - any other rule is a robust statistic of the rows ``[own, *received]``.
 
 Rows that are not finite are dropped first (the wire layer already rejects them; the simulator, which
@@ -26,7 +26,9 @@ from phalanx.gossip.events import PeerId
 
 Tensor = torch.Tensor
 
-# Rules whose signature is rule(own, neighbours, weights, **params) rather than rule(updates, **params).
+# Rules of aggregation/ called as rule(neighbours, own=..., weights=..., **params) (aggregation/gossip_rules.py)
+# when the package does not list them itself.
+_KNOWN_GOSSIP_RULES = ("clipped-gossip", "adaptive-clipped-gossip", "cs-plus", "gts")
 _LOCAL_GOSSIP_RULES = ("mean",)
 
 
@@ -60,7 +62,10 @@ def gossip_rule_names() -> frozenset[str]:
     agg = _aggregation()
     names = set(_LOCAL_GOSSIP_RULES)
     if agg is not None:
-        names |= set(getattr(agg, "GOSSIP_RULES", ()))
+        listed = getattr(agg, "GOSSIP_RULES", None)
+        if listed is None:
+            listed = [r for r in _KNOWN_GOSSIP_RULES if r in getattr(agg, "RULES", {})]
+        names |= set(listed)
     return frozenset(names)
 
 
@@ -111,7 +116,7 @@ class Combiner:
                 return _weighted_mean(own, rows, w)
             assert self._fn is not None
             if self._gossip:
-                return self._fn(own=own, neighbours=rows, weights=w, **self.params)
+                return self._fn(rows, own=own, weights=w, **self.params)
             return self._fn(torch.cat([own.unsqueeze(0), rows]), **self.params)
         except ValueError:
             self.failures += 1

@@ -51,6 +51,7 @@ class HonestView:
     neighbours: torch.Tensor  # (k, d) honest neighbours' vectors
     weights: torch.Tensor  # (k,) the target's mixing weights for them
     byzantine_weight: float  # total weight the target gives to Byzantine neighbours
+    byzantine: int = 1  # how many Byzantine neighbours the target has
 
 
 Omniscient = Callable[[PeerId, int, int], HonestView | None]
@@ -202,7 +203,7 @@ class Byzantine(Protocol):
         if self.behaviour == "dissensus":
             if view.own is None or not len(view.neighbours):
                 return honest
-            eps = float(self.params.get("eps", 1.5))
+            eps = float(self.params.get("epsilon", 1.0))
             pull = view.weights @ (view.neighbours - view.own)
             return view.own - pull * (eps / max(view.byzantine_weight, 1e-12))
         rows = [view.neighbours] if len(view.neighbours) else []
@@ -213,4 +214,7 @@ class Byzantine(Protocol):
         stack = torch.cat(rows)
         if stack.shape[0] < 2:
             stack = torch.cat([stack, honest.unsqueeze(0)])
-        return run_attack(self.attack, stack, self.params)
+        params = dict(self.params)
+        if self.attack == "alie" and "z" not in params and "f" not in params:
+            params["f"] = max(1, view.byzantine)  # the paper's z for the Byzantine share the target sees
+        return run_attack(self.attack, stack, params)

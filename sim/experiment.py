@@ -120,6 +120,19 @@ def check_rule(config: SimConfig, graph: nx.Graph, byzantine: frozenset[int]) ->
     combiner = Combiner(config.rule, config.rule_params)
     gossip = config.rule in gossip_rule_names()
     degrees = sorted({graph.degree[i] for i in graph if i not in byzantine})
+    f = config.rule_params.get("f")
+    try:
+        from phalanx.aggregation.validation import REQUIREMENTS, requirement
+    except ImportError:  # pragma: no cover
+        REQUIREMENTS, requirement = {}, None
+    if isinstance(f, int) and requirement is not None and config.rule in REQUIREMENTS:
+        for deg in degrees:
+            try:
+                requirement(config.rule, deg if gossip else deg + 1, f)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"rule {config.rule} cannot tolerate f={f} at a node of degree {deg} in {config.topology}: {exc}"
+                ) from None
     for deg in degrees:
         own = torch.zeros(4)
         received = {str(j): torch.zeros(4) for j in range(deg)}
@@ -201,10 +214,11 @@ def _omniscient_hook(
             return None
 
         row = weights[int(target)]
-        vecs, ws, byz_w = [], [], 0.0
+        vecs, ws, byz_w, byz_n = [], [], 0.0, 0
         for j, w in row.items():
             if str(j) in byz:
                 byz_w += w
+                byz_n += 1
                 continue
             v = vector(str(j))
             if v is not None:
@@ -218,6 +232,7 @@ def _omniscient_hook(
             neighbours=torch.stack(vecs) if vecs else torch.zeros((0, plan.dataset.train_x[0].numel())),
             weights=torch.tensor(ws, dtype=torch.float32),
             byzantine_weight=byz_w,
+            byzantine=byz_n,
         )
 
     return hook
