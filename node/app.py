@@ -57,6 +57,31 @@ def check(config: NodeConfig) -> None:
             f"unknown aggregation rule {config.rule!r}; choose one of: {', '.join(rule_names())}"
         )
     byzantine_behaviour(config.byzantine)
+    for addr in config.listen:
+        _multiaddr(addr, "listen")
+    for addr in (*config.neighbours, *config.bootstrap):
+        _peer_multiaddr(addr)
+
+
+def _multiaddr(text: str, what: str) -> object:
+    import multiaddr
+
+    try:
+        return multiaddr.Multiaddr(text)
+    except Exception as exc:
+        raise ConfigError(
+            f"bad {what} multiaddr {text!r}: {str(exc).splitlines()[0] if str(exc) else exc}"
+        ) from None
+
+
+def _peer_multiaddr(text: str) -> None:
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    addr = _multiaddr(text, "peer")
+    try:
+        info_from_p2p_addr(addr)  # type: ignore[arg-type]
+    except Exception:
+        raise ConfigError(f"peer multiaddr {text!r} needs /ip4/HOST/tcp/PORT/p2p/PEER_ID") from None
 
 
 def build_protocol(
@@ -186,8 +211,21 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
                 await runtime.run()
                 nursery.cancel_scope.cancel()
 
-    trio.run(main)
+    try:
+        trio.run(main)
+    except BaseExceptionGroup as group:
+        # A setup error inside a nursery (port in use, unreadable file) arrives wrapped; show it as itself.
+        leaves = _leaves(group)
+        if leaves and all(isinstance(e, (ValueError, OSError)) for e in leaves):
+            raise leaves[0] from None
+        raise
     return 0
+
+
+def _leaves(group: BaseException) -> list[BaseException]:
+    if isinstance(group, BaseExceptionGroup):
+        return [leaf for e in group.exceptions for leaf in _leaves(e)]
+    return [group]
 
 
 async def _dial(transport: Libp2pTransport, peer: str) -> None:

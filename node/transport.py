@@ -490,6 +490,9 @@ async def open_libp2p_transport(
     host.set_stream_handler(TProtocol(PROTOCOL_ID), transport._handle_stream)
     host.get_network().register_notifee(_notifee(transport))
     async with host.run(addrs):
+        if not host.get_network().listeners:
+            # py-libp2p logs a failed listen and carries on; a node that cannot listen must not.
+            raise OSError(f"cannot listen on {', '.join(listen)} (address in use or not available)")
         try:
             yield transport
         finally:
