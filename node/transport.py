@@ -71,15 +71,20 @@ TransportEvent = Frame | Rejected | Connected | Disconnected
 ReadSome = Callable[[int], Awaitable[bytes]]  # returns b"" at end of stream
 
 
-async def _read_exactly(read_some: ReadSome, n: int, *, stall: float) -> bytearray | None:
-    buf = bytearray()
-    while len(buf) < n:
+async def _read_exactly(read_some: ReadSome, n: int, *, stall: float) -> bytes | None:
+    """Exactly n bytes (fewer if the stream ends, None if it ends at once); chunks are joined once."""
+    chunks: list[bytes] = []
+    have = 0
+    while have < n:
         with trio.fail_after(stall):
-            chunk = await read_some(min(n - len(buf), 1 << 20))
+            chunk = await read_some(min(n - have, 1 << 20))
         if not chunk:
-            return buf if buf else None
-        buf += chunk
-    return buf
+            break
+        chunks.append(chunk)
+        have += len(chunk)
+    if not chunks:
+        return None
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def read_frames(
@@ -104,7 +109,7 @@ async def read_frames(
         try:
             if len(header) < FRAME_HEADER.size:
                 raise WireError("truncated", "stream ended inside a frame header")
-            n = frame_length(bytes(header), limits)
+            n = frame_length(header, limits)
             with trio.fail_after(stall + n / MIN_RATE):
                 body = await _read_exactly(read_some, n, stall=stall)
             if body is None or len(body) < n:
@@ -115,7 +120,7 @@ async def read_frames(
         except trio.TooSlowError:
             await emit(Rejected(peer, "stalled"))
             return False
-        await emit(Frame(peer, bytes(body)))
+        await emit(Frame(peer, body))
 
 
 # ---------------------------------------------------------------- the interface
@@ -370,7 +375,7 @@ class Libp2pTransport(Transport):
         return await self.host.new_stream(ID.from_base58(peer), [TProtocol(PROTOCOL_ID)])
 
     async def send(self, peer: str, body: bytes) -> None:
-        data = frame(body)
+        header = FRAME_HEADER.pack(len(body))  # header and body written separately: no 4 MB concatenation
         async with self._locks.setdefault(peer, trio.Lock()):
             for attempt in (0, 1):
                 stream = self._out.get(peer)
@@ -378,7 +383,8 @@ class Libp2pTransport(Transport):
                     with trio.fail_after(self._send_timeout):
                         if stream is None:
                             stream = self._out[peer] = await self._open(peer)
-                        await stream.write(data)
+                        await stream.write(header)
+                        await stream.write(body)
                     return
                 except trio.Cancelled:
                     raise
