@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 import numpy as np
+import torch
 import trio
 
 from phalanx.gossip.aggregator import rule_names
@@ -32,7 +33,7 @@ from phalanx.node.partition import shard_of
 from phalanx.node.runtime import NodeRuntime, RuntimeSettings
 from phalanx.node.transport import Libp2pTransport, TransportError, open_libp2p_transport
 
-PROTOCOLS = ("dpsgd",)
+PROTOCOLS = ("dpsgd", "modest", "el-local", "el-oracle")
 
 
 def byzantine_behaviour(spec: str) -> tuple[str, str]:
@@ -85,19 +86,62 @@ def _peer_multiaddr(text: str) -> None:
 
 
 def build_protocol(
-    config: NodeConfig, neighbours: tuple[str, ...], params: object, start_round: int
+    config: NodeConfig, me: str, neighbours: tuple[str, ...], params: torch.Tensor, start_round: int
 ) -> Protocol:
-    settings = DPSGDConfig(
-        neighbours=neighbours,
-        rule=config.rule,
-        rule_params=config.rule_params,
-        local_steps=config.local_steps,
-        gossip_steps=config.gossip_steps,
-        round_timeout=config.round_timeout,
-        rounds=config.rounds,
-    )
-    protocol: Protocol = DPSGD(settings, params, start_round=start_round)  # type: ignore[arg-type]
+    """The protocol object for this node. For the sampling protocols (MoDeST, Epidemic Learning) the
+    neighbours are the initial membership: every peer this node may sample."""
+    rng = np.random.default_rng(derive_seed(config.seed, "protocol", config.index))
     behaviour, attack = byzantine_behaviour(config.byzantine)
+    pp = dict(config.protocol_params)
+    try:
+        if config.protocol == "dpsgd":
+            if pp:
+                raise ConfigError(f"dpsgd takes no protocol parameters, got {sorted(pp)}")
+            settings = DPSGDConfig(
+                neighbours=neighbours,
+                rule=config.rule,
+                rule_params=config.rule_params,
+                local_steps=config.local_steps,
+                gossip_steps=config.gossip_steps,
+                round_timeout=config.round_timeout,
+                rounds=config.rounds,
+            )
+            protocol: Protocol = DPSGD(settings, params, start_round=start_round)
+        elif config.protocol in ("el-local", "el-oracle"):
+            from phalanx.gossip.epidemic import Epidemic, EpidemicConfig
+
+            unknown = sorted(set(pp) - {"s"})
+            if unknown:
+                raise ConfigError(f"{config.protocol}: unknown protocol parameters {unknown}")
+            el = EpidemicConfig(
+                s=int(pp.get("s", min(7, max(1, len(neighbours))))),
+                variant=config.protocol.removeprefix("el-"),
+                local_steps=config.local_steps,
+                round_timeout=config.round_timeout,
+                rounds=config.rounds,
+                seed=config.seed,
+            )
+            protocol = Epidemic(
+                node=me, params=params, peers=tuple(sorted({me, *neighbours})), config=el, rng=rng
+            )
+        else:
+            from phalanx.gossip.modest import ByzantineModest, Modest, ModestConfig
+
+            settings_m = ModestConfig(
+                **{"aggregation_timeout": config.round_timeout, **pp},
+                local_steps=config.local_steps,
+                aggregator_rule=config.rule,
+                aggregator_params=dict(config.rule_params),
+                rounds=config.rounds,
+            )
+            modest = Modest(
+                node=me, params=params, peers=tuple(sorted({me, *neighbours})), config=settings_m, rng=rng
+            )
+            if behaviour and behaviour != "label-flip":
+                return ByzantineModest(modest, attack=attack or behaviour, attack_params=config.attack_params)
+            return modest
+    except TypeError as exc:  # an unknown keyword in protocol parameters
+        raise ConfigError(f"{config.protocol}: {exc}") from None
     if behaviour:
         protocol = Byzantine(
             protocol,
@@ -170,7 +214,7 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
             stall=config.stall_timeout,
         ) as transport:
             neighbours = tuple(transport.add_address(a) for a in neighbour_addrs)
-            protocol = build_protocol(config, neighbours, learner.get_vector(), start_round)
+            protocol = build_protocol(config, peer_id, neighbours, learner.get_vector(), start_round)
             settings = RuntimeSettings(
                 rounds=config.rounds,
                 eval_every=config.eval_every,

@@ -1,7 +1,7 @@
 """A node's settings: defaults, then a TOML file, then command-line flags (each overriding the one before).
 
 Keys in the TOML file are the long flag names with ``_`` for ``-`` (``round_timeout = 5``); tables
-``[rule_params]`` and ``[attack_params]`` hold the rule's and the attack's keyword parameters. Every value is
+``[rule_params]``, ``[protocol_params]`` and ``[attack_params]`` hold the rule's and the attack's keyword parameters. Every value is
 checked here, and any problem raises :class:`ConfigError` (a ``ValueError``) with one line that names it.
 """
 
@@ -40,6 +40,7 @@ class NodeConfig:
     sam_rho: float = 0.0
     # protocol
     protocol: str = "dpsgd"
+    protocol_params: dict[str, Any] = field(default_factory=dict)
     rule: str = "mean"
     rule_params: dict[str, Any] = field(default_factory=dict)
     local_steps: int = 1
@@ -81,7 +82,7 @@ _POSITIVE_FLOATS = {"lr", "round_timeout", "ban_window", "stall_timeout"}
 _NON_NEGATIVE_FLOATS = {"momentum", "weight_decay", "sam_rho", "attack_delay", "linger", "ban_duration"}
 _PATHS = {"key", "data_dir", "topology_file", "address_book"}
 _LISTS = {"listen", "bootstrap", "neighbours"}
-_TABLES = {"rule_params", "attack_params"}
+_TABLES = {"rule_params", "attack_params", "protocol_params"}
 _STRINGS = {"dataset", "partition", "model", "protocol", "rule", "byzantine"}
 
 

@@ -65,6 +65,8 @@ def register(sub: Any) -> None:
     add_data_arguments(p)
     add_training_arguments(p)
     g = p.add_argument_group("protocol")
+    g.add_argument("--protocol", default="dpsgd", help="dpsgd (default), modest, el-local or el-oracle")
+    g.add_argument("--protocol-param", action="append", default=[], metavar="KEY=VALUE")
     g.add_argument("--rule", default="mean", help="aggregation rule (default mean)")
     g.add_argument("--rule-param", action="append", default=[], metavar="KEY=VALUE")
     g.add_argument("--attack-param", action="append", default=[], metavar="KEY=VALUE")
@@ -134,6 +136,8 @@ def node_args(args: argparse.Namespace) -> list[str]:
         str(args.sam_rho),
         "--seed",
         str(args.seed),
+        "--protocol",
+        args.protocol,
         "--rule",
         args.rule,
         "--local-steps",
@@ -149,6 +153,8 @@ def node_args(args: argparse.Namespace) -> list[str]:
         out += ["--rule-param", pair]
     for pair in args.attack_param:
         out += ["--attack-param", pair]
+    for pair in args.protocol_param:
+        out += ["--protocol-param", pair]
     return out
 
 

@@ -14,7 +14,7 @@ from phalanx.options import add_data_arguments, add_training_arguments
 
 # Flags whose value is a list or a KEY=VALUE table, and how they map onto config keys.
 _REPEATED = {"listen": "listen", "bootstrap": "bootstrap", "neighbour": "neighbours"}
-_PAIRS = {"rule_param": "rule_params", "attack_param": "attack_params"}
+_PAIRS = {"rule_param": "rule_params", "attack_param": "attack_params", "protocol_param": "protocol_params"}
 
 
 def register(sub: Any) -> None:
@@ -53,7 +53,14 @@ def register(sub: Any) -> None:
     p.add_argument("--index", type=int, help="this node's shard, 0-based (default 0)")
     add_training_arguments(p)
     proto = p.add_argument_group("protocol")
-    proto.add_argument("--protocol", help="dpsgd (default)")
+    proto.add_argument("--protocol", help="dpsgd (default), modest, el-local or el-oracle")
+    proto.add_argument(
+        "--protocol-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="protocol parameter (modest: s, a, ...; el-*: s)",
+    )
     proto.add_argument("--rule", help="aggregation rule (default mean = D-PSGD mixing)")
     proto.add_argument(
         "--rule-param", action="append", default=[], metavar="KEY=VALUE", help="rule parameter"
@@ -87,7 +94,7 @@ def register(sub: Any) -> None:
     )
     # Only flags the user gave override the file: every default is "not given".
     for action in p._actions:
-        if action.dest not in ("help", "config", "rule_param", "attack_param"):
+        if action.dest not in ("help", "config", "rule_param", "attack_param", "protocol_param"):
             action.default = argparse.SUPPRESS
     p.set_defaults(func=run, command="node run")
     node.set_defaults(func=lambda args: (node.print_help(), 2)[1])

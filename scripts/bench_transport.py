@@ -173,12 +173,13 @@ def main() -> int:
         raw_times += trio.run(raw_stream, args.repeats)
         model_times += trio.run(model_transfer, args.repeats)
     raw, model = statistics.median(raw_times), statistics.median(model_times)
+    best = min(raw_times) / min(model_times)
     raw_mbs, model_mbs = PAYLOAD / raw / 1e6, (4 * DIM) / model / 1e6
     print(f"medians of {len(raw_times)} transfers each")
     print(f"raw py-libp2p stream, 4 MB:                {raw * 1e3:8.1f} ms   {raw_mbs:7.1f} MB/s")
     print(
         f"model transfer, 1,000,000 float32 (4 MB): {model * 1e3:8.1f} ms   {model_mbs:7.1f} MB/s"
-        f"   = {model_mbs / raw_mbs:.0%} of raw (target >= 70%)"
+        f"   = {model_mbs / raw_mbs:.0%} of raw (target >= 70%; best of each: {best:.0%})"
     )
     with tempfile.TemporaryDirectory() as tmp:
         real, wall = real_round_time(args.nodes, args.rounds, Path(tmp))
@@ -194,6 +195,7 @@ def main() -> int:
                 "raw_MBps": round(raw_mbs, 1),
                 "model_MBps": round(model_mbs, 1),
                 "ratio": round(model_mbs / raw_mbs, 3),
+                "ratio_best": round(best, 3),
                 "real_round_ms": round(real * 1e3, 1),
                 "sim_round_ms": round(sim * 1e3, 1),
             }
