@@ -78,12 +78,27 @@ def rule_names() -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
+# Settings a caller may hold for every rule (a sweep over rules shares one f); dropped where a rule takes none.
+GENERIC_PARAMS = frozenset({"f", "tau"})
+
+
+def accepted_params(rule: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` without the generic ones (f, tau) that ``rule`` does not take; any other unknown
+    parameter is kept, so the rule itself rejects it with a message naming it."""
+    agg = _aggregation()
+    table = getattr(agg, "RULE_PARAMS", None) if agg is not None else None
+    if table is None or rule not in table:
+        return dict(params)
+    takes = set(table[rule]) | {"pre"}
+    return {k: v for k, v in params.items() if k in takes or k not in GENERIC_PARAMS}
+
+
 class Combiner:
     """``combine(own, received, weights)`` for one rule and its parameters (see the module docstring)."""
 
     def __init__(self, rule: str = "mean", params: Mapping[str, Any] | None = None) -> None:
         self.rule = rule
-        self.params = dict(params or {})
+        self.params = accepted_params(rule, params or {})
         self.failures = 0
         self.dropped_nonfinite = 0
         agg = _aggregation()
@@ -91,6 +106,10 @@ class Combiner:
         if rule not in known:
             raise ValueError(f"unknown aggregation rule {rule!r}; choose one of: {', '.join(known)}")
         self._gossip = rule in gossip_rule_names()
+        accepted = (
+            getattr(agg, "RULE_PARAMS", {}).get(rule, frozenset({"weights"})) if agg is not None else ()
+        )
+        self._takes_weights = "weights" in accepted
         self._fn: Callable[..., Tensor] | None = None
         if rule != "mean" and agg is not None:
             self._fn = lambda *a, **k: agg.aggregate(rule, *a, **k)
@@ -116,7 +135,9 @@ class Combiner:
                 return _weighted_mean(own, rows, w)
             assert self._fn is not None
             if self._gossip:
-                return self._fn(rows, own=own, weights=w, **self.params)
+                if self._takes_weights:
+                    return self._fn(rows, own=own, weights=w, **self.params)
+                return self._fn(rows, own=own, **self.params)
             return self._fn(torch.cat([own.unsqueeze(0), rows]), **self.params)
         except ValueError:
             self.failures += 1

@@ -110,6 +110,7 @@ class Byzantine(Protocol):
         self.colluders = colluders
         self.rng = rng
         self.sent = 0
+        self.failures = 0
         self._held: dict[tuple[int, int], _Held] = {}
         self._seen: dict[tuple[int, int], dict[PeerId, torch.Tensor]] = {}
 
@@ -201,11 +202,19 @@ class Byzantine(Protocol):
             return honest + scale * noise
         view = self._view(peer, msg, seen)
         if self.behaviour == "dissensus":
-            if view.own is None or not len(view.neighbours):
+            if view.own is None or not len(view.neighbours) or view.byzantine_weight <= 0:
                 return honest
-            eps = float(self.params.get("epsilon", 1.0))
-            pull = view.weights @ (view.neighbours - view.own)
-            return view.own - pull * (eps / max(view.byzantine_weight, 1e-12))
+            params = {"epsilon": 1.0, **self.params}
+            return run_attack(
+                "dissensus",
+                view.neighbours,
+                {
+                    **params,
+                    "own": view.own,
+                    "weights": view.weights,
+                    "byzantine_weight": view.byzantine_weight,
+                },
+            )
         rows = [view.neighbours] if len(view.neighbours) else []
         if view.own is not None:
             rows.insert(0, view.own.unsqueeze(0))
@@ -216,5 +225,13 @@ class Byzantine(Protocol):
             stack = torch.cat([stack, honest.unsqueeze(0)])
         params = dict(self.params)
         if self.attack == "alie" and "z" not in params and "f" not in params:
-            params["f"] = max(1, view.byzantine)  # the paper's z for the Byzantine share the target sees
-        return run_attack(self.attack, stack, params)
+            # The paper's z for the Byzantine share the target sees (capped where its formula stops: f <= n/2).
+            f, h = max(1, view.byzantine), stack.shape[0]
+            while f > 1 and (h + f) // 2 + 1 - f <= 0:
+                f -= 1
+            params["f"] = f
+        try:
+            return run_attack(self.attack, stack, params)
+        except ValueError:
+            self.failures += 1
+            return honest

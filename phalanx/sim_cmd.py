@@ -91,6 +91,12 @@ FLAGS: tuple[tuple[str, str, Any, str], ...] = (
         str,
         "an aggregation attack (alie, ipm, ...), dissensus, label-flip, silent, equivocation",
     ),
+    (
+        "--threads",
+        "threads",
+        positive_int,
+        "torch threads during the run (default 1: fastest for small models)",
+    ),
     ("--eval-every", "eval_every", positive_int, "evaluate every N rounds"),
     (
         "--eval-nodes",
@@ -163,11 +169,10 @@ def run_sim(args: argparse.Namespace) -> int:
     from phalanx.sim.config import preset_names
 
     if args.list_presets:
-        from phalanx.sim.config import load_preset
+        from phalanx.sim.config import preset_description
 
         for name in preset_names():
-            doc = load_preset(name).get("name", name)
-            print(f"{name:24s} {doc}")
+            print(f"{name:16s} {preset_description(name)}")
         return 0
     config = config_from_args(args)
     from tqdm import tqdm

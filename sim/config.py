@@ -75,6 +75,9 @@ class SimConfig:
     attack: str = "alie"
     attack_params: dict[str, Any] = field(default_factory=dict)
     omniscient: bool = True
+    # torch intra-op threads while the run lasts: 1 is fastest for per-node work this small (and immune to
+    # the spin-waiting of idle OpenMP threads on a loaded machine)
+    threads: int = 1
     # evaluation
     eval_every: int = 5
     eval_nodes: int = 0
@@ -129,6 +132,7 @@ class SimConfig:
             and (not self.partition_rounds or self.partition_rounds[0] < self.partition_rounds[1]),
             "partition_rounds must be two rounds [start, end) with start < end",
         )
+        need(self.threads >= 1, f"threads must be >= 1, got {self.threads}")
         need(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
         need(self.eval_nodes >= 0 and self.eval_samples >= 0, "eval_nodes and eval_samples must be >= 0")
         need(self.num_byzantine < self.nodes, "every node would be Byzantine")
@@ -229,3 +233,11 @@ def load_preset(name: str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
     return load_toml(path)
+
+
+def preset_description(name: str) -> str:
+    """The first comment line of a preset file."""
+    for line in (presets_dir() / f"{name}.toml").read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""

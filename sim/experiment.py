@@ -120,7 +120,7 @@ def check_rule(config: SimConfig, graph: nx.Graph, byzantine: frozenset[int]) ->
     combiner = Combiner(config.rule, config.rule_params)
     gossip = config.rule in gossip_rule_names()
     degrees = sorted({graph.degree[i] for i in graph if i not in byzantine})
-    f = config.rule_params.get("f")
+    f = combiner.params.get("f")
     try:
         from phalanx.aggregation.validation import REQUIREMENTS, requirement
     except ImportError:  # pragma: no cover
@@ -142,10 +142,10 @@ def check_rule(config: SimConfig, graph: nx.Graph, byzantine: frozenset[int]) ->
                 combiner(own, received, weights)
             else:
                 assert combiner._fn is not None
-                combiner._fn(torch.zeros(deg + 1, 4), **config.rule_params)
+                combiner._fn(torch.zeros(deg + 1, 4), **combiner.params)
         except (ValueError, TypeError) as exc:
             raise ConfigError(
-                f"rule {config.rule} with {dict(config.rule_params)} cannot run at a node of degree {deg} "
+                f"rule {config.rule} with {combiner.params} cannot run at a node of degree {deg} "
                 f"({deg + 1} inputs): {exc}".splitlines()[0]
             ) from None
 
@@ -244,6 +244,15 @@ def run(
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> Result:
     """Simulate the planned run; ``progress`` is called with each finished round's metrics row."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(plan.config.threads)
+    try:
+        return _run(plan, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Result:
     config = plan.config
     start = time.perf_counter()
     train_config = TrainConfig(

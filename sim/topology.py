@@ -13,6 +13,7 @@ Nodes are the integers ``0 .. n-1``. Specs (parameters after colons):
 ``barabasi-albert:M``       preferential attachment, M edges per new node
 ``exponential``             node i links to i +- 2^j (mod n) (Ying et al., 2021)
 ``dumbbell:B``              two cliques joined by B edges (default 1)
+``malicious-ring:H:B``      H nodes in a ring, each with B extra neighbours (nodes H.., meant to be Byzantine)
 ``file:PATH``               a user's graph: ``.graphml``, ``.json`` (node-link) or an edge list
 ``dynamic-regular:K``       a fresh random K-regular graph every round (see :class:`TimeVarying`)
 ==========================  =======================================================================
@@ -43,6 +44,7 @@ TOPOLOGY_NAMES = (
     "barabasi-albert:M",
     "exponential",
     "dumbbell:B",
+    "malicious-ring:H:B",
     "file:PATH",
     "dynamic-regular:K",
 )
@@ -170,6 +172,17 @@ def build_graph(spec: str, n: int, *, seed: int) -> nx.Graph:
         graph.add_edges_from(nx.complete_graph(range(half, n)).edges)
         for b in range(min(bridges, half, n - half)):
             graph.add_edge(b, half + b)
+    elif name == "malicious-ring":
+        # He, Karimireddy & Jaggi (2022): H honest nodes on a ring, each with B Byzantine neighbours of its own.
+        if len(args) != 2:
+            raise TopologyError("malicious-ring needs H and B, as in malicious-ring:5:2")
+        h = int(_num(spec, args[0], int, 3))
+        b = int(_num(spec, args[1], int, 0))
+        if n != h * (b + 1):
+            raise TopologyError(f"malicious-ring:{h}:{b} has {h * (b + 1)} nodes, the run has {n}")
+        graph = nx.cycle_graph(h)
+        for i in range(h):
+            graph.add_edges_from((i, h + i * b + k) for k in range(b))
     elif name == "file":
         if not rest:
             raise TopologyError("file needs a path, as in file:graph.graphml")

@@ -27,6 +27,14 @@ class Recorder:
         self.rounds.setdefault(action.round, {})[node] = action.params
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_ring(n: int = 8, rounds: int = 15, rule: str = "mean", loss: float = 0.0):
     data = load_dataset("blobs")
     config = SimConfig(nodes=n, rounds=rounds, topology="ring", rule=rule, dataset="blobs", local_steps=2)
