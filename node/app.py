@@ -259,16 +259,18 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
         trio.run(main)
     except BaseExceptionGroup as group:
         # A setup error inside a nursery (port in use, unreadable file) arrives wrapped; show it as itself.
-        leaves = _leaves(group)
+        leaves = leaves_of(group)
+        if any(isinstance(e, KeyboardInterrupt) for e in leaves):
+            raise KeyboardInterrupt from None
         if leaves and all(isinstance(e, (ValueError, OSError)) for e in leaves):
             raise leaves[0] from None
         raise
     return 0
 
 
-def _leaves(group: BaseException) -> list[BaseException]:
+def leaves_of(group: BaseException) -> list[BaseException]:
     if isinstance(group, BaseExceptionGroup):
-        return [leaf for e in group.exceptions for leaf in _leaves(e)]
+        return [leaf for e in group.exceptions for leaf in leaves_of(e)]
     return [group]
 
 

@@ -219,6 +219,7 @@ async def run_network(
                 procs[record.index] = proc
                 record.pid = proc.pid
                 nursery.start_soon(follow, record, proc)
+            nursery.start_soon(_interrupt_on_sigterm)
             with trio.move_on_after(spec.timeout) as scope:
                 while not done():
                     await trio.sleep(0.05)
@@ -232,6 +233,13 @@ async def run_network(
         with trio.CancelScope(shield=True):
             await stop_all(list(procs.values()))
     return NetResult(nodes=records, wall_time=trio.current_time() - start, timed_out=timed_out)
+
+
+async def _interrupt_on_sigterm() -> None:
+    """SIGTERM to the orchestrator stops the network like Ctrl-C does (children reaped in ``finally``)."""
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            raise KeyboardInterrupt
 
 
 def _signal(proc: trio.Process, sig: int) -> None:

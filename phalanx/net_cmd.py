@@ -193,7 +193,14 @@ def run_net(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    result = trio.run(lambda: run_network(spec, on_event=progress))
+    try:
+        result = trio.run(lambda: run_network(spec, on_event=progress))
+    except BaseExceptionGroup as group:  # Ctrl-C / SIGTERM arrive wrapped by the nursery; children are reaped
+        from phalanx.node.app import leaves_of
+
+        if any(isinstance(e, KeyboardInterrupt) for e in leaves_of(group)):
+            raise KeyboardInterrupt from None
+        raise
     table = node_table(result)
     print(table)
     killed = {n.index for n in result.nodes if n.killed_at is not None}

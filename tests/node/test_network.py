@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,7 +23,7 @@ from phalanx.gossip.wire import FRAME_HEADER, Limits, frame, pack
 from phalanx.node import checkpoint as ckpt
 from phalanx.node.identity import load_or_create_key, peer_id_of
 from phalanx.node.metrics import fetch
-from phalanx.node.netup import NetSpec, run_network
+from phalanx.node.netup import NetSpec, _lines, run_network
 from phalanx.node.transport import Libp2pTransport, TransportError, open_libp2p_transport
 
 from .nodeproc import NodeProcess
@@ -245,3 +249,64 @@ async def test_sigkilled_node_resumes_from_its_checkpoint(tmp_path: Path) -> Non
         assert resumed["round"] == saved.round + 1
     finally:
         await second.aclose()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+async def test_net_up_interrupted_leaves_no_children(tmp_path: Path, sig: int) -> None:
+    proc = await trio.lowlevel.open_process(
+        [
+            sys.executable,
+            "-m",
+            "phalanx",
+            "net",
+            "up",
+            "--nodes",
+            "3",
+            "--rounds",
+            "100000",
+            "--dataset",
+            "blobs",
+            "--out",
+            str(tmp_path),
+            "--no-plots",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a background shell ignores SIGINT
+    )
+    try:
+        assert proc.stdout is not None
+        lines = _lines(proc.stdout)
+        with trio.fail_after(60):
+            async for line in lines:
+                if b"node 0 round 2" in line:
+                    break
+        children = _children(proc.pid)
+        assert len(children) == 3
+        proc.send_signal(sig)
+        output = b""
+        with trio.fail_after(30):
+            async for line in lines:
+                output += line + b"\n"
+            code = await proc.wait()
+        assert code == 130 and b"phalanx net up: interrupted" in output
+        assert b"Traceback" not in output
+        assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
