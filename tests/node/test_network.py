@@ -253,7 +253,7 @@ async def test_sigkilled_node_resumes_from_its_checkpoint(tmp_path: Path) -> Non
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-async def test_net_up_interrupted_leaves_no_children(tmp_path: Path, sig: int) -> None:
+async def test_net_up_interrupted_leaves_no_children(tmp_path: Path, sig: signal.Signals) -> None:
     proc = await trio.lowlevel.open_process(
         [
             sys.executable,
