@@ -1,0 +1,145 @@
+"""Coordinate-wise rules: mean, median, trimmed mean, Meamed.
+
+Each coordinate is aggregated on its own, so each rule sorts the n values of every column once.
+On the CPU the sort is ``numpy.sort(axis=0)`` on a zero-copy view of the tensor (measured ~4x
+faster than ``torch.median(dim=0)`` at n=32, d=1e6); on other devices it is ``torch.sort``.
+Finiteness costs nothing: a column holds a NaN or an infinity iff its sorted extremes do.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .validation import check_f, check_updates, check_weights, ensure_finite
+
+__all__ = ["meamed", "mean", "mean_of_closest_to_median", "median", "sorted_columns", "trimmed_mean"]
+
+_NUMPY_SORTABLE = (torch.float16, torch.float32, torch.float64)
+
+
+def sorted_columns(name: str, updates: Tensor) -> Tensor:
+    """Every column of ``updates`` sorted in increasing order; raises on non-finite entries.
+
+    Cost: one sort of n values per coordinate, O(d n log n), one (n, d) result.
+    """
+    x = updates.detach()
+    if x.device.type == "cpu" and x.dtype in _NUMPY_SORTABLE:
+        ordered = torch.from_numpy(np.sort(x.numpy(), axis=0))
+    else:
+        ordered = torch.sort(x, dim=0).values
+    ensure_finite(name, updates, torch.stack((ordered[0], ordered[-1])))
+    return ordered
+
+
+def _median_of_sorted(ordered: Tensor) -> Tensor:
+    n = ordered.shape[0]
+    if n % 2 == 1:
+        return ordered[n // 2].clone()
+    # Halves first: (a + b) / 2 could overflow for values near the dtype's limit.
+    return ordered[n // 2 - 1] * 0.5 + ordered[n // 2] * 0.5
+
+
+def _row_average(rows: Tensor) -> Tensor:
+    """Mean of the rows of a (k, d) tensor as one GEMV (faster than ``mean(dim=0)`` on CPU)."""
+    k = rows.shape[0]
+    return torch.full((k,), 1.0 / k, dtype=rows.dtype, device=rows.device) @ rows
+
+
+def mean(updates: Tensor, *, weights: Tensor | None = None) -> Tensor:
+    """Arithmetic mean, optionally weighted: ``sum_i w_i x_i / sum_i w_i``.
+
+    Not robust: one Byzantine row moves it arbitrarily far (breakdown point 0), so f must be 0.
+
+    Args:
+        updates: (n, d) tensor, one vector per row.
+        weights: optional (n,) non-negative weights with a positive sum (e.g. a row of a
+            mixing matrix including the node's own weight); uniform when omitted.
+    Raises:
+        AggregationError: bad shape, bad weights, or a non-finite entry.
+    Cost: one GEMV, O(n d).
+    """
+    n, _ = check_updates("mean", updates)
+    if weights is None:
+        coeffs = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    else:
+        w = check_weights("mean", weights, n, mixing=False)
+        coeffs = w / w.sum()
+    out = coeffs.to(device=updates.device, dtype=updates.dtype) @ updates
+    if ensure_finite("mean", updates, out):
+        # Huge finite rows overflowed the input precision; the mean itself is representable.
+        out = (coeffs.to(updates.device) @ updates.to(torch.float64)).to(updates.dtype)
+    return out
+
+
+def median(updates: Tensor) -> Tensor:
+    """Coordinate-wise median (Yin et al., 2018, "Byzantine-robust distributed learning:
+    towards optimal statistical rates", ICML).
+
+    ``out_k = median(x_1k, ..., x_nk)``; for even n the average of the two middle values.
+
+    Robust to f Byzantine rows when 2f < n: every output coordinate lies between the honest
+    rows' minimum and maximum of that coordinate. Takes no parameter; f only bounds its use.
+    Cost: one column sort, O(d n log n).
+    """
+    check_updates("median", updates)
+    return _median_of_sorted(sorted_columns("median", updates)).to(updates.device)
+
+
+def trimmed_mean(updates: Tensor, *, f: int) -> Tensor:
+    """Coordinate-wise trimmed mean (Yin et al., 2018, ICML).
+
+    ``out_k = 1/(n - 2f) * sum_{j=f}^{n-f-1} x_(j)k`` where ``x_(0)k <= ... <= x_(n-1)k`` are
+    the sorted values of coordinate k: the f largest and f smallest values are dropped.
+
+    Args:
+        updates: (n, d) tensor.
+        f: number of Byzantine rows tolerated; requires 2f < n. Every output coordinate then
+            lies between the honest rows' minimum and maximum of that coordinate.
+    Cost: one column sort, O(d n log n), and one GEMV over the n - 2f middle rows.
+    """
+    n, _ = check_updates("trimmed-mean", updates)
+    check_f("trimmed-mean", n, f)
+    ordered = sorted_columns("trimmed-mean", updates)
+    return _row_average(ordered[f : n - f]).to(updates.device)
+
+
+def mean_of_closest_to_median(ordered: Tensor, beta: int) -> Tensor:
+    """Per coordinate, the mean of the ``beta`` values closest to the median.
+
+    ``ordered`` holds each column sorted. The beta values closest to the median m form a window
+    ``x_(a..a+beta-1)`` of the sorted column: the one minimising
+    ``max(m - x_(a), x_(a+beta-1) - m)``, scanned over a = 0..k-beta (the lowest a on ties).
+    Window sums are computed directly (no running sum, whose cancellation huge Byzantine values
+    would ruin). Cost: O((k - beta + 1) beta d).
+    """
+    k = ordered.shape[0]
+    med = _median_of_sorted(ordered)
+    best_gap = torch.maximum(med - ordered[0], ordered[beta - 1] - med)
+    best_sum = ordered[:beta].sum(dim=0)
+    for a in range(1, k - beta + 1):
+        gap = torch.maximum(med - ordered[a], ordered[a + beta - 1] - med)
+        better = gap < best_gap
+        best_gap = torch.where(better, gap, best_gap)
+        best_sum = torch.where(better, ordered[a : a + beta].sum(dim=0), best_sum)
+    return best_sum / beta
+
+
+def meamed(updates: Tensor, *, f: int) -> Tensor:
+    """Mean around median, "Meamed" (Xie, Koyejo & Gupta, 2018, "Generalized Byzantine-tolerant
+    SGD", arXiv:1802.10116).
+
+    ``out_k`` = mean of the n - f values of coordinate k closest to that coordinate's median.
+
+    Args:
+        updates: (n, d) tensor.
+        f: number of Byzantine rows tolerated; requires 2f < n. Byzantine values far from the
+            honest ones are never averaged; close ones can pull a coordinate slightly outside
+            the honest range (unlike the trimmed mean).
+    Cost: one column sort and O((f + 1)(n - f) d) for the window scan.
+    """
+    n, _ = check_updates("meamed", updates)
+    check_f("meamed", n, f)
+    ordered = sorted_columns("meamed", updates)
+    return mean_of_closest_to_median(ordered, n - f).to(updates.device)

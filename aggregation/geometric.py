@@ -1,0 +1,134 @@
+"""Iterative rules solved in the n x n Gram space: geometric median, centered clipping.
+
+Every iterate is an affine combination ``z = sum_i a_i x_i`` of the rows (and of a given
+starting vector), so ``||z - x_j||^2 = a^T G a - 2 (G a)_j + G_jj`` (see :mod:`.gram`): each
+iteration costs O(n^2) whatever d is, and z is formed once, with one GEMV, at the end.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .gram import affine_sq_dists, combine, geometry, select_rows
+from .validation import AggregationError, check_own, check_updates, check_weights
+
+__all__ = ["centered_clipping", "geometric_median"]
+
+
+def _check_positive(name: str, label: str, value: float) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+        raise AggregationError(f"{name}: {label} must be a number > 0, got {value!r}")
+
+
+def _check_count(name: str, label: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise AggregationError(f"{name}: {label} must be an integer >= 1, got {value!r}")
+
+
+def _medoid(x: Tensor, dist: Tensor, alpha: Tensor) -> int:
+    """Row minimising the weighted sum of distances to the rows (a 2-approximation of the
+    geometric median's objective); ties by sum of squared distances, then by value."""
+    return select_rows(x, (dist.sqrt() * alpha[None, :]).sum(dim=1), dist @ alpha, 1)[0]
+
+
+def geometric_median(
+    updates: Tensor,
+    *,
+    weights: Tensor | None = None,
+    nu: float = 1e-6,
+    iterations: int = 100,
+    tolerance: float = 1e-7,
+) -> Tensor:
+    """Geometric median by the smoothed Weiszfeld algorithm, as in RFA (Pillutla, Kakade &
+    Harchaoui, 2022, "Robust aggregation for federated learning", IEEE TSP).
+
+    Approximates ``argmin_z sum_i alpha_i ||z - x_i||`` (alpha = weights / sum(weights)) by
+    ``beta_i = alpha_i / max(nu, ||z - x_i||)``, ``z <- sum_i beta_i x_i / sum_i beta_i``.
+
+    The start is the mean of the n//2 + 1 rows nearest to the medoid (the row with the least
+    weighted sum of distances): robust, and not an input row, where Weiszfeld would stall.
+    Iteration stops after ``iterations`` steps or when the objective improves by less than
+    ``tolerance`` times its value.
+
+    Args:
+        updates: (n, d) tensor.
+        weights: optional (n,) non-negative weights alpha (uniform when omitted).
+        nu: smoothing radius > 0 (RFA's nu); distances below it count as nu.
+        iterations: maximum number of Weiszfeld steps (>= 1).
+        tolerance: relative objective improvement below which iteration stops (0: never).
+    Robustness: breakdown point 1/2 (tolerates f Byzantine rows when 2f < n): the output stays
+    within a bounded distance of the honest rows however far the others are. f is not a
+    parameter.
+    Cost: one Gram product (2 n^2 d flops), O(n^2) per iteration, one GEMV.
+    """
+    n, _ = check_updates("geometric-median", updates)
+    _check_positive("geometric-median", "nu", nu)
+    _check_count("geometric-median", "iterations", iterations)
+    if not isinstance(tolerance, int | float) or not tolerance >= 0:
+        raise AggregationError(f"geometric-median: tolerance must be >= 0, got {tolerance!r}")
+    if weights is None:
+        alpha = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    else:
+        w = check_weights("geometric-median", weights, n, mixing=False)
+        alpha = w / w.sum()
+    geo = geometry("geometric-median", updates)
+    gram, dist = geo.gram, geo.dist
+    near_medoid = dist[_medoid(updates, dist, alpha)]
+    nearest = select_rows(updates, near_medoid, near_medoid, n // 2 + 1)
+    coeffs = torch.zeros(n, dtype=torch.float64)
+    coeffs[nearest] = 1.0 / len(nearest)
+    objective = float((alpha * affine_sq_dists(gram, coeffs).sqrt()).sum())
+    for _ in range(iterations):
+        beta = alpha / affine_sq_dists(gram, coeffs).sqrt().clamp(min=nu)
+        coeffs = beta / beta.sum()
+        previous, objective = objective, float((alpha * affine_sq_dists(gram, coeffs).sqrt()).sum())
+        if previous - objective <= tolerance * objective:
+            break
+    return combine(updates, coeffs)
+
+
+def centered_clipping(
+    updates: Tensor,
+    *,
+    tau: float,
+    iterations: int = 3,
+    start: Tensor | None = None,
+) -> Tensor:
+    """Centered clipping, CC (Karimireddy, He & Jaggi, 2021, "Learning from history for
+    Byzantine robust optimization", ICML).
+
+    ``v <- v + 1/n sum_i (x_i - v) min(1, tau / ||x_i - v||)``, repeated ``iterations`` times
+    from ``v_0 = start``.
+
+    Args:
+        updates: (n, d) tensor.
+        tau: clipping radius > 0.
+        iterations: number of clipping steps L (>= 1).
+        start: (d,) starting point, e.g. the previous aggregate (the paper's momentum); by
+            default the medoid (the input row with the least sum of distances to the others).
+    Robustness: each step moves v by at most tau, and by at most f tau / n because of the f
+    Byzantine rows; tolerates f with 2f < n. f is not a parameter.
+    Cost: one Gram product (with the start appended as an extra row), O(n^2) per iteration,
+    one GEMV.
+    """
+    n, _ = check_updates("centered-clipping", updates)
+    _check_positive("centered-clipping", "tau", tau)
+    _check_count("centered-clipping", "iterations", iterations)
+    extra: tuple[Tensor, ...] = ()
+    if start is not None:
+        check_own("centered-clipping", start, updates, label="start")
+        extra = (start,)
+    geo = geometry("centered-clipping", updates, extra)
+    gram, dist = geo.gram, geo.dist
+    coeffs = torch.zeros(n + len(extra), dtype=torch.float64)
+    if start is None:
+        coeffs[_medoid(updates, dist[:n, :n], torch.full((n,), 1.0 / n, dtype=torch.float64))] = 1.0
+    else:
+        coeffs[n] = 1.0
+    for _ in range(iterations):
+        radius = affine_sq_dists(gram, coeffs)[:n].sqrt()
+        scale = torch.where(radius > tau, tau / radius, torch.ones_like(radius))
+        coeffs = coeffs * (1.0 - float(scale.sum()) / n)
+        coeffs[:n] += scale / n
+    return combine(updates, coeffs, extra)
