@@ -628,19 +628,7 @@ class ByzantineModest(Protocol):
 
 
 def attack_vector(name: str, honest: torch.Tensor, params: Mapping[str, Any]) -> torch.Tensor:
-    """An attack of :mod:`phalanx.aggregation` on the (n, d) honest vectors.
+    """An attack of :mod:`phalanx.aggregation` (``ATTACKS``) on the (n, d) honest vectors."""
+    from phalanx.aggregation import attack
 
-    ``"sign-flip"`` (``-scale`` times the honest mean, scale 4 by default) works without the aggregation
-    package's attack registry.
-    """
-    import phalanx.aggregation as agg
-
-    run = getattr(agg, "attack", None)
-    if run is not None and (name != "sign-flip" or name in getattr(agg, "ATTACKS", {})):
-        return run(name, honest, **params)
-    attacks = getattr(agg, "ATTACKS", {})
-    if name in attacks:
-        return attacks[name](honest, **params)
-    if name == "sign-flip":
-        return honest.mean(dim=0) * -float(params.get("scale", 4.0))
-    raise ValueError(f"unknown attack {name!r}")
+    return attack(name, honest, **params)

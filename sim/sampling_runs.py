@@ -96,6 +96,9 @@ class SimRun:
     wall: float
     eval_seconds: float
     train_seconds: float
+    setup_seconds: float = 0.0  # building data, trainer and every node's protocol
+    start_seconds: float = 0.0  # every node's start()
+    loop_seconds: float = 0.0  # the event loop: training, evaluation and everything else
 
     def first_reaching(self, target: float) -> RoundRow | None:
         return next((r for r in self.rows if r.acc is not None and r.acc >= target), None)
@@ -176,8 +179,14 @@ def simulate(
         rng=np.random.default_rng(derive_seed(config.seed, "network")),
     )
     engine = Engine(protocols, network=network, worker=timed, observers=(log,))
-    engine.run()
+    begin = time.perf_counter()
+    engine.start()
+    started = time.perf_counter()
+    engine.resume()
     return SimRun(
+        setup_seconds=begin - start,
+        start_seconds=started - begin,
+        loop_seconds=time.perf_counter() - started,
         rows=log.table(),
         engine=engine,
         protocols=protocols,
