@@ -67,10 +67,15 @@ class NodeRecord:
     finished: bool = False
     killed_at: int | None = None
     exit_code: int | None = None
+    final: dict[str, Any] = field(default_factory=dict)  # counters logged when the node stopped
 
     @property
     def last(self) -> dict[str, Any]:
         return self.rounds[-1] if self.rounds else {}
+
+    def counter(self, key: str) -> int:
+        """A counter at the end: from the node's "stopped" line, else its last round line."""
+        return int(self.final.get(key, self.last.get(key, 0)))
 
 
 @dataclass(slots=True)
@@ -195,6 +200,8 @@ async def run_network(
                     record.rejected += 1
                 elif kind == "finished":
                     record.finished = True
+                elif kind == "stopped":
+                    record.final = event
                 if on_event is not None:
                     on_event(record, event)
         record.exit_code = await proc.wait()
@@ -267,7 +274,10 @@ def rows(result: NetResult, rounds: int) -> list[dict[str, Any]]:
         accs, losses, live, sent, messages = [], [], 0, 0, 0
         for node in result.nodes:
             upto = [e for e in node.rounds if e["round"] <= r]
-            if upto:
+            if r == rounds and node.final:  # the run's totals include what left after the last round line
+                sent += node.counter("bytes_out")
+                messages += node.counter("messages_out")
+            elif upto:
                 sent += upto[-1].get("bytes_out", 0)
                 messages += upto[-1].get("messages_out", 0)
             at = next((e for e in node.rounds if e["round"] == r), None)
@@ -313,7 +323,7 @@ def node_table(result: NetResult) -> str:
         )
         lines.append(
             f"{n.index:>4}  {n.peer_id[-14:]:<14}  {n.role:<18}  {last.get('round', 0):>6}  "
-            f"{'-' if acc is None else f'{acc:.4f}':>8}  {last.get('bytes_in', 0) / 1e6:>7.2f}  "
-            f"{last.get('bytes_out', 0) / 1e6:>7.2f}  {n.rejected:>8}  {state}"
+            f"{'-' if acc is None else f'{acc:.4f}':>8}  {n.counter('bytes_in') / 1e6:>7.2f}  "
+            f"{n.counter('bytes_out') / 1e6:>7.2f}  {n.rejected:>8}  {state}"
         )
     return "\n".join(lines)

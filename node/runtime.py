@@ -128,6 +128,16 @@ class NodeRuntime:
                 self._apply(self.protocol.start(self.clock()))
             await self._finished.wait()
             await trio.sleep(self.settings.linger)
+            m = self.metrics
+            self.log(
+                "stopped",
+                round=self._completed,
+                bytes_in=m.bytes_in,
+                bytes_out=m.bytes_out,
+                messages_in=m.messages_in,
+                messages_out=m.messages_out,
+                rejected=sum(m.rejected.values()),
+            )
             nursery.cancel_scope.cancel()
 
     def _finish(self) -> None:
