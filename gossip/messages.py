@@ -80,7 +80,8 @@ class Pong:
     """The answer to a :class:`Ping`, echoing its round and nonce.
 
     ``has``: the answering node already holds what the pinger would send it for that round; ``done``: it
-    has also finished its part of the round (trained it, or aggregated it).
+    has also finished its part of the round (trained it, or aggregated it); ``latest``: the newest round
+    the answering node knows of.
     """
 
     TYPE: ClassVar[str] = "pong"
@@ -88,9 +89,11 @@ class Pong:
     nonce: int = 0
     has: bool = False
     done: bool = False
+    latest: int = 0
 
     def to_fields(self) -> dict[str, Any]:
-        return {"r": self.round, "n": self.nonce, "f": int(self.has) | (int(self.done) << 1)}
+        flags = int(self.has) | (int(self.done) << 1)
+        return {"r": self.round, "n": self.nonce, "f": flags, "l": self.latest}
 
     @classmethod
     def from_fields(cls, fields: dict[str, Any], limits: Limits) -> Pong:
@@ -100,6 +103,7 @@ class Pong:
             nonce=read_int(fields, "n", hi=2**63),
             has=bool(flags & 1),
             done=bool(flags & 2),
+            latest=read_int(fields, "l", hi=limits.max_round),
         )
 
 

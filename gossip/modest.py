@@ -221,6 +221,9 @@ class Modest(Protocol):
         self._last_sent = 0
         self.last_inputs: torch.Tensor | None = None  # the trainers' models of the latest aggregation
         self._schedule = sorted(schedule)
+        # Peers that missed a ping in a round, skipped by this node's later searches until it sees them
+        # active after that round (local, not gossiped: each node learns a crash at the cost of one timeout).
+        self._suspects: dict[PeerId, int] = {}
         self.counters = {"pings": 0, "aggregations": 0, "trainings": 0, "abandoned": 0}
 
     # ------------------------------------------------------------------ helpers
@@ -232,12 +235,26 @@ class Modest(Protocol):
 
     def _search(self, k: int, role: bytes, need: int, payload: Message, now: float) -> list[Action]:
         self._nonce += 1
-        pool = candidates(self.view, k, inactivity=self.config.inactivity, role=role)
+        pool = (
+            p
+            for p in candidates(self.view, k, inactivity=self.config.inactivity, role=role)
+            if not self._suspected(p)
+        )
         search = _Search(
             nonce=self._nonce, round=k, role=int(role == AGGREGATORS), need=need, pool=pool, payload=payload
         )
         self._searches[search.nonce] = search
         return self._fill(search, now)
+
+    def _suspected(self, peer: PeerId) -> bool:
+        since = self._suspects.get(peer)
+        if since is None:
+            return False
+        rec = self.view.get(peer)
+        if rec is not None and rec.last_active > since:
+            del self._suspects[peer]
+            return False
+        return True
 
     def _fill(self, search: _Search, now: float) -> list[Action]:
         """Top up pending candidates to what is still needed, then deliver if settled."""
@@ -426,18 +443,25 @@ class Modest(Protocol):
         else:  # an aggregator of round k: have I got the pinger's model of round k - 1, aggregated k?
             done = self.aggregated >= k
             has = done or peer in self._inbox.get(k - 1, {})
-        return Pong(round=k, nonce=ping.nonce, has=has, done=done)
+        return Pong(round=k, nonce=ping.nonce, has=has, done=done, latest=max(self.round, 0))
 
     def _on_pong(self, peer: PeerId, message: Pong, now: float) -> list[Action]:
         self.view.touch(peer, message.round, now_round=max(self.round, 0))
+        self.round = max(self.round, message.latest)
         search = self._searches.get(message.nonce)
         if search is None or search.state.get(peer) != "wait":
             return []
+        if search.watches and message.latest > search.round:  # the network is past the watched round
+            del self._searches[search.nonce]
+            return [CancelTimer(name=f"ping:{search.nonce}")]
         search.state[peer] = "ok"
         if message.has:
             search.has.add(peer)
         if message.done:
             search.progress = True
+            if search.watches:  # watching, and the round has moved on: nothing left to guard
+                del self._searches[search.nonce]
+                return [CancelTimer(name=f"ping:{search.nonce}")]
         return self._fill(search, now)
 
     def on_timer(self, name: str, now: float) -> list[Action]:
@@ -452,6 +476,7 @@ class Modest(Protocol):
                     continue
                 if now - search.sent_at[peer] >= self.config.ping_timeout - 1e-12:
                     search.state[peer] = "fail"
+                    self._suspects[peer] = search.round
                 else:
                     actions.append(Send(peer=peer, message=self._ping(search)))
             return actions + self._fill(search, now)
@@ -483,8 +508,8 @@ class Modest(Protocol):
         k = message.round
         self.view.merge(message.view, now_round=max(self.round, 0))
         self.view.touch(peer, k, now_round=max(self.round, 0))
-        if k + 1 <= self.aggregated:
-            return []  # that round is already aggregated (a late trainer)
+        if k + 1 <= self.aggregated or k + 1 < self.round:
+            return []  # that round is already aggregated, or the network is past it (a late trainer)
         box = self._inbox.setdefault(k, {})
         first = not box
         box[peer] = message.params
@@ -519,8 +544,8 @@ class Modest(Protocol):
         k = message.round
         self.view.merge(message.view, now_round=max(self.round, 0))
         self.view.touch(peer, k, now_round=max(self.round, 0))
-        if k <= self.started:
-            return []  # already training this round (or a newer one)
+        if k <= self.started or k < self.round:
+            return []  # already training this round (or a newer one), or a stale round
         if self.config.trainer_combine_rule is None:
             return self._start_training(k, message.params)
         if k < self._collecting:
