@@ -87,14 +87,17 @@ class ViewDelta:
 class View:
     """One node's membership view (see the module docstring). ``owner`` is the node keeping it."""
 
-    __slots__ = ("_ids", "owner", "records")
+    __slots__ = ("_ids", "_recent", "owner", "records")
 
     def __init__(self, owner: PeerId, members: Iterable[PeerId] = (), *, round: int = 0) -> None:
         self.owner = owner
         self.records: dict[PeerId, PeerRecord] = {}
         self._ids: tuple[PeerId, ...] | None = None
+        # Peers whose record changed since the oldest ``since`` asked of delta(): deltas never scan the view.
+        self._recent: dict[PeerId, None] = {}
         for peer in members:
-            self.records[peer] = PeerRecord(last_active=round, counter=1, changed=round)
+            # The initial membership is common knowledge: it never needs to travel as a change.
+            self.records[peer] = PeerRecord(last_active=round, counter=1, changed=-1)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -117,11 +120,13 @@ class View:
         if rec is None:
             self.records[peer] = PeerRecord(last_active=last_active, counter=counter, changed=now_round)
             self._ids = None
+            self._recent[peer] = None
             return True
         if last_active > rec.last_active or counter > rec.counter:
             rec.last_active = max(rec.last_active, last_active)
             rec.counter = max(rec.counter, counter)
             rec.changed = now_round
+            self._recent[peer] = None
             return True
         return False
 
@@ -133,6 +138,7 @@ class View:
         elif round > rec.last_active:
             rec.last_active = round
             rec.changed = now_round
+            self._recent[peer] = None
 
     def merge(self, delta: ViewDelta, *, now_round: int) -> int:
         """Merge a received delta; returns the number of entries that changed."""
@@ -155,12 +161,18 @@ class View:
         return [p for p in self.ids() if self.is_active(p, k, inactivity)]
 
     def delta(self, *, since: int | None = None) -> ViewDelta:
-        """Entries that changed in local round ``since`` or later (all entries when ``since`` is None)."""
-        items = [
-            (p, r.last_active, r.counter)
-            for p, r in self.records.items()
-            if since is None or r.changed >= since
-        ]
+        """Entries that changed in local round ``since`` or later (all entries when ``since`` is None).
+
+        Calls with ``since`` must not decrease it: older changes are forgotten as they are passed.
+        """
+        if since is None:
+            items = [(p, r.last_active, r.counter) for p, r in self.records.items()]
+        else:
+            records = self.records
+            stale = [p for p in self._recent if records[p].changed < since]
+            for p in stale:
+                del self._recent[p]
+            items = [(p, records[p].last_active, records[p].counter) for p in self._recent]
         if not items:
             return ViewDelta()
         ids, active, counters = zip(*items)
