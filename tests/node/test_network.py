@@ -252,7 +252,9 @@ async def test_sigkilled_node_resumes_from_its_checkpoint(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize(
+    "sig", [pytest.param(signal.SIGINT, id="SIGINT"), pytest.param(signal.SIGTERM, id="SIGTERM")]
+)
 async def test_net_up_interrupted_leaves_no_children(tmp_path: Path, sig: signal.Signals) -> None:
     proc = await trio.lowlevel.open_process(
         [
