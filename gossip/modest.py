@@ -582,6 +582,9 @@ class ByzantineModest(Protocol):
     :mod:`phalanx.aggregation` applied to the honest vectors the node holds: as an aggregator, the trainers'
     models it just aggregated; as a trainer, its own trained model and the round's model. ``"silent"``
     sends no models at all (it still answers pings, so it is drawn and wastes the slot).
+
+    A Byzantine aggregator is *rushing*: it aggregates (and sends its poison) as soon as the first trained
+    model arrives instead of waiting for the success fraction, so its aggregate reaches the trainers first.
     """
 
     def __init__(
@@ -595,6 +598,8 @@ class ByzantineModest(Protocol):
         bad = set(roles) - {"trainer", "aggregator"}
         if bad or not roles:
             raise ValueError(f"roles must be trainer and/or aggregator, got {tuple(roles)}")
+        if "aggregator" in roles:
+            inner.config = replace(inner.config, success_fraction=1 / inner.config.s)
         self.inner = inner
         self.attack = attack
         self.params = dict(attack_params or {})

@@ -115,7 +115,8 @@ def byzantine(args: argparse.Namespace) -> int:
     attack = {
         "byzantine_fraction": args.fraction,
         "attack": args.attack,
-        "attack_params": dict(args.attack_param),
+        "attack_params": dict(args.attack_param)
+        or ({"value": 1000.0} if args.attack == "large-value" else {}),
     }
     from phalanx.sim.sampling_builders import _byzantine_ids
 
@@ -209,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     common(p, rounds=30, s=10)
     p.add_argument("--a", type=int, default=5)
     p.add_argument("--fraction", type=float, default=0.1)
-    p.add_argument("--attack", default="sign-flip")
+    p.add_argument(
+        "--attack", default="large-value", help="any attack of phalanx.aggregation (default large-value)"
+    )
     p.add_argument(
         "--attack-param",
         type=lambda t: (t.split("=")[0], float(t.split("=")[1])),
