@@ -47,13 +47,14 @@ def _aggregation() -> Any:
 
 
 def _finite_mask(rows: Tensor) -> Tensor:
+    """Which rows are all finite. A row whose sum is finite has no NaN or infinite entry, so one
+    contiguous sum per row settles the common case; only a non-finite sum (a bad entry, or a finite
+    row so large that its sum overflows) pays for the exact check."""
+    if bool(torch.isfinite(rows.sum(dim=1)).all()):
+        return torch.ones(rows.shape[0], dtype=torch.bool)
     agg = _aggregation()
     if agg is not None and hasattr(agg, "finite_rows"):
-        filtered = agg.finite_rows(rows)
-        if isinstance(filtered, tuple):  # (rows, mask) or (rows, kept) variants
-            filtered = filtered[-1]
-        if filtered.dtype == torch.bool:
-            return filtered
+        return agg.finite_rows(rows)
     return torch.isfinite(rows).all(dim=1)
 
 
@@ -121,24 +122,30 @@ class Combiner:
         if not received:
             return own
         peers = sorted(received)
-        rows = torch.stack([received[p] for p in peers])
+        # Ordinary rules get [own, *received] as rows: stack once, with own in row 0.
+        with_own = self._fn is not None and not self._gossip
+        stacked = torch.stack(
+            [own, *(received[p] for p in peers)] if with_own else [received[p] for p in peers]
+        )
+        rows = stacked[1:] if with_own else stacked
         mask = _finite_mask(rows)
         if not bool(mask.all()):
             self.dropped_nonfinite += int((~mask).sum())
             peers = [p for p, keep in zip(peers, mask.tolist()) if keep]
             rows = rows[mask]
+            stacked = torch.cat([own.unsqueeze(0), rows]) if with_own else rows
             if not peers:
                 return own
-        w = torch.tensor([float(weights.get(p, 0.0)) for p in peers], dtype=own.dtype)
         try:
+            if with_own:
+                assert self._fn is not None
+                return self._fn(stacked, **self.params)
+            w = torch.tensor([float(weights.get(p, 0.0)) for p in peers], dtype=own.dtype)
             if self._fn is None:
                 return _weighted_mean(own, rows, w)
-            assert self._fn is not None
-            if self._gossip:
-                if self._takes_weights:
-                    return self._fn(rows, own=own, weights=w, **self.params)
-                return self._fn(rows, own=own, **self.params)
-            return self._fn(torch.cat([own.unsqueeze(0), rows]), **self.params)
+            if self._takes_weights:
+                return self._fn(rows, own=own, weights=w, **self.params)
+            return self._fn(rows, own=own, **self.params)
         except ValueError:
             self.failures += 1
             return own
