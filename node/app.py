@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import TextIO
 
 import numpy as np
@@ -238,7 +239,9 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
             async with trio.open_nursery() as nursery:
                 port = -1
                 if config.metrics_port >= 0:
-                    port = await nursery.start(serve, metrics, config.metrics_port)
+                    port = await nursery.start(
+                        partial(serve, host=config.metrics_host), metrics, config.metrics_port
+                    )
                 runtime.log(
                     "listening",
                     peer_id=peer_id,

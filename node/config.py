@@ -26,6 +26,7 @@ class NodeConfig:
     key: Path | None = None  # default: DATA_DIR/node.key
     data_dir: Path = Path("phalanx-node")
     metrics_port: int = 0  # 0 picks a free port; -1 turns the endpoint off
+    metrics_host: str = "127.0.0.1"
     # data, model, training
     dataset: str = "mnist"
     partition: str = "iid"
@@ -83,7 +84,7 @@ _NON_NEGATIVE_FLOATS = {"momentum", "weight_decay", "sam_rho", "attack_delay", "
 _PATHS = {"key", "data_dir", "topology_file", "address_book"}
 _LISTS = {"listen", "bootstrap", "neighbours"}
 _TABLES = {"rule_params", "attack_params", "protocol_params"}
-_STRINGS = {"dataset", "partition", "model", "protocol", "rule", "byzantine"}
+_STRINGS = {"dataset", "partition", "model", "protocol", "rule", "byzantine", "metrics_host"}
 
 
 def _coerce(key: str, value: Any) -> Any:

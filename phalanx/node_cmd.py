@@ -45,6 +45,7 @@ def register(sub: Any) -> None:
         "--key", type=Path, help="ed25519 key file, created on first start (default DATA_DIR/node.key)"
     )
     net.add_argument("--data-dir", type=Path, help="checkpoint and key directory (default ./phalanx-node)")
+    net.add_argument("--metrics-host", help="address the metrics endpoint listens on (default 127.0.0.1)")
     net.add_argument(
         "--metrics-port", type=int, help="Prometheus /metrics and JSON /status port; 0 = free port, -1 = off"
     )
