@@ -197,7 +197,9 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
         learner.state.params.copy_(saved.params)
         learner.state.momentum.copy_(saved.momentum)
         learner.state.steps = saved.steps
-        start_round = saved.round
+        # D-PSGD resumes at the checkpoint's round; MoDeST and Epidemic Learning have no start round yet, so
+        # they resume the model, optimiser state and counters and count rounds from 0 again.
+        start_round = saved.round if config.protocol == "dpsgd" else 0
         metrics.restore(saved.counters)
 
     limits = Limits(dim=learner.dim)
