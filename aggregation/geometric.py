@@ -48,15 +48,16 @@ def geometric_median(
 
     The start is the mean of the n//2 + 1 rows nearest to the medoid (the row with the least
     weighted sum of distances): robust, and not an input row, where Weiszfeld would stall.
-    Iteration stops after ``iterations`` steps or when the objective improves by less than
-    ``tolerance`` times its value.
+    Iteration stops after ``iterations`` steps or when the coefficients of z on the rows change
+    by at most ``tolerance`` in l1 norm. (RFA stops on the relative change of the objective; a
+    far outlier dominates the objective and would stop it early, far from the median.)
 
     Args:
         updates: (n, d) tensor.
         weights: optional (n,) non-negative weights alpha (uniform when omitted).
         nu: smoothing radius > 0 (RFA's nu); distances below it count as nu.
         iterations: maximum number of Weiszfeld steps (>= 1).
-        tolerance: relative objective improvement below which iteration stops (0: never).
+        tolerance: l1 change of the coefficients below which iteration stops (0: never).
     Robustness: breakdown point 1/2 (tolerates f Byzantine rows when 2f < n): the output stays
     within a bounded distance of the honest rows however far the others are. f is not a
     parameter.
@@ -78,12 +79,10 @@ def geometric_median(
     nearest = select_rows(updates, near_medoid, near_medoid, n // 2 + 1)
     coeffs = torch.zeros(n, dtype=torch.float64)
     coeffs[nearest] = 1.0 / len(nearest)
-    objective = float((alpha * affine_sq_dists(gram, coeffs).sqrt()).sum())
     for _ in range(iterations):
         beta = alpha / affine_sq_dists(gram, coeffs).sqrt().clamp(min=nu)
-        coeffs = beta / beta.sum()
-        previous, objective = objective, float((alpha * affine_sq_dists(gram, coeffs).sqrt()).sum())
-        if previous - objective <= tolerance * objective:
+        previous, coeffs = coeffs, beta / beta.sum()
+        if float((coeffs - previous).abs().sum()) <= tolerance:
             break
     return combine(updates, coeffs)
 

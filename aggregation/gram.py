@@ -109,10 +109,10 @@ def select_rows(x: Tensor, primary: Tensor, secondary: Tensor, count: int) -> li
     and not on their order: a rule built on it stays permutation invariant, and translation
     and positive-scale equivariant. Cost: O(n log n), plus O(d) per exact tie.
     """
-    # Primary keys equal to 12 significant digits count as tied: sums of the same distances
+    # Primary keys equal to 10 significant digits count as tied: sums of the same distances
     # taken in another order differ in the last bits (e.g. the two middle points of an even
     # number of collinear points have the same sum of distances).
-    keys = [(float(f"{p:.12g}"), q) for p, q in zip(primary.tolist(), secondary.tolist(), strict=True)]
+    keys = [(float(f"{p:.10g}"), q) for p, q in zip(primary.tolist(), secondary.tolist(), strict=True)]
 
     def compare(i: int, j: int) -> int:
         if keys[i] != keys[j]:

@@ -76,18 +76,22 @@ def _krum_score(rows: list[np.ndarray], i: int, k: int) -> float:
     return sum(others[:k])
 
 
+def _krum_key(rows: list[np.ndarray], i: int, k: int) -> tuple[float, float, list[float]]:
+    """Krum's score; ties (to 10 digits) by the sum of all distances, then by the row's values."""
+    total = sum(_dist2(rows[i], rows[j]) for j in range(len(rows)))
+    return (float(f"{_krum_score(rows, i, k):.10g}"), total, rows[i].tolist())
+
+
 def krum(x: Tensor, f: int) -> Tensor:
     rows = _rows(x)
     n = len(rows)
-    scores = [_krum_score(rows, i, n - f - 2) for i in range(n)]
-    return _out(rows[scores.index(min(scores))])
+    return _out(rows[min(range(n), key=lambda i: _krum_key(rows, i, n - f - 2))])
 
 
 def multi_krum(x: Tensor, f: int, m: int) -> Tensor:
     rows = _rows(x)
     n = len(rows)
-    scores = [_krum_score(rows, i, n - f - 2) for i in range(n)]
-    chosen = sorted(range(n), key=lambda i: scores[i])[:m]
+    chosen = sorted(range(n), key=lambda i: _krum_key(rows, i, n - f - 2))[:m]
     return _out(_mean_of([rows[i] for i in chosen]))
 
 
@@ -99,8 +103,8 @@ def bulyan(x: Tensor, f: int) -> Tensor:
     for _ in range(n - 2 * f):
         sub = [rows[i] for i in remaining]
         k = max(len(sub) - f - 2, 1)
-        scores = [_krum_score(sub, i, k) for i in range(len(sub))]
-        selected.append(remaining.pop(scores.index(min(scores))))
+        best = min(range(len(sub)), key=lambda i: _krum_key(sub, i, k))
+        selected.append(remaining.pop(best))
     chosen = [rows[i] for i in selected]
     beta = len(chosen) - 2 * f
     return _out([_closest_to_median([r[k] for r in chosen], beta) for k in range(len(rows[0]))])
@@ -192,9 +196,14 @@ def centered_clipping(x: Tensor, tau: float, iterations: int, start: np.ndarray)
 
 
 def medoid(x: Tensor) -> np.ndarray:
+    """Row with the least sum of distances; ties (to 10 digits) by sum of squares, then value."""
     rows = _rows(x)
-    sums = [sum(math.sqrt(_dist2(a, b)) for b in rows) for a in rows]
-    return rows[sums.index(min(sums))]
+
+    def key(a: np.ndarray) -> tuple[float, float, list[float]]:
+        total = sum(math.sqrt(_dist2(a, b)) for b in rows)
+        return (float(f"{total:.10g}"), sum(_dist2(a, b) for b in rows), a.tolist())
+
+    return min(rows, key=key)
 
 
 def monna(x: Tensor, own: Tensor, f: int) -> Tensor:

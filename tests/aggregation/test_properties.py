@@ -13,6 +13,10 @@ from phalanx.aggregation import GOSSIP_RULES, RULES, aggregate
 from .conftest import Sample, params_for, samples
 
 ALL = sorted(RULES)
+#: In one dimension with an even number of rows the geometric median is any point between the
+#: two middle rows, and the medoid that starts geometric median and centered clipping is tied:
+#: rounding (shifted or scaled data) may pick another minimiser. Equivariance needs d >= 2.
+FLAT_IN_1D = {"geometric-median", "centered-clipping"}
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, scale: float) -> None:
@@ -73,7 +77,7 @@ def test_identical_rows_are_a_fixed_point(name: str, data: st.DataObject) -> Non
 @pytest.mark.parametrize("name", ALL)
 @given(data=st.data(), shift=st.floats(-100, 100))
 def test_translation_equivariance(name: str, data: st.DataObject, shift: float) -> None:
-    sample = data.draw(samples(name))
+    sample = data.draw(samples(name, min_d=2 if name in FLAT_IN_1D else 1))
     v = torch.linspace(-1, 1, sample.x.shape[1], dtype=torch.float64) * shift
     moved = Sample(x=sample.x + v, own=sample.own + v, weights=sample.weights, f=sample.f)
     out = aggregate(name, sample.x, **params_for(name, sample))
@@ -83,14 +87,16 @@ def test_translation_equivariance(name: str, data: st.DataObject, shift: float) 
 @pytest.mark.parametrize("name", ALL)
 @given(data=st.data(), factor=st.floats(0.01, 100))
 def test_positive_scale_equivariance(name: str, data: st.DataObject, factor: float) -> None:
-    """With tau scaled along (it is a distance); the geometric median's nu is negligible here."""
-    sample = data.draw(samples(name))
+    """With tau scaled along (it is a distance). The geometric median's smoothing radius nu is
+    an absolute distance, so near a data point it is equivariant only up to about nu."""
+    sample = data.draw(samples(name, min_d=2 if name in FLAT_IN_1D else 1))
     scaled = Sample(x=sample.x * factor, own=sample.own * factor, weights=sample.weights, f=sample.f)
     out = aggregate(name, sample.x, **params_for(name, sample))
     again = aggregate(name, scaled.x, **params_for(name, scaled))
-    torch.testing.assert_close(
-        again, out * factor, rtol=1e-6, atol=1e-8 * factor * max(_scale_of(sample), 1.0)
-    )
+    atol = 1e-8 * factor * max(_scale_of(sample), 1.0)
+    if name == "geometric-median":
+        atol += 10 * 1e-6 * max(factor, 1.0)  # 10 nu
+    torch.testing.assert_close(again, out * factor, rtol=1e-6, atol=atol)
 
 
 def test_gossip_rules_are_listed() -> None:
