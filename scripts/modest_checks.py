@@ -6,7 +6,7 @@
     python scripts/modest_checks.py el           # EL-Local, EL-Oracle vs D-PSGD on an s-regular graph
 
 Every run is a simulation on the embedded MNIST (MLP 784-64-10) by default, deterministic from --seed.
-Accuracy of a round is the mean test accuracy of up to 3 models reported for that round (MoDeST: the
+Accuracy of a round is the mean test accuracy of up to 3 (``--eval-models``) models reported for that round (MoDeST: the
 models its trainers start from; D-PSGD and EL: nodes' models after averaging).
 """
 
@@ -59,8 +59,16 @@ def report(name: str, run: SimRun, target: float) -> tuple[int | None, int | Non
 
 
 def vs_dpsgd(args: argparse.Namespace) -> int:
-    modest = simulate(base(args, protocol="modest", protocol_params={"s": args.s, "a": args.a}), eval_every=1)
-    dpsgd = simulate(base(args, protocol="dpsgd", topology=f"regular:{args.degree}"), eval_every=1)
+    modest = simulate(
+        base(args, protocol="modest", protocol_params={"s": args.s, "a": args.a}),
+        eval_every=1,
+        eval_models=args.eval_models,
+    )
+    dpsgd = simulate(
+        base(args, protocol="dpsgd", topology=f"regular:{args.degree}"),
+        eval_every=1,
+        eval_models=args.eval_models,
+    )
     print(f"\n{args.nodes} nodes, {args.dataset} {args.partition}, {args.local_steps} local steps")
     report(f"modest s={args.s} a={args.a}", modest, args.target)
     report(f"dpsgd regular:{args.degree}", dpsgd, args.target)
@@ -134,7 +142,7 @@ def byzantine(args: argparse.Namespace) -> int:
 
             graph = build_graph(config.topology, config.nodes, seed=config.seed)
             byz = frozenset(int(i) for i in _byzantine_ids(config, graph))
-        runs[name] = simulate(config, eval_every=args.eval_every, byzantine=byz)
+        runs[name] = simulate(config, eval_every=args.eval_every, eval_models=args.eval_models, byzantine=byz)
     print(
         f"\nMoDeST, {args.nodes} nodes, s={args.s}, a={args.a}; {args.fraction:.0%} Byzantine nodes "
         f"attack as aggregators with {args.attack}; robust = trainers take the median of the a aggregates"
@@ -160,20 +168,33 @@ def byzantine(args: argparse.Namespace) -> int:
 def el(args: argparse.Namespace) -> int:
     runs = {
         f"el-local s={args.s}": simulate(
-            base(args, protocol="el-local", protocol_params={"s": args.s}), eval_every=args.eval_every
+            base(args, protocol="el-local", protocol_params={"s": args.s}),
+            eval_every=1,
+            eval_models=args.eval_models,
         ),
         f"el-oracle s={args.s}": simulate(
-            base(args, protocol="el-oracle", protocol_params={"s": args.s}), eval_every=args.eval_every
+            base(args, protocol="el-oracle", protocol_params={"s": args.s}),
+            eval_every=1,
+            eval_models=args.eval_models,
         ),
         f"dpsgd regular:{args.s}": simulate(
-            base(args, protocol="dpsgd", topology=f"regular:{args.s}"), eval_every=args.eval_every
+            base(args, protocol="dpsgd", topology=f"regular:{args.s}"),
+            eval_every=1,
+            eval_models=args.eval_models,
         ),
     }
     print(
-        f"\n{args.nodes} nodes, {args.dataset} {args.partition}, {args.local_steps} local steps, target {args.target}"
+        f"\n{args.nodes} nodes, {args.dataset} {args.partition}, {args.local_steps} local steps, s = {args.s}"
     )
-    for name, run in runs.items():
-        report(name, run, args.target)
+    print("rounds to reach each target accuracy (mean of 3 nodes' models):")
+    print(f"{'target':>6}" + "".join(f"{name:>20}" for name in runs))
+    for target in args.targets:
+        cells = []
+        for run in runs.values():
+            hit = run.first_reaching(target)
+            cells.append(f"{fmt(hit.round if hit else None, 'd'):>20}")
+        print(f"{target:>6.2f}" + "".join(cells))
+    print(f"{'final':>6}" + "".join(f"{fmt(final_acc(run)):>20}" for run in runs.values()))
     return 0
 
 
@@ -194,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--s", type=int, default=s)
         p.add_argument("--eval-every", type=int, default=2)
         p.add_argument("--target", type=float, default=0.85)
+        p.add_argument("--eval-models", type=int, default=3, help="models averaged per evaluated round")
 
     p = sub.add_parser("vs-dpsgd")
     common(p, rounds=30, s=10)
@@ -221,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p = sub.add_parser("el")
     common(p, rounds=30, s=4, local_steps=5)
+    p.set_defaults(partition="dirichlet:0.1", eval_models=10)
+    p.add_argument("--targets", type=float, nargs="+", default=[0.8, 0.85, 0.88, 0.9])
     args = parser.parse_args(argv)
     return {"vs-dpsgd": vs_dpsgd, "dropout": dropout, "byzantine": byzantine, "el": el}[args.check](args)
 
