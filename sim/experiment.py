@@ -292,6 +292,7 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
             graph=plan.graph,
             initial=trainer.initial,
             schedule=schedule_of(node) if schedule_of else None,
+            byzantine=byz,
         )
         node_rng = np.random.default_rng(derive_seed(config.seed, "node", i))
         proto = PROTOCOLS[config.protocol](view, config, node_rng)

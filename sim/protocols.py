@@ -7,7 +7,9 @@ A builder makes one node's protocol object from what that node may know, and not
 - ``view`` is the node's view of the network (:class:`NodeView`): its id, its neighbours and their mixing
   weights, every peer's id (the membership a sampling protocol starts from), the graph (read it, never
   change it), the initial model vector (shared by every node: copy before writing into it) and, for a
-  time-varying topology, ``schedule(round) -> {neighbour: weight}``;
+  time-varying topology, ``schedule(round) -> {neighbour: weight}``, and the set of Byzantine node ids
+  (``view.node in view.byzantine`` tells a builder to build an attacker; the experiment also wraps every
+  Byzantine node's protocol in :class:`~phalanx.gossip.byzantine.Byzantine`, which rewrites ``ModelUpdate``s);
 - ``config`` is the whole validated :class:`~phalanx.sim.config.SimConfig`; protocol-specific settings
   live in ``config.protocol_params`` (a dict from the TOML table ``[protocol_params]`` or ``--protocol-param
   KEY=VALUE`` flags) besides the shared ones (``rule``, ``rule_params``, ``local_steps``, ``gossip_steps``,
@@ -49,6 +51,7 @@ class NodeView:
     graph: nx.Graph
     initial: torch.Tensor
     schedule: Callable[[int], Mapping[PeerId, float]] | None = None
+    byzantine: frozenset[PeerId] = frozenset()  # the run's Byzantine nodes (a simulator's oracle knowledge)
 
 
 Builder = Callable[[NodeView, "SimConfig", np.random.Generator], Protocol]
