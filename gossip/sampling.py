@@ -34,7 +34,10 @@ def rank_key(peer: PeerId, k: int, role: bytes = TRAINERS) -> bytes:
 @lru_cache(maxsize=256)
 def ranking(ids: tuple[PeerId, ...], k: int, role: bytes = TRAINERS) -> tuple[PeerId, ...]:
     """All of ``ids`` in rank order for round ``k`` (ties, impossible in practice, break by id)."""
-    return tuple(sorted(ids, key=lambda p: (rank_key(p, k, role), p)))
+    suffix = b"\x00" + role + k.to_bytes(8, "big")
+    sha256 = hashlib.sha256
+    keyed = sorted((sha256(p.encode() + suffix).digest(), p) for p in ids)
+    return tuple(p for _, p in keyed)
 
 
 def candidates(view: View, k: int, *, inactivity: int, role: bytes = TRAINERS) -> Iterator[PeerId]:

@@ -186,7 +186,7 @@ def el(args: argparse.Namespace) -> int:
     print(
         f"\n{args.nodes} nodes, {args.dataset} {args.partition}, {args.local_steps} local steps, s = {args.s}"
     )
-    print("rounds to reach each target accuracy (mean of 3 nodes' models):")
+    print(f"rounds to reach each target accuracy (mean of {args.eval_models} nodes' models):")
     print(f"{'target':>6}" + "".join(f"{name:>20}" for name in runs))
     for target in args.targets:
         cells = []
