@@ -126,8 +126,6 @@ def byzantine(args: argparse.Namespace) -> int:
         "attack_params": dict(args.attack_param)
         or ({"value": 1000.0} if args.attack == "large-value" else {}),
     }
-    from phalanx.sim.sampling_builders import _byzantine_ids
-
     runs = {}
     for name, params, attacked in [
         ("attack-free", common, False),
@@ -136,13 +134,7 @@ def byzantine(args: argparse.Namespace) -> int:
         ("robust, attacked", robust, True),
     ]:
         config = base(args, protocol="modest", protocol_params=params, **(attack if attacked else {}))
-        byz: frozenset[int] = frozenset()
-        if attacked:
-            from phalanx.sim.topology import build_graph
-
-            graph = build_graph(config.topology, config.nodes, seed=config.seed)
-            byz = frozenset(int(i) for i in _byzantine_ids(config, graph))
-        runs[name] = simulate(config, eval_every=args.eval_every, eval_models=args.eval_models, byzantine=byz)
+        runs[name] = simulate(config, eval_every=args.eval_every, eval_models=args.eval_models)
     print(
         f"\nMoDeST, {args.nodes} nodes, s={args.s}, a={args.a}; {args.fraction:.0%} Byzantine nodes "
         f"attack as aggregators with {args.attack}; robust = trainers take the median of the a aggregates"

@@ -16,9 +16,8 @@ besides the shared ``rule``/``rule_params`` (MoDeST's aggregators), ``local_step
 
 Byzantine nodes (``byzantine_fraction``/``byzantine_nodes`` with any ``attack``) run MoDeST honestly inside
 :class:`~phalanx.gossip.modest.ByzantineModest`, which replaces the models they send as trainers and/or
-aggregators. The engine's own Byzantine wrapper only rewrites ``ModelUpdate`` messages (what EL sends, so EL
-needs nothing more); for MoDeST the builder finds out whether its node is Byzantine by replaying the
-experiment's placement (:func:`phalanx.sim.experiment.place_byzantine`, same seed, same generator).
+aggregators (``view.byzantine`` names them). The experiment's own Byzantine wrapper only rewrites
+``ModelUpdate`` messages (what EL sends, so EL needs nothing more) and passes MoDeST's messages through.
 """
 
 from __future__ import annotations
@@ -104,28 +103,6 @@ def modest_config(config: SimConfig) -> ModestConfig:
         raise ConfigError(f"modest: {exc}") from None
 
 
-_BYZANTINE: dict[tuple[Any, ...], frozenset[str]] = {}
-
-
-def _byzantine_ids(config: SimConfig, graph: Any) -> frozenset[str]:
-    from phalanx.sim.experiment import place_byzantine
-
-    key = (
-        id(graph),
-        config.seed,
-        config.nodes,
-        config.byzantine_nodes,
-        config.num_byzantine,
-        config.byzantine_placement,
-        config.byzantine_target,
-    )
-    if key not in _BYZANTINE:
-        _BYZANTINE.clear()
-        rng = np.random.default_rng(derive_seed(config.seed, "plan"))
-        _BYZANTINE[key] = frozenset(str(i) for i in place_byzantine(config, graph, rng))
-    return _BYZANTINE[key]
-
-
 def _churn_key(config: SimConfig) -> tuple[Any, ...]:
     p = config.protocol_params
     return (
@@ -175,7 +152,7 @@ def build_modest(view: NodeView, config: SimConfig, rng: np.random.Generator) ->
         rng=rng,
         schedule=schedule,
     )
-    if config.num_byzantine and view.node in _byzantine_ids(config, view.graph):
+    if view.node in view.byzantine:
         roles = str(config.protocol_params.get("byzantine_roles", "trainer,aggregator")).split(",")
         attack = "silent" if config.attack == "silent" else config.attack
         if attack in ("label-flip",):

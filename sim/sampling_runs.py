@@ -128,16 +128,22 @@ def simulate(
     eval_every: int = 5,
     eval_models: int = 3,
     eval_samples: int = 0,
-    byzantine: frozenset[int] = frozenset(),
+    byzantine: frozenset[int] | None = None,
     on_round: Callable[[Engine, int], None] | None = None,
     wrap: Callable[[PeerId, Protocol], Protocol] | None = None,
 ) -> SimRun:
     """Run ``config`` (any protocol of ``PROTOCOLS``); ``on_round(engine, r)`` fires when round r first
-    reports (fault injection hooks in there); ``byzantine`` nodes are left out of the measurements."""
+    reports (fault injection hooks in there). The Byzantine nodes are the experiment's placement unless
+    ``byzantine`` is given; they are left out of the measurements."""
     start = time.perf_counter()
     dataset = load_dataset(config.dataset)
     graph = build_graph(config.topology, config.nodes, seed=config.seed)
     weights = neighbour_weights(graph, config.mixing)
+    if byzantine is None:
+        from phalanx.sim.experiment import place_byzantine
+
+        byzantine = place_byzantine(config, graph, np.random.default_rng(derive_seed(config.seed, "plan")))
+    byz = frozenset(str(i) for i in byzantine)
     shards = partition(dataset.train_y.numpy(), config.nodes, config.partition, seed=config.seed)
     train_config = TrainConfig(
         lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, batch_size=config.batch_size
@@ -156,6 +162,7 @@ def simulate(
             peers=peers,
             graph=graph,
             initial=trainer.initial,
+            byzantine=byz,
         )
         proto = PROTOCOLS[config.protocol](
             view, config, np.random.default_rng(derive_seed(config.seed, "node", i))
@@ -168,7 +175,7 @@ def simulate(
         evaluate=lambda p: trainer.evaluate(p, test_x, test_y)[0],
         eval_every=eval_every,
         eval_models=eval_models,
-        honest=frozenset(peers) - {str(i) for i in byzantine},
+        honest=frozenset(peers) - byz,
         on_round=on_round,
     )
     network = Network(

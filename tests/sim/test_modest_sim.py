@@ -74,7 +74,7 @@ def test_byzantine_nodes_are_wrapped_and_the_run_survives():
         attack="sign-flip",
         protocol_params={"s": 4, "a": 3, "byzantine_roles": "aggregator", "trainer_combine_rule": "median"},
     )
-    run = simulate(config, eval_every=1, byzantine=frozenset({1, 2}))
+    run = simulate(config, eval_every=1)
     assert isinstance(run.protocols["1"], ByzantineModest) and isinstance(run.protocols["0"], Modest)
     assert len(run.rows) == 8
 
