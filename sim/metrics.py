@@ -29,6 +29,9 @@ class _Pending:
     sq: float = 0.0
     nodes: set[PeerId] = field(default_factory=set)
     models: dict[PeerId, torch.Tensor] = field(default_factory=dict)
+    # traffic and time at the round's latest report: a sampling protocol's round (only its trainers
+    # report it) is written out at the end of the run, but its bytes are those sent by then
+    at: tuple[int, int, float] = (0, 0, 0.0)
 
 
 class Metrics:
@@ -70,6 +73,7 @@ class Metrics:
         x64 = x.double()
         p.total = x64 if p.total is None else p.total.add_(x64)
         p.sq += float(x64.dot(x64))
+        p.at = (engine.bytes_sent, engine.messages_sent, now)
         if node in self.eval_nodes and self.is_eval_round(action.round):
             p.models[node] = x
         self._flush(engine, final=False)
@@ -123,10 +127,10 @@ class Metrics:
         row.update(
             consensus=math.sqrt(dist2),
             honest_reported=p.count,
-            bytes=engine.bytes_sent,
-            messages=engine.messages_sent,
+            bytes=p.at[0],
+            messages=p.at[1],
             live=len(engine.alive),
-            virtual_time=round(engine.now, 6),
+            virtual_time=round(p.at[2], 6),
             wall_time=round(time.perf_counter() - self.start, 3),
         )
         self.rows.append(row)
