@@ -3,8 +3,8 @@
 Every attack is ``attack(honest, *, <params>) -> Tensor`` taking the (h, d) honest vectors
 visible to the attacker and returning one (d,) malicious vector, on honest's device and dtype.
 Colluding attackers send the same vector; draw one per attacker for the Gaussian attack (with
-different seeds). ``mu`` and ``sigma`` below are the coordinate-wise mean and population
-standard deviation of the honest rows.
+different seeds). ``mu`` and ``sigma`` below are the coordinate-wise mean and sample standard
+deviation (denominator h - 1; 0 for a single row) of the honest rows.
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ Rule = Callable[[Tensor], Tensor]
 def _honest_mean(name: str, honest: Tensor) -> Tensor:
     check_updates(name, honest)
     return honest.mean(dim=0)
+
+
+def _sigma(honest: Tensor) -> Tensor:
+    return honest.std(dim=0, correction=1 if honest.shape[0] > 1 else 0)
 
 
 def sign_flip(honest: Tensor) -> Tensor:
@@ -106,8 +110,7 @@ def alie(honest: Tensor, *, z: float | None = None, n: int | None = None, f: int
         if f is None:
             raise AggregationError("alie: give z, or f (and optionally n) for the paper's formula")
         z = alie_z(honest.shape[0] + f if n is None else n, f)
-    mu = honest.mean(dim=0)
-    return mu + float(z) * honest.std(dim=0, correction=0)
+    return honest.mean(dim=0) + float(z) * _sigma(honest)
 
 
 def ipm(honest: Tensor, *, epsilon: float = 0.1) -> Tensor:
@@ -241,7 +244,7 @@ def optimal_alie(
     h, _ = check_updates("optimal-alie", honest)
     _check_copies("optimal-alie", f)
     apply = _resolve(rule, rule_params)
-    mu, sigma = honest.mean(dim=0), honest.std(dim=0, correction=0)
+    mu, sigma = honest.mean(dim=0), _sigma(honest)
     grid = [i / 2 for i in range(-20, 21)] if factors is None else list(factors)
     # When the formula does not apply (Byzantine majority) the grid alone is searched.
     with contextlib.suppress(AggregationError):

@@ -155,16 +155,16 @@ def _plain_gram(x: Tensor, extra: Sequence[Tensor], dtype: torch.dtype) -> Tenso
 
 def _needs_centering(gram: Tensor, n: int, dtype: torch.dtype) -> bool:
     """Whether rounding in the uncentred Gram matrix, about ``DOT_ERROR eps max_i G_ii``, exceeds
-    ``ACCURACY`` times the typical nearest-neighbour squared distance."""
-    if n < 2:
+    ``ACCURACY`` times the typical nearest-neighbour squared distance (or hides every distance)."""
+    error = DOT_ERROR * torch.finfo(dtype).eps * float(gram.diagonal().max())
+    if n < 2 or error == 0.0:
         return False
     dist = sq_dists_from_gram(gram[:n, :n])
     dist.fill_diagonal_(float("inf"))
     nearest = dist.min(dim=1).values
     positive = nearest[nearest > 0]
     if len(positive) == 0:
-        return False
-    error = DOT_ERROR * torch.finfo(dtype).eps * float(gram.diagonal().max())
+        return True  # all below rounding: identical rows, or close ones the product cannot resolve
     return error > ACCURACY * float(positive.median())
 
 

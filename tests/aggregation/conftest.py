@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 import torch
 from hypothesis import strategies as st
 from torch import Tensor
 
 from phalanx.aggregation import GOSSIP_RULES, RULE_PARAMS, max_f
+
+
+@pytest.fixture(autouse=True)
+def _single_thread() -> Iterator[None]:
+    """Inputs here are tiny: one intra-op thread is faster, and immune to a busy machine where
+    a parallel region waits for a descheduled worker thread (measured: 10-100x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @dataclass(frozen=True, slots=True)
