@@ -122,6 +122,14 @@ class Combiner:
         if not received:
             return own
         peers = sorted(received)
+        if self._fn is None:
+            # D-PSGD mixing, accumulated in one output buffer (no stack); a non-finite row makes the
+            # result non-finite, and only then are rows filtered.
+            out = own * (1.0 - sum(float(weights.get(p, 0.0)) for p in peers))
+            for p in peers:
+                out.add_(received[p], alpha=float(weights.get(p, 0.0)))
+            if bool(torch.isfinite(out.sum())):
+                return out
         # Ordinary rules get [own, *received] as rows: stack once, with own in row 0.
         with_own = self._fn is not None and not self._gossip
         stacked = torch.stack(

@@ -70,6 +70,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     flags = config_from_args(args).to_dict()
     defaults = {k: f.default for k, f in FIELDS.items() if not callable(getattr(f, "default_factory", None))}
     base = {**base_file, **{k: v for k, v in flags.items() if k in base_file or _differs(v, defaults.get(k))}}
+    for key in ("rule_params", "attack_params", "protocol_params"):  # flags add to the file's tables
+        base[key] = {**base_file.get(key, {}), **flags.get(key, {})}
     from tqdm import tqdm
 
     from phalanx.sim.plots import heatmap

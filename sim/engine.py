@@ -47,7 +47,7 @@ from phalanx.gossip.events import (
     Train,
     TrainingDone,
 )
-from phalanx.gossip.messages import Message, encoded_size
+from phalanx.gossip.messages import Message, ModelUpdate, encoded_size
 from phalanx.gossip.protocol import Protocol
 from phalanx.sim.network import Network
 
@@ -74,6 +74,7 @@ class Engine:
         network: Network,
         worker: Worker,
         observers: tuple[Any, ...] = (),
+        keep_outbox: bool = True,
     ) -> None:
         self.protocols = dict(protocols)
         self.network = network
@@ -81,7 +82,9 @@ class Engine:
         self.observers = list(observers)
         self.now = 0.0
         self.alive: set[PeerId] = set(self.protocols)
+        self.alive_version = 0  # bumped whenever ``alive`` changes (observers cache what they derive from it)
         self.outbox: dict[PeerId, Message] = {}
+        self.keep_outbox = keep_outbox  # off saves one model per node when no omniscient attacker reads it
         self.bytes_sent = 0
         self.messages_sent = 0
         self.penalties = 0
@@ -90,6 +93,7 @@ class Engine:
         self._seq = 0
         self._timer_gen: dict[tuple[PeerId, str], int] = {}
         self._size_of: tuple[object, int] | None = None
+        self._model_sizes: dict[tuple[int, int, int], int] = {}
         self._stopped = False
         self._round_obs = [o for o in self.observers if hasattr(o, "on_round")]
         self._send_obs = [o for o in self.observers if hasattr(o, "on_send")]
@@ -112,10 +116,12 @@ class Engine:
     def crash(self, node: PeerId) -> None:
         """``node`` stops silently: its neighbours notice only by their timeouts."""
         self.alive.discard(node)
+        self.alive_version += 1
 
     def leave(self, node: PeerId, neighbours: tuple[PeerId, ...]) -> None:
         """``node`` leaves and ``neighbours`` get ``PeerDown`` (a closed connection)."""
         self.alive.discard(node)
+        self.alive_version += 1
         for peer in neighbours:
             if peer in self.alive:
                 self._dispatch(peer, PeerDown(peer=node))
@@ -129,6 +135,7 @@ class Engine:
         if node in self.alive:
             return
         self.alive.add(node)
+        self.alive_version += 1
         for peer in neighbours:
             if peer in self.alive and peer != node:
                 self._dispatch(peer, PeerUp(peer=node))
@@ -205,10 +212,20 @@ class Engine:
         cached = self._size_of
         if cached is not None and cached[0] is message:
             size = cached[1]
+        elif isinstance(message, ModelUpdate):
+            # A model message's length depends only on its two integers and its dimension.
+            key = (message.round, message.step, message.params.numel())
+            size = self._model_sizes.get(key, 0)
+            if not size:
+                if len(self._model_sizes) > 4096:
+                    self._model_sizes.clear()
+                size = self._model_sizes[key] = encoded_size(message)
+            self._size_of = (message, size)
         else:
             size = encoded_size(message)
             self._size_of = (message, size)
-        self.outbox[node] = message
+        if self.keep_outbox:
+            self.outbox[node] = message
         self.bytes_sent += size
         self.messages_sent += 1
         for obs in self._send_obs:

@@ -18,7 +18,7 @@ import torch
 
 from phalanx.gossip.aggregator import Combiner, gossip_rule_names, rule_names
 from phalanx.gossip.byzantine import Byzantine, HonestView, attack_names
-from phalanx.gossip.events import PeerId, RoundCompleted
+from phalanx.gossip.events import PeerId
 from phalanx.gossip.messages import ModelUpdate
 from phalanx.gossip.protocol import Protocol
 from phalanx.node.datasets import Dataset, load_dataset
@@ -329,7 +329,13 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
         rng=np.random.default_rng(derive_seed(config.seed, "network")),
     )
     faults = FaultSchedule(plan, rng=np.random.default_rng(derive_seed(config.seed, "faults")))
-    engine = Engine(protocols, network=network, worker=worker, observers=(faults, metrics))
+    engine = Engine(
+        protocols,
+        network=network,
+        worker=worker,
+        observers=(faults, metrics),
+        keep_outbox=hook is not None and bool(byz),
+    )
     holder["engine"] = engine
     metrics.engine = engine
     engine.run()
@@ -367,7 +373,3 @@ def _schedules(plan: Plan) -> Callable[[PeerId], Callable[[int], Mapping[PeerId,
         return lambda r: {str(j): w for j, w in weights_at(r)[i].items()}
 
     return for_node
-
-
-def round_completed(action: object) -> bool:
-    return isinstance(action, RoundCompleted)

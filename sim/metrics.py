@@ -56,6 +56,8 @@ class Metrics:
         self.rows: list[dict[str, Any]] = []
         self.engine: Engine | None = None
         self._pending: dict[int, _Pending] = {}
+        self._live: frozenset[PeerId] | set[PeerId] = frozenset()
+        self._live_version = -1
         self._next = 0
 
     def is_eval_round(self, r: int) -> bool:
@@ -70,9 +72,11 @@ class Metrics:
         x = action.params
         p.nodes.add(node)
         p.count += 1
-        x64 = x.double()
-        p.total = x64 if p.total is None else p.total.add_(x64)
-        p.sq += float(x64.dot(x64))
+        if p.total is None:
+            p.total = x.double()
+        else:
+            p.total.add_(x)  # accumulates in float64
+        p.sq += float(torch.linalg.vector_norm(x, dtype=torch.float64)) ** 2
         p.at = (engine.bytes_sent, engine.messages_sent, now)
         if node in self.eval_nodes and self.is_eval_round(action.round):
             p.models[node] = x
@@ -81,9 +85,13 @@ class Metrics:
     def _flush(self, engine: Engine, *, final: bool) -> None:
         while self._next in self._pending:
             p = self._pending[self._next]
-            live = (self.honest & engine.alive) - p.nodes
-            if live and not final:
-                return
+            if not final:
+                if self._live_version != engine.alive_version:
+                    self._live = self.honest & engine.alive
+                    self._live_version = engine.alive_version
+                # Cheap necessary condition first: as many reports as live honest nodes.
+                if p.count < len(self._live) or not self._live <= p.nodes:
+                    return
             self._emit(engine, self._next, p)
             del self._pending[self._next]
             self._next += 1

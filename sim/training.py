@@ -52,7 +52,10 @@ class SimWorker:
     def state(self, node: PeerId) -> NodeState:
         state = self.states.get(node)
         if state is None:
-            state = self.states[node] = self.trainer.new_state()
+            # params are replaced by a fresh copy before every training, so the shared initial vector can stand in
+            state = self.states[node] = NodeState(
+                params=self.trainer.initial, momentum=torch.zeros(self.trainer.dim)
+            )
         return state
 
     def train(self, node: PeerId, round: int, params: torch.Tensor, steps: int) -> tuple[torch.Tensor, float]:
@@ -60,7 +63,9 @@ class SimWorker:
         if steps == 0 or len(x) == 0:
             return params, float("nan")
         state = self.state(node)
-        state.params.copy_(params)
+        # Train a fresh copy in place and hand that very tensor back: the protocol owns it from now on
+        # (it never writes into it), so the node's state and its next message share one buffer.
+        state.params = params.clone()
         loss = self.trainer.train(state, x, y, sampler, steps)
         self.steps_run += steps
-        return state.params.clone(), loss
+        return state.params, loss
