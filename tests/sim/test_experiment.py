@@ -141,3 +141,15 @@ def test_bad_configs_fail_in_plan(changes, match) -> None:
 def test_bad_values_fail_in_config(changes, match) -> None:
     with pytest.raises(ConfigError, match=match):
         SimConfig(**{**BASE, **changes})
+
+
+def test_edge_latency_and_bandwidth_from_a_graph_file(tmp_path) -> None:
+    graph = tmp_path / "slow.txt"
+    graph.write_text("".join(f"{i} {(i + 1) % 6} latency=0.3 bandwidth=1e6\n" for i in range(6)))
+    res = go(nodes=6, rounds=3, topology=f"file:{graph}", round_timeout=5.0)
+    # a round: one local step (0.01 s) + 0.3 s latency + the model's bytes at 1 MB/s
+    size = res.rows[0]["bytes"] / res.rows[0]["messages"]
+    per_round = res.rows[-1]["virtual_time"] / 3
+    assert per_round == pytest.approx(0.01 + 0.3 + size / 1e6, rel=1e-6)
+    fast = go(nodes=6, rounds=3, topology="ring", round_timeout=5.0)
+    assert fast.rows[-1]["virtual_time"] / 3 < 0.05
