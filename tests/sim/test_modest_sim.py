@@ -154,3 +154,34 @@ def test_cli_runs_modest(tmp_path, capsys):
     assert code == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_checks_at_small_scale():
+    """The issue's checks on blobs at 40 nodes: dropout, Byzantine aggregators, bytes against D-PSGD."""
+    run = simulate(
+        small(
+            nodes=40,
+            rounds=16,
+            lr=0.002,
+            local_steps=2,
+            protocol_params={"s": 5, "a": 2, "success_fraction": 0.5},
+        ),
+        eval_every=1,
+        on_round=crash_at(6, 0.8, nodes=40, seed=0),
+    )
+    assert len(run.rows) == 16 and run.rows[-1].live == 8
+    assert max(r.acc for r in run.rows[7:]) > run.rows[5].acc
+
+    def final(**changes):
+        r = simulate(small(nodes=40, rounds=10, **changes), eval_every=1)
+        return r.rows[-1].acc, r.engine.bytes_sent
+
+    params = {"s": 5, "a": 5, "byzantine_roles": "aggregator"}
+    attack = {"byzantine_nodes": (0, 1, 2, 3), "attack": "large-value", "attack_params": {"value": 1000.0}}
+    clean, modest_bytes = final(protocol_params=params)
+    plain, _ = final(protocol_params=params, **attack)
+    robust, _ = final(protocol_params={**params, "trainer_combine_rule": "median"}, **attack)
+    assert robust >= clean - 0.02 and plain < 0.5
+    _, dpsgd_bytes = final(protocol="dpsgd", topology="regular:4", protocol_params={})
+    assert dpsgd_bytes > 3 * modest_bytes
