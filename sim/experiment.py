@@ -31,7 +31,7 @@ from phalanx.sim.faults import FaultSchedule
 from phalanx.sim.metrics import Metrics
 from phalanx.sim.mixing import mixing_matrix, neighbour_weights, spectral_gap
 from phalanx.sim.network import Network
-from phalanx.sim.protocols import PROTOCOLS, NodeView
+from phalanx.sim.protocols import PROTOCOLS, RULE_INPUTS, NodeView
 from phalanx.sim.topology import TimeVarying, build_graph, is_time_varying
 
 BEHAVIOUR_OF = {
@@ -120,6 +120,8 @@ def check_rule(config: SimConfig, graph: nx.Graph, byzantine: frozenset[int]) ->
     combiner = Combiner(config.rule, config.rule_params)
     gossip = config.rule in gossip_rule_names()
     degrees = sorted({graph.degree[i] for i in graph if i not in byzantine})
+    if config.protocol in RULE_INPUTS:  # a sampling protocol: its rule combines a sample, not neighbours
+        degrees = [RULE_INPUTS[config.protocol](config) - 1]
     f = combiner.params.get("f")
     try:
         from phalanx.aggregation.validation import REQUIREMENTS, requirement

@@ -34,7 +34,13 @@ import torch
 from phalanx.gossip.dpsgd import DPSGD, DPSGDConfig
 from phalanx.gossip.events import PeerId
 from phalanx.gossip.protocol import Protocol
-from phalanx.sim.sampling_builders import build_el_local, build_el_oracle, build_modest
+from phalanx.sim.sampling_builders import (
+    build_el_local,
+    build_el_oracle,
+    build_modest,
+    el_rule_inputs,
+    modest_rule_inputs,
+)
 
 if TYPE_CHECKING:
     from phalanx.sim.config import SimConfig
@@ -78,4 +84,12 @@ PROTOCOLS: dict[str, Builder] = {
     "modest": build_modest,
     "el-local": build_el_local,
     "el-oracle": build_el_oracle,
+}
+
+# Protocols whose rule combines a sample rather than a neighbourhood: how many inputs it gets (what the
+# experiment checks the rule's tolerance against, instead of the graph's degrees).
+RULE_INPUTS: dict[str, Callable[[SimConfig], int]] = {
+    "modest": modest_rule_inputs,
+    "el-local": el_rule_inputs,
+    "el-oracle": el_rule_inputs,
 }

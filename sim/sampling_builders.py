@@ -166,6 +166,15 @@ def build_modest(view: NodeView, config: SimConfig, rng: np.random.Generator) ->
     return node
 
 
+def modest_rule_inputs(config: SimConfig) -> int:
+    """The fewest trained models a MoDeST aggregator combines without a timeout: its rule must cope."""
+    return modest_config(config).needed_models
+
+
+def el_rule_inputs(config: SimConfig) -> int:
+    return int(config.protocol_params.get("s", 7)) + 1
+
+
 def _build_el(view: NodeView, config: SimConfig, rng: np.random.Generator, variant: str) -> Protocol:
     p = _check_keys(config, EL_KEYS)
     try:
