@@ -8,7 +8,8 @@ besides the shared ``rule``/``rule_params`` (MoDeST's aggregators), ``local_step
 - modest: ``s`` (10), ``a`` (1), ``success_fraction`` (1.0), ``ping_timeout`` (max(0.05, 5 x latency)),
   ``ping_retry`` (ping_timeout / 4), ``aggregation_timeout`` (round_timeout), ``progress_timeout``
   (round_timeout + 2 x training time), ``inactivity`` (1000 rounds), ``trainer_combine_rule`` (none: plain
-  MoDeST; e.g. "median" for the robust variant), ``combine_quorum`` (a), ``announce`` (3), ``join_delay`` (2),
+  MoDeST; e.g. "median" for the robust variant), ``trainer_combine_f`` (its ``f``, for rules that take one),
+  ``combine_quorum`` (a), ``announce`` (3), ``join_delay`` (2),
   ``byzantine_roles`` ("trainer,aggregator"), and churn: ``churn`` (a CSV trace ``time,node,event``) or
   ``churn_leave``/``churn_crash``/``churn_rejoin`` (rates per virtual second per node) with ``churn_late``
   (fraction of nodes that join late) and ``churn_horizon`` (seconds);
@@ -49,6 +50,7 @@ MODEST_KEYS = frozenset(
         "progress_timeout",
         "inactivity",
         "trainer_combine_rule",
+        "trainer_combine_f",
         "combine_quorum",
         "announce",
         "join_delay",
@@ -93,6 +95,7 @@ def modest_config(config: SimConfig) -> ModestConfig:
             aggregator_rule=config.rule,
             aggregator_params=dict(config.rule_params),
             trainer_combine_rule=p.get("trainer_combine_rule") or None,
+            trainer_combine_params={"f": int(p["trainer_combine_f"])} if "trainer_combine_f" in p else {},
             combine_quorum=int(p.get("combine_quorum", 0)),
             announce=int(p.get("announce", 3)),
             join_delay=int(p.get("join_delay", 2)),
