@@ -105,15 +105,13 @@ def trimmed_mean(updates: Tensor, *, f: int) -> Tensor:
     return _row_average(ordered[f : n - f]).to(updates.device)
 
 
-def mean_of_closest_to_median(ordered: Tensor, beta: int) -> Tensor:
-    """Per coordinate, the mean of the ``beta`` values closest to the median.
+#: Columns per block of the window scan on the CPU: the k sorted rows of a block (k x 32768
+#: values) stay in cache across the scan's passes, and a block is too small for torch to split
+#: it across threads (measured at n=32, d=1e6: 2x faster than one pass over all columns).
+WINDOW_BLOCK = 32768
 
-    ``ordered`` holds each column sorted. The beta values closest to the median m form a window
-    ``x_(a..a+beta-1)`` of the sorted column: the one minimising
-    ``max(m - x_(a), x_(a+beta-1) - m)``, scanned over a = 0..k-beta (the lowest a on ties).
-    Window sums are computed directly (no running sum, whose cancellation huge Byzantine values
-    would ruin). Cost: O((k - beta + 1) beta d).
-    """
+
+def _closest_window_mean(ordered: Tensor, beta: int) -> Tensor:
     k = ordered.shape[0]
     med = _median_of_sorted(ordered)
     best_gap = torch.maximum(med - ordered[0], ordered[beta - 1] - med)
@@ -124,6 +122,25 @@ def mean_of_closest_to_median(ordered: Tensor, beta: int) -> Tensor:
         best_gap = torch.where(better, gap, best_gap)
         best_sum = torch.where(better, ordered[a : a + beta].sum(dim=0), best_sum)
     return best_sum / beta
+
+
+def mean_of_closest_to_median(ordered: Tensor, beta: int) -> Tensor:
+    """Per coordinate, the mean of the ``beta`` values closest to the median.
+
+    ``ordered`` holds each column sorted. The beta values closest to the median m form a window
+    ``x_(a..a+beta-1)`` of the sorted column: the one minimising
+    ``max(m - x_(a), x_(a+beta-1) - m)``, scanned over a = 0..k-beta (the lowest a on ties).
+    Window sums are computed directly (no running sum, whose cancellation huge Byzantine values
+    would ruin). Cost: O((k - beta + 1) beta d), by blocks of columns on the CPU.
+    """
+    d = ordered.shape[1]
+    block = WINDOW_BLOCK if ordered.device.type == "cpu" else d
+    if block >= d:
+        return _closest_window_mean(ordered, beta)
+    out = torch.empty(d, dtype=ordered.dtype, device=ordered.device)
+    for start in range(0, d, block):
+        out[start : start + block] = _closest_window_mean(ordered[:, start : start + block], beta)
+    return out
 
 
 def meamed(updates: Tensor, *, f: int) -> Tensor:

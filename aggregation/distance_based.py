@@ -74,7 +74,7 @@ def _recursive_krum(x: Tensor, dist: Tensor, f: int, count: int) -> list[int]:
         sub = dist[remaining][:, remaining]
         # Near the end |R| - f - 2 drops below 1; one neighbour keeps the score meaningful.
         scores = krum_scores(sub, max(len(remaining) - f - 2, 1))
-        best = select_rows(x[remaining], scores, sub.sum(dim=1), 1)[0]
+        best = select_rows(x, scores, sub.sum(dim=1), 1, rows=remaining)[0]
         chosen.append(remaining.pop(best))
     return chosen
 

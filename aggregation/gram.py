@@ -101,9 +101,12 @@ def _lexicographic(x: Tensor, i: int, j: int) -> int:
     return -1 if bool(x[i, k] < x[j, k]) else 1
 
 
-def select_rows(x: Tensor, primary: Tensor, secondary: Tensor, count: int) -> list[int]:
+def select_rows(
+    x: Tensor, primary: Tensor, secondary: Tensor, count: int, rows: Sequence[int] | None = None
+) -> list[int]:
     """Indices of the ``count`` rows with the smallest (primary, secondary) keys.
 
+    Key i belongs to row ``rows[i]`` of x (default: row i); returned indices are key indices.
     Rows whose keys are equal (e.g. two mutual nearest neighbours under Krum's score) are
     ordered by their values, lexicographically, so that the choice depends on the rows
     and not on their order: a rule built on it stays permutation invariant, and translation
@@ -117,8 +120,9 @@ def select_rows(x: Tensor, primary: Tensor, secondary: Tensor, count: int) -> li
     def compare(i: int, j: int) -> int:
         if keys[i] != keys[j]:
             return -1 if keys[i] < keys[j] else 1
-        return _lexicographic(x, i, j)
+        return _lexicographic(x, index[i], index[j])
 
+    index = list(range(len(keys))) if rows is None else list(rows)
     return sorted(range(len(keys)), key=functools.cmp_to_key(compare))[:count]
 
 

@@ -182,3 +182,11 @@ def test_torch_sort_path_matches_numpy_path(monkeypatch: pytest.MonkeyPatch) -> 
 def test_sample_helper_is_deterministic() -> None:
     a = Sample(x=random_rows(1, 3, 2), own=random_rows(2, 1, 2)[0], weights=torch.ones(3) / 4, f=0)
     assert torch.equal(a.x, random_rows(1, 3, 2))
+
+
+def test_window_scan_by_blocks_equals_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = random_rows(8, 11, 1000)
+    whole = {name: aggregate(name, x, f=2) for name in ("meamed", "bulyan")}
+    monkeypatch.setattr(coordinatewise, "WINDOW_BLOCK", 96)  # 1000 = 10 blocks + a partial one
+    for name, expected in whole.items():
+        torch.testing.assert_close(aggregate(name, x, f=2), expected, rtol=0, atol=0)
