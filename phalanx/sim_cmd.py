@@ -134,8 +134,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
-    from phalanx.sim.config import FIELDS, from_mapping, load_preset, load_toml, parse_value
+def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The preset, then the file, then the flags actually given (tables merge key by key), as plain values."""
+    from phalanx.sim.config import FIELDS, load_preset, load_toml, parse_value
 
     data: dict[str, Any] = {}
     if args.preset:
@@ -151,7 +152,13 @@ def config_from_args(args: argparse.Namespace) -> Any:
             table.update({k: parse_value(v) for k, v in value})
             value = table
         data[key] = value
-    return from_mapping(data)
+    return data
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    from phalanx.sim.config import from_mapping
+
+    return from_mapping(settings_from_args(args))
 
 
 def register(sub: Any) -> None:

@@ -46,17 +46,15 @@ def register(sub: Any) -> None:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from phalanx.sim.config import FIELDS, ConfigError, load_preset, load_toml, parse_value
+    from phalanx.sim.config import FIELDS, ConfigError, parse_value
+    from phalanx.sim_cmd import settings_from_args
 
-    grid: dict[str, list[Any]] = {}
-    base_file: dict[str, Any] = {}
-    if args.preset:
-        base_file.update(load_preset(args.preset))
-    if args.config:
-        base_file.update(load_toml(args.config))
-    table = base_file.pop("sweep", {})
+    # Only flags actually given override the preset and the file (tables merge key by key).
+    base = settings_from_args(args)
+    table = base.pop("sweep", {})
     if not isinstance(table, dict):
         raise ConfigError("[sweep] must be a table of key = [values]")
+    grid: dict[str, list[Any]] = {}
     for key, values in table.items():
         grid[key] = list(values) if isinstance(values, list) else [values]
     for key, values in args.grid:
@@ -64,14 +62,6 @@ def run_sweep(args: argparse.Namespace) -> int:
     for key in grid:
         if key.partition(".")[0] not in FIELDS:
             raise ConfigError(f"sweep: unknown setting {key!r}")
-    from phalanx.sim_cmd import config_from_args
-
-    args.config, args.preset = None, None
-    flags = config_from_args(args).to_dict()
-    defaults = {k: f.default for k, f in FIELDS.items() if not callable(getattr(f, "default_factory", None))}
-    base = {**base_file, **{k: v for k, v in flags.items() if k in base_file or _differs(v, defaults.get(k))}}
-    for key in ("rule_params", "attack_params", "protocol_params"):  # flags add to the file's tables
-        base[key] = {**base_file.get(key, {}), **flags.get(key, {})}
     from tqdm import tqdm
 
     from phalanx.sim.plots import heatmap
@@ -103,11 +93,3 @@ def run_sweep(args: argparse.Namespace) -> int:
     )
     print(f"wrote {args.out}/results.csv and heatmap.png")
     return 0
-
-
-def _differs(value: Any, default: Any) -> bool:
-    if isinstance(default, tuple):
-        default = list(default)
-    if default == float("inf"):
-        default = "inf"
-    return value != default

@@ -152,3 +152,30 @@ def test_sweep_rejects_a_bad_point_before_training(tmp_path, capsys) -> None:
     assert main(argv) == 2
     assert "unknown topology 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "results.csv").exists()
+
+
+def test_sweep_keeps_the_presets_settings(tmp_path) -> None:
+    out = tmp_path / "sweep"
+    assert (
+        main(
+            [
+                "sweep",
+                "--preset",
+                "churn",
+                "--rounds",
+                "2",
+                "--nodes",
+                "8",
+                "--grid",
+                "seed=0",
+                "--workers",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    (run_dir,) = (out / "runs").iterdir()
+    config = from_mapping(tomllib.loads((run_dir / "config.toml").read_text()))
+    assert (config.churn_leave, config.loss, config.rounds, config.nodes) == (0.05, 0.05, 2, 8)
