@@ -8,7 +8,8 @@ into that call:
   vector did not arrive gives its weight back to the node itself, so the weights still sum to one;
 - a *gossip rule* (one that needs the node's own vector and the mixing weights, such as self-centred
   clipping) gets the neighbours' rows, ``own=`` and ``weights=`` (of the neighbours that answered);
-- any other rule is a robust statistic of the rows ``[own, *received]``.
+- any other rule is a robust statistic of the rows ``[own, *received]`` (of ``received`` only with
+  ``include_own=False``).
 
 Rows that are not finite are dropped first (the wire layer already rejects them; the simulator, which
 skips the wire, relies on this). A rule that cannot run on the rows at hand (too few rows for its ``f``,
@@ -97,8 +98,11 @@ def accepted_params(rule: str, params: Mapping[str, Any]) -> dict[str, Any]:
 class Combiner:
     """``combine(own, received, weights)`` for one rule and its parameters (see the module docstring)."""
 
-    def __init__(self, rule: str = "mean", params: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, rule: str = "mean", params: Mapping[str, Any] | None = None, *, include_own: bool = True
+    ) -> None:
         self.rule = rule
+        self.include_own = include_own
         self.params = accepted_params(rule, params or {})
         self.failures = 0
         self.dropped_nonfinite = 0
@@ -130,8 +134,10 @@ class Combiner:
                 out.add_(received[p], alpha=float(weights.get(p, 0.0)))
             if bool(torch.isfinite(out.sum())):
                 return out
-        # Ordinary rules get [own, *received] as rows: stack once, with own in row 0.
-        with_own = self._fn is not None and not self._gossip
+        # Ordinary rules get [own, *received] as rows (stacked once, own in row 0), or only the received
+        # rows with include_own=False.
+        ordinary = self._fn is not None and not self._gossip
+        with_own = ordinary and self.include_own
         stacked = torch.stack(
             [own, *(received[p] for p in peers)] if with_own else [received[p] for p in peers]
         )
@@ -145,7 +151,7 @@ class Combiner:
             if not peers:
                 return own
         try:
-            if with_own:
+            if ordinary:
                 assert self._fn is not None
                 return self._fn(stacked, **self.params)
             w = torch.tensor([float(weights.get(p, 0.0)) for p in peers], dtype=own.dtype)

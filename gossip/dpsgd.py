@@ -74,6 +74,8 @@ class DPSGDConfig:
         max_ahead: keep messages up to this many rounds ahead of the node's own round.
         schedule: time-varying topology: ``schedule(r)`` gives round r's neighbour -> weight map and
             overrides ``neighbours``/``weights`` (every node must compute the same graph from a shared seed).
+        include_own: ordinary (non-gossip) rules aggregate the node's own vector with the received ones;
+            ``False`` aggregates the received ones only.
     """
 
     neighbours: tuple[PeerId, ...]
@@ -86,6 +88,7 @@ class DPSGDConfig:
     rounds: int = 0
     max_ahead: int = 2
     schedule: Callable[[int], Weights] | None = None
+    include_own: bool = True
 
     def __post_init__(self) -> None:
         if self.local_steps < 0:
@@ -133,7 +136,7 @@ class DPSGD(Protocol):
         if params.dtype != torch.float32 or params.dim() != 1:
             raise TypeError("params must be a 1-D float32 tensor")
         self.config = config
-        self.combiner = combiner or Combiner(config.rule, config.rule_params)
+        self.combiner = combiner or Combiner(config.rule, config.rule_params, include_own=config.include_own)
         self.params = params
         self.round = start_round
         self.step = 0

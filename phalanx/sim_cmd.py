@@ -122,6 +122,13 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="simulated attackers see the honest vectors they need (default: yes)",
     )
+    group.add_argument(
+        "--include-own",
+        dest="include_own",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="robust (non-gossip) rules aggregate the node's own model with its neighbours' (default: yes)",
+    )
     for table in ("rule", "attack", "protocol"):
         group.add_argument(
             f"--{table}-param",

@@ -20,11 +20,15 @@ from phalanx.sim.config import SimConfig
 from phalanx.sim.experiment import plan, run
 from phalanx.sim.report import table
 
+# (label, rule, params, include_own): robust statistics over [own, 2 honest, 2 Byzantine] (attackers are a
+# minority) and over the 4 neighbours only (attackers are half of them).
 RULES = (
-    ("self-centred clipping", "clipped-gossip", {"tau": 1.0}),
-    ("trimmed mean", "trimmed-mean", {"f": 2}),
-    ("geometric median", "geometric-median", {}),
-    ("gossip mean", "mean", {}),
+    ("self-centred clipping", "clipped-gossip", {"tau": 1.0}, True),
+    ("trimmed mean", "trimmed-mean", {"f": 2}, True),
+    ("geometric median", "geometric-median", {}, True),
+    ("trimmed mean, nbrs only", "trimmed-mean", {"f": 1}, False),
+    ("geo. median, nbrs only", "geometric-median", {}, False),
+    ("gossip mean", "mean", {}, True),
 )
 ATTACKS = (
     ("no attack", "silent", {}),
@@ -44,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
-    for label, rule, params in RULES:
+    for label, rule, params, include_own in RULES:
         if rule == "clipped-gossip":
             params = {"tau": args.tau}
         row: dict[str, object] = {"rule": label}
@@ -60,6 +64,7 @@ def main() -> None:
                 attack_params=attack_params,
                 rule=rule,
                 rule_params=params,
+                include_own=include_own,
                 dataset=args.dataset,
                 local_steps=args.local_steps,
                 eval_every=args.rounds,

@@ -40,6 +40,7 @@ class SimConfig:
     protocol_params: dict[str, Any] = field(default_factory=dict)
     rule: str = "mean"
     rule_params: dict[str, Any] = field(default_factory=dict)
+    include_own: bool = True
     local_steps: int = 1
     gossip_steps: int = 1
     round_timeout: float = 1.0

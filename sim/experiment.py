@@ -117,7 +117,7 @@ def check_rule(config: SimConfig, graph: nx.Graph, byzantine: frozenset[int]) ->
     with deg + 1 inputs fails here, before training, instead of in round 0."""
     if config.rule not in rule_names():
         raise ConfigError(f"unknown rule {config.rule!r}; choose one of: {', '.join(rule_names())}")
-    combiner = Combiner(config.rule, config.rule_params)
+    combiner = Combiner(config.rule, config.rule_params, include_own=config.include_own)
     gossip = config.rule in gossip_rule_names()
     degrees = sorted({graph.degree[i] for i in graph if i not in byzantine})
     if config.protocol in RULE_INPUTS:  # a sampling protocol: its rule combines a sample, not neighbours
@@ -130,7 +130,7 @@ def check_rule(config: SimConfig, graph: nx.Graph, byzantine: frozenset[int]) ->
     if isinstance(f, int) and requirement is not None and config.rule in REQUIREMENTS:
         for deg in degrees:
             try:
-                requirement(config.rule, deg if gossip else deg + 1, f)
+                requirement(config.rule, deg if gossip or not config.include_own else deg + 1, f)
             except ValueError as exc:
                 raise ConfigError(
                     f"rule {config.rule} cannot tolerate f={f} at a node of degree {deg} in {config.topology}: {exc}"
@@ -144,11 +144,11 @@ def check_rule(config: SimConfig, graph: nx.Graph, byzantine: frozenset[int]) ->
                 combiner(own, received, weights)
             else:
                 assert combiner._fn is not None
-                combiner._fn(torch.zeros(deg + 1, 4), **combiner.params)
+                combiner._fn(torch.zeros(deg + int(config.include_own), 4), **combiner.params)
         except (ValueError, TypeError) as exc:
             raise ConfigError(
                 f"rule {config.rule} with {combiner.params} cannot run at a node of degree {deg} "
-                f"({deg + 1} inputs): {exc}".splitlines()[0]
+                f"({deg + int(config.include_own)} inputs): {exc}".splitlines()[0]
             ) from None
 
 

@@ -75,6 +75,7 @@ def build_dpsgd(view: NodeView, config: SimConfig, rng: np.random.Generator) -> 
         round_timeout=config.round_timeout,
         rounds=config.rounds,
         schedule=view.schedule,
+        include_own=config.include_own,
     )
     return DPSGD(settings, view.initial)
 

@@ -52,3 +52,8 @@ def test_names_and_generic_params() -> None:
     assert accepted_params("median", {"f": 2, "tau": 1.0}) == {}
     assert accepted_params("trimmed-mean", {"f": 2, "tau": 1.0}) == {"f": 2}
     assert accepted_params("median", {"bogus": 1}) == {"bogus": 1}  # left for the rule to reject by name
+
+
+def test_robust_rule_without_own_row() -> None:
+    c = Combiner("median", include_own=False)
+    assert torch.allclose(c(v(0), {"a": v(10), "b": v(11), "c": v(12)}, {}), v(11))
