@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .gram import affine_sq_dists, combine, geometry, select_rows
+from .gram import affine_sq_dists, central_rows, combine, geometry
 from .validation import AggregationError, check_own, check_updates, check_weights
 
 __all__ = ["centered_clipping", "geometric_median"]
@@ -24,12 +24,6 @@ def _check_positive(name: str, label: str, value: float) -> None:
 def _check_count(name: str, label: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise AggregationError(f"{name}: {label} must be an integer >= 1, got {value!r}")
-
-
-def _medoid(x: Tensor, dist: Tensor, alpha: Tensor) -> int:
-    """Row minimising the weighted sum of distances to the rows (a 2-approximation of the
-    geometric median's objective); ties by sum of squared distances, then by value."""
-    return select_rows(x, (dist.sqrt() * alpha[None, :]).sum(dim=1), dist @ alpha, 1)[0]
 
 
 def geometric_median(
@@ -46,8 +40,8 @@ def geometric_median(
     Approximates ``argmin_z sum_i alpha_i ||z - x_i||`` (alpha = weights / sum(weights)) by
     ``beta_i = alpha_i / max(nu, ||z - x_i||)``, ``z <- sum_i beta_i x_i / sum_i beta_i``.
 
-    The start is the mean of the n//2 + 1 rows nearest to the medoid (the row with the least
-    weighted sum of distances): robust, and not an input row, where Weiszfeld would stall.
+    The start is the mean of the tightest n//2 + 1 rows (:func:`.gram.central_rows`): among the
+    honest rows however far the others are, and not an input row, where Weiszfeld would stall.
     Iteration stops after ``iterations`` steps or when the coefficients of z on the rows change
     by at most ``tolerance`` in l1 norm. (RFA stops on the relative change of the objective; a
     far outlier dominates the objective and would stop it early, far from the median.)
@@ -75,8 +69,7 @@ def geometric_median(
         alpha = w / w.sum()
     geo = geometry("geometric-median", updates)
     gram, dist = geo.gram, geo.dist
-    near_medoid = dist[_medoid(updates, dist, alpha)]
-    nearest = select_rows(updates, near_medoid, near_medoid, n // 2 + 1)
+    nearest = central_rows(updates, dist)
     coeffs = torch.zeros(n, dtype=torch.float64)
     coeffs[nearest] = 1.0 / len(nearest)
     for _ in range(iterations):
@@ -105,7 +98,8 @@ def centered_clipping(
         tau: clipping radius > 0.
         iterations: number of clipping steps L (>= 1).
         start: (d,) starting point, e.g. the previous aggregate (the paper's momentum); by
-            default the medoid (the input row with the least sum of distances to the others).
+            default the centre of the tightest n//2 + 1 rows (:func:`.gram.central_rows`), an
+            input row among the honest ones however far the others are.
     Robustness: each step moves v by at most tau, and by at most f tau / n because of the f
     Byzantine rows; tolerates f with 2f < n. f is not a parameter.
     Cost: one Gram product (with the start appended as an extra row), O(n^2) per iteration,
@@ -122,7 +116,7 @@ def centered_clipping(
     gram, dist = geo.gram, geo.dist
     coeffs = torch.zeros(n + len(extra), dtype=torch.float64)
     if start is None:
-        coeffs[_medoid(updates, dist[:n, :n], torch.full((n,), 1.0 / n, dtype=torch.float64))] = 1.0
+        coeffs[central_rows(updates, dist[:n, :n])[0]] = 1.0
     else:
         coeffs[n] = 1.0
     for _ in range(iterations):

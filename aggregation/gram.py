@@ -34,6 +34,7 @@ __all__ = [
     "Geometry",
     "affine_sq_dists",
     "all_subsets",
+    "central_rows",
     "combine",
     "geometry",
     "krum_scores",
@@ -133,6 +134,22 @@ def _robust_center(dist: Tensor) -> tuple[int, float]:
     near = dist.sort(dim=1).values[:, :k]
     m = int(near.sum(dim=1).argmin())
     return m, float(near[m, -1])
+
+
+def central_rows(x: Tensor, dist: Tensor) -> list[int]:
+    """The tightest n//2 + 1 rows: row c minimising the sum of squared distances to its n//2 + 1
+    nearest rows (itself included), then those rows, c first.
+
+    With f < n/2 Byzantine rows, every honest row's n//2 + 1 nearest can be honest, so c's key is
+    no larger than the honest rows' spread, however far the others are: a robust start that
+    (unlike the medoid, whose sum of distances a far outlier swamps) stays among honest rows.
+    Ties are broken by value (:func:`select_rows`). Cost: O(n^2 log n).
+    """
+    n = dist.shape[0]
+    k = n // 2 + 1
+    near = dist.sort(dim=1).values[:, :k]
+    center = select_rows(x, near.sum(dim=1), near[:, -1], 1)[0]
+    return select_rows(x, dist[center], dist[center], k)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -195,15 +195,21 @@ def centered_clipping(x: Tensor, tau: float, iterations: int, start: np.ndarray)
     return _out(v)
 
 
-def medoid(x: Tensor) -> np.ndarray:
-    """Row with the least sum of distances; ties (to 10 digits) by sum of squares, then value."""
+def central_rows(x: Tensor) -> list[np.ndarray]:
+    """The tightest n//2 + 1 rows, centre first: the centre minimises the sum of squared
+    distances to its n//2 + 1 nearest rows (itself included). Ties (to 10 digits) go to the
+    smaller k-th distance, then to the smaller row by value."""
     rows = _rows(x)
+    k = len(rows) // 2 + 1
 
-    def key(a: np.ndarray) -> tuple[float, float, list[float]]:
-        total = sum(math.sqrt(_dist2(a, b)) for b in rows)
-        return (float(f"{total:.10g}"), sum(_dist2(a, b) for b in rows), a.tolist())
+    def near(a: np.ndarray) -> list[float]:
+        return sorted(_dist2(a, b) for b in rows)[:k]
 
-    return min(rows, key=key)
+    center = min(rows, key=lambda a: (float(f"{sum(near(a)):.10g}"), near(a)[-1], a.tolist()))
+    by_distance = sorted(
+        rows, key=lambda b: (float(f"{_dist2(center, b):.10g}"), _dist2(center, b), b.tolist())
+    )
+    return by_distance[:k]
 
 
 def monna(x: Tensor, own: Tensor, f: int) -> Tensor:

@@ -14,7 +14,7 @@ from .conftest import Sample, params_for, samples
 
 ALL = sorted(RULES)
 #: In one dimension with an even number of rows the geometric median is any point between the
-#: two middle rows, and the medoid that starts geometric median and centered clipping is tied:
+#: two middle rows, and the central row that starts geometric median and centered clipping is tied:
 #: rounding (shifted or scaled data) may pick another minimiser. Equivariance needs d >= 2.
 FLAT_IN_1D = {"geometric-median", "centered-clipping"}
 
@@ -41,7 +41,7 @@ def test_shape_dtype_finite(name: str, data: st.DataObject) -> None:
 @given(data=st.data())
 def test_float32_in_float32_out(name: str, data: st.DataObject) -> None:
     """Same result as in float64, up to float32 rounding (d >= 2: with d = 1 and even n the
-    medoid is tied up to rounding, and the two precisions may break the tie differently)."""
+    starting row is tied up to rounding, and the two precisions may break the tie differently)."""
     sample = data.draw(samples(name, spread=False, min_d=2))
     x32 = sample.x.float()
     s32 = Sample(x=x32, own=sample.own.float(), weights=sample.weights.float(), f=sample.f)
