@@ -205,16 +205,12 @@ class Byzantine(Protocol):
             if view.own is None or not len(view.neighbours) or view.byzantine_weight <= 0:
                 return honest
             params = {"epsilon": 1.0, **self.params}
-            return run_attack(
-                "dissensus",
-                view.neighbours,
-                {
-                    **params,
-                    "own": view.own,
-                    "weights": view.weights,
-                    "byzantine_weight": view.byzantine_weight,
-                },
-            )
+            extra = {"own": view.own, "weights": view.weights, "byzantine_weight": view.byzantine_weight}
+            try:
+                return run_attack("dissensus", view.neighbours, {**params, **extra})
+            except ValueError:  # e.g. the target's own model diverged: nothing sensible to push against
+                self.failures += 1
+                return honest
         rows = [view.neighbours] if len(view.neighbours) else []
         if view.own is not None:
             rows.insert(0, view.own.unsqueeze(0))
