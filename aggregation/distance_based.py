@@ -99,7 +99,7 @@ def bulyan(updates: Tensor, *, f: int) -> Tensor:
     theta = n - 2 * f
     dist = geometry("bulyan", updates).dist
     chosen = torch.tensor(sorted(_recursive_krum(updates, dist, f, theta)), device=updates.device)
-    ordered = sorted_columns("bulyan", updates.index_select(0, chosen))
+    ordered = sorted_columns("bulyan", updates, rows=chosen)
     return mean_of_closest_to_median(ordered, theta - 2 * f).to(updates.device)
 
 

@@ -188,3 +188,14 @@ def test_window_scan_by_blocks_equals_one_pass(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(coordinatewise, "WINDOW_BLOCK", 96)  # 1000 = 10 blocks + a partial one
     for name, expected in whole.items():
         torch.testing.assert_close(aggregate(name, x, f=2), expected, rtol=0, atol=0)
+
+
+def test_parallel_column_sort(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = random_rows(9, 7, 1001).float()
+    expected = torch.from_numpy(np.sort(x.numpy(), axis=0))
+    monkeypatch.setattr(coordinatewise, "PARALLEL_SORT_COLUMNS", 10)
+    torch.set_num_threads(3)  # restored by the autouse fixture
+    assert torch.equal(coordinatewise.sorted_columns("test", x), expected)
+    rows = torch.tensor([0, 2, 5])
+    assert torch.equal(coordinatewise.sorted_columns("test", x, rows=rows), torch.sort(x[rows], dim=0).values)
+    assert torch.equal(x, random_rows(9, 7, 1001).float())  # input untouched
