@@ -74,7 +74,8 @@ def clipped_gossip(updates: Tensor, *, own: Tensor, weights: Tensor, tau: float)
         own: (d,) the node's own vector.
         weights: (n,) mixing weights of the neighbours, >= 0, sum <= 1.
         tau: clipping radius > 0. Each Byzantine neighbour j moves the node by at most
-            W_ij tau, whatever it sends.
+            W_ij tau, whatever it sends. f is not a parameter.
+    Cost: one pass for the n distances to own, one GEMV.
     """
     w, radius = _prepare("clipped-gossip", updates, own, weights)
     if isinstance(tau, bool) or not isinstance(tau, int | float) or not tau > 0:
@@ -97,6 +98,7 @@ def adaptive_clipped_gossip(updates: Tensor, *, own: Tensor, weights: Tensor, f:
         weights: (n,) mixing weights of the neighbours, >= 0, sum <= 1.
         f: number of Byzantine neighbours tolerated; delta = sum of the f largest weights;
             requires n > f.
+    Cost: one pass for the n distances to own, O(n log n) for the radius, one GEMV.
     """
     n = check_updates("adaptive-clipped-gossip", updates)[0]
     check_f("adaptive-clipped-gossip", n, f)
@@ -124,6 +126,7 @@ def cs_plus(updates: Tensor, *, own: Tensor, weights: Tensor, f: int) -> Tensor:
         weights: (n,) mixing weights of the neighbours, >= 0, sum <= 1.
         f: number of Byzantine neighbours tolerated; delta = sum of the f largest weights;
             requires 2f < n. With uniform weights the 2f farthest neighbours are clipped.
+    Cost: one pass for the n distances to own, O(n log n) for the radius, one GEMV.
     """
     n = check_updates("cs-plus", updates)[0]
     check_f("cs-plus", n, f)
@@ -147,6 +150,7 @@ def gts(updates: Tensor, *, own: Tensor, weights: Tensor, f: int) -> Tensor:
         weights: (n,) mixing weights of the neighbours, >= 0, sum <= 1.
         f: number of Byzantine neighbours tolerated; delta = sum of the f largest weights;
             requires n > f. With uniform weights the f farthest neighbours are dropped.
+    Cost: one pass for the n distances to own, O(n log n) to rank them, one GEMV.
     """
     n = check_updates("gts", updates)[0]
     check_f("gts", n, f)

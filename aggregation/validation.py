@@ -155,7 +155,7 @@ def check_own(name: str, own: Tensor, updates: Tensor, *, label: str = "own") ->
 
 
 def check_weights(name: str, weights: Tensor, n: int, *, mixing: bool) -> Tensor:
-    """Check per-row weights: shape (n,), finite, >= 0; return them as float64.
+    """Check per-row weights: shape (n,), finite, >= 0; return them as float64 on the CPU.
 
     With ``mixing`` the weights are a node's mixing weights for its n neighbours, whose own
     weight is ``1 - sum``, so the sum must be at most 1; otherwise the sum must be positive.
@@ -164,7 +164,7 @@ def check_weights(name: str, weights: Tensor, n: int, *, mixing: bool) -> Tensor
         weights = torch.as_tensor(weights)
     if weights.shape != (n,):
         raise AggregationError(f"{name}: weights must have shape ({n},), got {tuple(weights.shape)}")
-    w = weights.detach().to(dtype=torch.float64)
+    w = weights.detach().to(device="cpu", dtype=torch.float64)
     if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
         raise AggregationError(f"{name}: weights must be finite and >= 0")
     total = float(w.sum())
