@@ -46,6 +46,8 @@ __all__ = [
 #: Columns per block: small enough that a block of 32 rows stays in cache, large enough that
 #: the per-block Python overhead is negligible at d = 1e6 (measured: 64k is as fast as one GEMM).
 BLOCK = 65536
+#: Columns per block of the differences to one vector: a block of 32 rows stays in L2.
+DIFF_BLOCK = 16384
 #: Relative accuracy asked of the squared distances before the uncentred Gram matrix is kept.
 ACCURACY = 1e-4
 #: Bound on the rounding error of a length-d dot product a.b computed by BLAS, in units of
@@ -64,13 +66,16 @@ def _gram_around(x: Tensor, center: Tensor, extra: Sequence[Tensor], dtype: torc
     block = min(BLOCK, d)
     buf = torch.empty(rows, block, dtype=dtype, device=x.device)
     gram = torch.zeros(rows, rows, dtype=torch.float64, device=x.device)
+    c = center.to(dtype)
     for start in range(0, d, block):
         stop = min(start + block, d)
         b = buf[:, : stop - start]
-        b[:n].copy_(x[:, start:stop])
+        if x.dtype == dtype:
+            torch.sub(x[:, start:stop], c[start:stop], out=b[:n])
+        else:
+            b[:n].copy_(x[:, start:stop]).sub_(c[start:stop])
         for k, vec in enumerate(extra):
-            b[n + k].copy_(vec[start:stop])
-        b.sub_(center[start:stop].to(dtype))
+            b[n + k].copy_(vec[start:stop]).sub_(c[start:stop])
         gram += (b @ b.T).to(torch.float64)
     return gram.cpu()
 
@@ -249,18 +254,20 @@ def sq_dists_to(name: str, x: Tensor, v: Tensor) -> Tensor:
     """||x_j - v||^2 for every row j, float64 on the CPU, by blocks (no (n, d) temporary).
 
     Raises AggregationError if x has a non-finite entry (v must have been checked).
+    Cost: one pass over x (measured at n=31, d=1e6: 10 ms, 1.5x the mean).
     """
     n, d = x.shape
-    block = min(BLOCK, d)
+    block = min(DIFF_BLOCK, d)
 
     def run(dtype: torch.dtype) -> Tensor:
+        xs, vs = (x, v) if x.dtype == dtype else (x.to(dtype), v.to(dtype))
         buf = torch.empty(n, block, dtype=dtype, device=x.device)
         acc = torch.zeros(n, dtype=torch.float64, device=x.device)
         for start in range(0, d, block):
             stop = min(start + block, d)
             b = buf[:, : stop - start]
-            b.copy_(x[:, start:stop]).sub_(v[start:stop].to(dtype))
-            acc += torch.einsum("ij,ij->i", b, b).to(torch.float64)
+            torch.sub(xs[:, start:stop], vs[start:stop], out=b)
+            acc += torch.linalg.vecdot(b, b).to(torch.float64)
         return acc.cpu()
 
     sq = run(_compute_dtype(x.dtype))

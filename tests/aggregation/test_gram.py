@@ -3,11 +3,12 @@ other (cancellation), when float32 overflows, and when the first row is an outli
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from phalanx.aggregation import aggregate
+from phalanx.aggregation import aggregate, gram
 from phalanx.aggregation.gram import geometry, select_rows, sq_dists_to
 
 from .conftest import random_rows
@@ -71,3 +72,14 @@ def test_select_rows_breaks_exact_ties_by_value() -> None:
     assert select_rows(x, primary, torch.zeros(4), 4) == [3, 2, 1, 0]
     secondary = torch.tensor([0.0, 0.0, 1.0, 0.0])
     assert select_rows(x, primary, secondary, 2) == [3, 1]
+
+
+def test_blocked_paths_equal_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The column-block loops (centred Gram, distances to own) give the one-block result."""
+    x = (random_rows(4, 6, 1000) * 1e-3 + 50.0).float()
+    own = x[1] + 1e-3
+    whole_dist, whole_sq = geometry("test", x).dist, sq_dists_to("test", x, own)
+    monkeypatch.setattr(gram, "BLOCK", 96)
+    monkeypatch.setattr(gram, "DIFF_BLOCK", 70)
+    torch.testing.assert_close(geometry("test", x).dist, whole_dist, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(sq_dists_to("test", x, own), whole_sq, rtol=1e-5, atol=1e-9)
