@@ -133,7 +133,11 @@ def pre_aggregate(updates: Tensor, pre: Sequence[PreSpec], **params: Any) -> Ten
     for spec in pre:
         name, own_params = _split_pre(spec)
         fn = _lookup("pre-aggregator", PRE_AGGREGATORS, name)
-        updates = fn(updates, **{**_pick(PRE_PARAMS[name], params), **own_params})
+        given = {**_pick(PRE_PARAMS[name], params), **own_params}
+        missing = REQUIRED_PARAMS[name] - set(given)
+        if missing:
+            raise AggregationError(f"{name}: missing parameter(s) {', '.join(sorted(missing))}")
+        updates = fn(updates, **given)
     return updates
 
 

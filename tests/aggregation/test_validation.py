@@ -174,6 +174,10 @@ def test_registry_is_strict() -> None:
         aggregate("krum", x, f=1, pre=["nope"])
     with pytest.raises(AggregationError, match=r"nnm: unknown parameter.*s"):
         aggregate("krum", x, f=1, pre=[("nnm", {"s": 2})])
+    with pytest.raises(AggregationError, match=r"bucketing: missing parameter.*s"):
+        aggregate("krum", x, f=1, pre=["bucketing"])
+    with pytest.raises(AggregationError, match=r"clipping: missing parameter.*tau"):
+        pre_aggregate(x, ["clipping"])
 
 
 def test_params_tables_match_signatures() -> None:
