@@ -82,7 +82,7 @@ def bucketing(updates: Tensor, *, s: int, seed: int = 0) -> Tensor:
         members = perm[b * s : (b + 1) * s]
         mixing[b, members] = 1.0 / len(members)
     out = mixing.to(device=updates.device, dtype=updates.dtype) @ updates
-    ensure_finite("bucketing", updates, out)
+    ensure_finite("bucketing", updates, out.sum())
     return out
 
 

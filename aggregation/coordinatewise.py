@@ -51,7 +51,8 @@ def sorted_columns(name: str, updates: Tensor, rows: Tensor | None = None) -> Te
     else:
         picked = x if rows is None else x.index_select(0, rows)
         ordered = torch.sort(picked, dim=0).values
-    ensure_finite(name, updates, torch.stack((ordered[0], ordered[-1])))
+    # A sum is non-finite iff a term is (or it overflowed, which the exact check then clears).
+    ensure_finite(name, updates, torch.stack((ordered[0].sum(), ordered[-1].sum())))
     return ordered
 
 
@@ -89,7 +90,7 @@ def mean(updates: Tensor, *, weights: Tensor | None = None) -> Tensor:
         w = check_weights("mean", weights, n, mixing=False)
         coeffs = w / w.sum()
     out = coeffs.to(device=updates.device, dtype=updates.dtype) @ updates
-    if ensure_finite("mean", updates, out):
+    if ensure_finite("mean", updates, out.sum()) and not bool(torch.isfinite(out).all()):
         # Huge finite rows overflowed the input precision; the mean itself is representable.
         out = (coeffs.to(updates.device) @ updates.to(torch.float64)).to(updates.dtype)
     return out

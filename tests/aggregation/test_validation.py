@@ -216,3 +216,13 @@ def test_inputs_are_never_modified() -> None:
     krum = aggregate("krum", x, f=2)
     krum.add_(1.0)
     assert torch.equal(x, keep)
+
+
+def test_huge_finite_rows_do_not_overflow() -> None:
+    """float32 sums of 1e38 overflow; the rules recompute in float64 and stay finite."""
+    x = torch.full((6, 3), 1e38, dtype=torch.float32)
+    x[0] = 2e38
+    torch.testing.assert_close(aggregate("mean", x), torch.full((3,), 7e38 / 6, dtype=torch.float32))
+    assert bool(torch.isfinite(aggregate("median", x)).all())
+    assert bool(torch.isfinite(pre_aggregate(x, ["clipping"], tau=1.0)).all())
+    assert bool(torch.isfinite(aggregate("krum", x, f=1)).all())
