@@ -8,7 +8,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from phalanx.aggregation import GOSSIP_RULES, RULES, aggregate
+from phalanx.aggregation import GOSSIP_RULES, RULES, aggregate, pre_aggregate
 
 from .conftest import Sample, params_for, samples
 
@@ -101,3 +101,23 @@ def test_positive_scale_equivariance(name: str, data: st.DataObject, factor: flo
 
 def test_gossip_rules_are_listed() -> None:
     assert set(GOSSIP_RULES) == {"monna", "clipped-gossip", "adaptive-clipped-gossip", "cs-plus", "gts"}
+
+
+PRE = {"nnm": {}, "arc": {}, "clipping": {"tau": 0.5}, "bucketing": {"s": 2, "seed": 1}}
+
+
+@pytest.mark.parametrize("name", sorted(PRE))
+@given(data=st.data())
+def test_pre_aggregators_shape_fixed_point_and_equivariance(name: str, data: st.DataObject) -> None:
+    sample = data.draw(samples("nnm"))
+    params = {**({"f": sample.f} if name in ("nnm", "arc") else {}), **PRE[name]}
+    x = sample.x
+    out = pre_aggregate(x, [name], **params)
+    n = x.shape[0]
+    assert out.shape == ((n + 1) // 2 if name == "bucketing" else n, x.shape[1])
+    same = x[0].expand_as(x).clone()
+    expected = x[0] * min(1.0, 0.5 / float(torch.linalg.vector_norm(x[0]))) if name == "clipping" else x[0]
+    _close(pre_aggregate(same, [name], **params), expected.expand_as(out), _scale_of(sample))
+    if name != "bucketing":  # a seeded shuffle: rows go to other buckets when permuted
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(data.draw(st.integers(0, 99))))
+        _close(pre_aggregate(x[perm], [name], **params), out[perm], _scale_of(sample))
