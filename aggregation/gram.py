@@ -48,6 +48,8 @@ __all__ = [
 BLOCK = 65536
 #: Columns per block of the differences to one vector: a block of 32 rows stays in L2.
 DIFF_BLOCK = 16384
+#: Most recentrings of the Gram product (one per scale of outliers; see ``_centred_gram``).
+MAX_RECENTRES = 6
 #: Relative accuracy asked of the squared distances before the uncentred Gram matrix is kept.
 ACCURACY = 1e-4
 #: Bound on the rounding error of a length-d dot product a.b computed by BLAS, in units of
@@ -194,34 +196,51 @@ def _needs_centering(gram: Tensor, n: int, dtype: torch.dtype) -> bool:
     return error > ACCURACY * float(positive.median())
 
 
+def _centred_gram(x: Tensor, extra: Sequence[Tensor], dtype: torch.dtype, first: Tensor) -> Tensor:
+    """Gram matrix centred on a robust centre row, found from the distances in ``first``.
+
+    A centre read from an inaccurate product resolves distances only down to that product's
+    rounding: with outliers at several scales (rows at 1e20 and 1e10 around honest rows of
+    spread 1) the first centre can be the 1e10 row. Recentring on the robust centre of each new
+    product refines the scale until the centre is stable: one extra pass per scale.
+    """
+    n = x.shape[0]
+    m = _robust_center(sq_dists_from_gram(first[:n, :n]))[0] if n > 2 else 0
+    gram = first
+    for _ in range(MAX_RECENTRES):
+        gram = _gram_around(x, x[m], extra, dtype)
+        if not bool(torch.isfinite(gram).all()) and dtype != torch.float64:
+            dtype = torch.float64
+            gram = _gram_around(x, x[m], extra, dtype)
+        moved = _robust_center(sq_dists_from_gram(gram[:n, :n]))[0] if n > 2 else m
+        if moved == m:
+            break
+        m = moved
+    return gram
+
+
 def geometry(name: str, x: Tensor, extra: Sequence[Tensor] = ()) -> Geometry:
     """Gram matrix and pairwise squared distances of the rows of x (and of ``extra`` vectors).
 
     Fast path: one uncentred GEMM ``X X^T``, kept when its rounding error is negligible next to
     the distances (rows spread widely compared with their norms). Otherwise the Gram matrix is
-    recomputed by blocks around a robust centre (the row whose nearest half is tightest, read
-    from the first product), which makes the error relative to the spread instead of the norm.
-    Huge finite rows that overflow float32 are recomputed in float64, around a robust centre.
+    recomputed by blocks around a robust centre row (:func:`_centred_gram`), which makes the
+    error relative to the spread instead of the norm. Huge finite rows that overflow float32
+    are handled in float64.
 
     Raises AggregationError (via :func:`ensure_finite`) if x has a non-finite entry; ``extra``
-    vectors must have been checked by the caller. Cost: one GEMM of 2 n^2 d flops; twice that
-    when centring is needed.
+    vectors must have been checked by the caller. Cost: one GEMM of 2 n^2 d flops; one more
+    pass per scale of outliers when centring is needed.
     """
     n = x.shape[0]
     dtype = _compute_dtype(x.dtype)
     gram = _plain_gram(x, extra, dtype)
     overflow = ensure_finite(name, x, gram.diagonal()[:n])
     if overflow or not bool(torch.isfinite(gram.diagonal()).all()):
-        gram = _gram_around(x, x[0], extra, torch.float64)
-        dist = sq_dists_from_gram(gram)
-        m = _robust_center(dist[:n, :n])[0] if n > 2 else 0
-        if m != 0:
-            gram = _gram_around(x, x[m], extra, torch.float64)
+        first = _gram_around(x, x[0], extra, torch.float64)
+        gram = _centred_gram(x, extra, torch.float64, first)
     elif _needs_centering(gram, n, dtype):
-        m = _robust_center(sq_dists_from_gram(gram[:n, :n]))[0] if n > 2 else 0
-        gram = _gram_around(x, x[m], extra, dtype)
-        if not bool(torch.isfinite(gram).all()):
-            gram = _gram_around(x, x[m], extra, torch.float64)
+        gram = _centred_gram(x, extra, dtype, gram)
     gram = (gram + gram.T) / 2  # exactly symmetric, so that D_ij == D_ji bit for bit
     return Geometry(gram=gram, dist=sq_dists_from_gram(gram))
 

@@ -83,3 +83,15 @@ def test_blocked_paths_equal_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gram, "DIFF_BLOCK", 70)
     torch.testing.assert_close(geometry("test", x).dist, whole_dist, rtol=1e-5, atol=1e-9)
     torch.testing.assert_close(sq_dists_to("test", x, own), whole_sq, rtol=1e-5, atol=1e-9)
+
+
+@given(seed=st.integers(0, 2**31 - 1), dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_outliers_at_several_scales(seed: int, dtype: torch.dtype) -> None:
+    """Rows at 1e20 and 1e10 around honest rows of spread 1: the first centre resolves only the
+    1e20 scale; recentring refines until the honest distances are exact."""
+    x = random_rows(seed, 9, 3).to(dtype)
+    x[0] = 1e20
+    x[1] = -1e10
+    dist = geometry("test", x).dist
+    honest = list(range(2, 9))
+    assert _relative_error(dist[honest][:, honest], _exact(x[honest])) < 1e-5
