@@ -183,17 +183,15 @@ def _plain_gram(x: Tensor, extra: Sequence[Tensor], dtype: torch.dtype) -> Tenso
 
 def _needs_centering(gram: Tensor, n: int, dtype: torch.dtype) -> bool:
     """Whether rounding in the uncentred Gram matrix, about ``DOT_ERROR eps max_i G_ii``, exceeds
-    ``ACCURACY`` times the typical nearest-neighbour squared distance (or hides every distance)."""
+    ``ACCURACY`` times some row's nearest-neighbour squared distance: every row's neighbourhood
+    must be resolved (a cluster of honest rows hidden by rounding next to far-apart Byzantine
+    rows must not pass because the far rows' distances are large)."""
     error = DOT_ERROR * torch.finfo(dtype).eps * float(gram.diagonal().max())
     if n < 2 or error == 0.0:
         return False
     dist = sq_dists_from_gram(gram[:n, :n])
     dist.fill_diagonal_(float("inf"))
-    nearest = dist.min(dim=1).values
-    positive = nearest[nearest > 0]
-    if len(positive) == 0:
-        return True  # all below rounding: identical rows, or close ones the product cannot resolve
-    return error > ACCURACY * float(positive.median())
+    return error > ACCURACY * float(dist.min())
 
 
 def _centred_gram(x: Tensor, extra: Sequence[Tensor], dtype: torch.dtype, first: Tensor) -> Tensor:

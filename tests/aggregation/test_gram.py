@@ -95,3 +95,14 @@ def test_outliers_at_several_scales(seed: int, dtype: torch.dtype) -> None:
     dist = geometry("test", x).dist
     honest = list(range(2, 9))
     assert _relative_error(dist[honest][:, honest], _exact(x[honest])) < 1e-5
+
+
+@given(seed=st.integers(0, 2**31 - 1))
+def test_hidden_cluster_next_to_far_apart_outliers(seed: int) -> None:
+    """Honest rows close together far from the origin, Byzantine rows far apart from each other:
+    the typical nearest distance is large, yet the honest distances need the centred product."""
+    x = (random_rows(seed, 9, 200) * 1e-3 + 1e3).float()
+    x[:4] = (random_rows(seed + 1, 4, 200) * 1e3).float()
+    honest = list(range(4, 9))
+    dist = geometry("test", x).dist
+    assert _relative_error(dist[honest][:, honest], _exact(x[honest])) < 1e-3
