@@ -200,7 +200,8 @@ def _centred_gram(x: Tensor, extra: Sequence[Tensor], dtype: torch.dtype, first:
     A centre read from an inaccurate product resolves distances only down to that product's
     rounding: with outliers at several scales (rows at 1e20 and 1e10 around honest rows of
     spread 1) the first centre can be the 1e10 row. Recentring on the robust centre of each new
-    product refines the scale until the centre is stable: one extra pass per scale.
+    product refines the scale until the centre lies in the tightest half of the rows: one extra
+    pass per scale.
     """
     n = x.shape[0]
     m = _robust_center(sq_dists_from_gram(first[:n, :n]))[0] if n > 2 else 0
@@ -210,9 +211,12 @@ def _centred_gram(x: Tensor, extra: Sequence[Tensor], dtype: torch.dtype, first:
         if not bool(torch.isfinite(gram).all()) and dtype != torch.float64:
             dtype = torch.float64
             gram = _gram_around(x, x[m], extra, dtype)
-        moved = _robust_center(sq_dists_from_gram(gram[:n, :n]))[0] if n > 2 else m
-        if moved == m:
+        if n <= 2:
             break
+        dist = sq_dists_from_gram(gram[:n, :n])
+        moved, radius = _robust_center(dist)
+        if moved == m or float(dist[m, moved]) <= radius:
+            break  # the centre already lies in the tightest half: errors are relative to it
         m = moved
     return gram
 
