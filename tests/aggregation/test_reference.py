@@ -204,3 +204,22 @@ def test_parallel_column_sort(monkeypatch: pytest.MonkeyPatch) -> None:
     rows = torch.tensor([0, 2, 5])
     assert torch.equal(coordinatewise.sorted_columns("test", x, rows=rows), torch.sort(x[rows], dim=0).values)
     assert torch.equal(x, random_rows(9, 7, 1001).float())  # input untouched
+
+
+@given(
+    n=st.integers(3, 12),
+    d=st.integers(1, 40),
+    f=st.integers(1, 2),
+    scale=st.sampled_from([1.0, 1e20]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_trimmed_mean_selection_path_equals_the_sort_path(n, d, f, scale, seed):
+    if 2 * f >= n:
+        return
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    x[:f] *= scale  # f far rows: the selection must drop them exactly, with no cancellation
+    fast = coordinatewise._trimmed_by_selection(x, f)
+    ordered = coordinatewise.sorted_columns("trimmed-mean", x)
+    _close(fast, ordered[f : n - f].mean(dim=0))
+    _close(fast, ref.trimmed_mean(x, f))
