@@ -125,13 +125,12 @@ async def _status(port: int) -> dict:
     return json.loads(await fetch(port, "/status"))
 
 
-async def _wait_rejected(port: int, reason: str, count: int = 1) -> dict:
-    with trio.fail_after(15):
-        while True:
-            status = await _status(port)
-            if status["rejected"].get(reason, 0) >= count:
-                return status
-            await trio.sleep(0.05)
+async def _wait_rejected(proc: NodeProcess, port: int, reason: str) -> dict:
+    """Wait for the node's log line of the rejection (no polling), then read its status."""
+    await proc.next_event("rejected", reason=reason, timeout=15)
+    status = await _status(port)
+    assert status["rejected"].get(reason, 0) >= 1
+    return status
 
 
 async def test_bad_bytes_are_counted_and_the_node_keeps_going(
@@ -146,25 +145,23 @@ async def test_bad_bytes_are_counted_and_the_node_keeps_going(
     # 2. over a proper libp2p stream on the phalanx protocol: garbage body, wrong length, oversized frame
     good = torch.ones(BLOBS_LOGREG_DIM)
     await client.send_raw(name, frame(b"\xc1garbage"))
-    await _wait_rejected(port, "malformed")
+    await _wait_rejected(proc, port, "malformed")
     await client.send_raw(name, frame(pack("model", {"r": 10**6, "s": 0, "p": b"\0" * 12})))
-    await _wait_rejected(port, "wrong-dimension")
+    await _wait_rejected(proc, port, "wrong-dimension")
     nan = np.ones(BLOBS_LOGREG_DIM, dtype="<f4")
     nan[3] = np.nan
     await client.send_raw(name, frame(pack("model", {"r": 10**6, "s": 0, "p": nan.tobytes()})))
-    await _wait_rejected(port, "non-finite")
+    await _wait_rejected(proc, port, "non-finite")
     before = (await _status(port))["round"]
     # 3. a valid model message is accepted
     await client.send(name, encode(ModelUpdate(round=before + 5, params=good)))
-    with trio.fail_after(10):
-        while (await _status(port))["messages_in"] < 1:
-            await trio.sleep(0.05)
     # the fourth invalid message bans the client: even a valid message is refused now...
     await client.send_raw(name, FRAME_HEADER.pack(2**31))
-    status = await _wait_rejected(port, "frame-too-large")
+    status = await _wait_rejected(proc, port, "frame-too-large")
     assert status["banned"] == 1
     await proc.next_event("banned", peer=client.peer_id)
     await proc.next_event("round", round=before + 2)  # ... and the node still completes rounds
+    assert (await _status(port))["messages_in"] >= 1  # the valid message, sent before the ban, was taken
     text = (await fetch(port, "/metrics")).decode()
     assert 'phalanx_messages_rejected_total{reason="malformed"} 1' in text
 
@@ -205,7 +202,7 @@ async def test_ban_survives_reconnecting(tmp_path: Path) -> None:
             # the node may reset the stream before the write completes
             with contextlib.suppress(TransportError):
                 await again.send(name, encode(ModelUpdate(round=1, params=torch.ones(BLOBS_LOGREG_DIM))))
-            await _wait_rejected(port, "banned")
+            await _wait_rejected(proc, port, "banned")
         assert (await _status(port))["messages_in"] == 0
     finally:
         await proc.aclose()

@@ -33,6 +33,24 @@ def _records(log: io.StringIO, kind: str) -> list[dict]:
     return [r for r in map(json.loads, log.getvalue().splitlines()) if r["event"] == kind]
 
 
+class LogWatch(io.StringIO):
+    """The runtime's log stream, which tests can await instead of polling (written from trio tasks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._written = trio.Event()
+
+    def write(self, text: str) -> int:
+        self._written.set()
+        return super().write(text)
+
+    async def until(self, kind: str, count: int, timeout: float = 10) -> None:
+        with trio.fail_after(timeout):
+            while len(_records(self, kind)) < count:
+                self._written = trio.Event()
+                await self._written.wait()
+
+
 async def test_three_runtimes_on_a_ring_learn_and_checkpoint(tmp_path: Path) -> None:
     n, rounds = 3, 6
     learners = [_learner(n, i) for i in range(n)]
@@ -72,7 +90,7 @@ async def test_stale_replayed_and_invalid_messages_are_dropped_and_counted() -> 
     learner = _learner(2, 0)
     limits = Limits(dim=learner.dim)
     net = MemoryNetwork(limits=limits)
-    log = io.StringIO()
+    log = LogWatch()
     metrics = Metrics()
     async with net.run():
         me, peer = net.transport("me"), net.transport("peer")
@@ -91,18 +109,14 @@ async def test_stale_replayed_and_invalid_messages_are_dropped_and_counted() -> 
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(runtime.run)
-            with trio.fail_after(10):  # rounds complete on the round timeout, without the peer
-                while metrics.rounds_completed < 3:
-                    await trio.sleep(0.01)
+            await log.until("round", 3)  # rounds complete on the round timeout, without the peer
             vector = torch.zeros(learner.dim)
             await peer.send("me", encode(ModelUpdate(round=0, params=vector)))  # stale
             await peer.send("me", encode(ModelUpdate(round=10**4, params=vector)))  # accepted (far ahead)
             await peer.send("me", encode(ModelUpdate(round=10**4, params=vector)))  # replay
             await peer.send("me", b"\x92\x01")  # not a map
             await peer.send_raw("me", frame(encode(ModelUpdate(round=9, params=torch.zeros(3)))))
-            with trio.fail_after(10):
-                while sum(metrics.rejected.values()) < 4:
-                    await trio.sleep(0.01)
+            await log.until("rejected", 4)
             nursery.cancel_scope.cancel()
     assert metrics.rejected == {"stale": 1, "replay": 1, "malformed": 1, "wrong-dimension": 1}
     assert metrics.messages_in == 1
