@@ -20,8 +20,18 @@ import trio
 
 from phalanx.gossip.aggregator import rule_names
 from phalanx.gossip.byzantine import BEHAVIOURS, Byzantine, attack_names
-from phalanx.gossip.dpsgd import DPSGD, DPSGDConfig
+from phalanx.gossip.dpsgd import DPSGD
 from phalanx.gossip.protocol import Protocol
+from phalanx.gossip.settings import (
+    EL_S,
+    KNOWN_KEYS,
+    SettingsError,
+    check_keys,
+    dpsgd_config,
+    epidemic_config,
+    modest_byzantine_roles,
+    modest_config,
+)
 from phalanx.gossip.wire import Limits
 from phalanx.node import checkpoint as ckpt
 from phalanx.node.bans import BanList
@@ -58,6 +68,10 @@ def check(config: NodeConfig) -> None:
         raise ConfigError(
             f"unknown aggregation rule {config.rule!r}; choose one of: {', '.join(rule_names())}"
         )
+    try:
+        check_keys(config.protocol, config.protocol_params, KNOWN_KEYS[config.protocol])
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from None
     byzantine_behaviour(config.byzantine)
     for addr in config.listen:
         _multiaddr(addr, "listen")
@@ -93,56 +107,41 @@ def build_protocol(
     neighbours are the initial membership: every peer this node may sample."""
     rng = np.random.default_rng(derive_seed(config.seed, "protocol", config.index))
     behaviour, attack = byzantine_behaviour(config.byzantine)
-    pp = dict(config.protocol_params)
     try:
         if config.protocol == "dpsgd":
-            if pp:
-                raise ConfigError(f"dpsgd takes no protocol parameters, got {sorted(pp)}")
-            settings = DPSGDConfig(
-                neighbours=neighbours,
-                rule=config.rule,
-                rule_params=config.rule_params,
-                local_steps=config.local_steps,
-                gossip_steps=config.gossip_steps,
-                round_timeout=config.round_timeout,
-                rounds=config.rounds,
-            )
+            settings = dpsgd_config(config, neighbours=neighbours)
             protocol: Protocol = DPSGD(settings, params, start_round=start_round)
         elif config.protocol in ("el-local", "el-oracle"):
-            from phalanx.gossip.epidemic import Epidemic, EpidemicConfig
+            from phalanx.gossip.epidemic import Epidemic
 
-            unknown = sorted(set(pp) - {"s"})
-            if unknown:
-                raise ConfigError(f"{config.protocol}: unknown protocol parameters {unknown}")
-            el = EpidemicConfig(
-                s=int(pp.get("s", min(7, max(1, len(neighbours))))),
+            el = epidemic_config(
+                config,
                 variant=config.protocol.removeprefix("el-"),
-                local_steps=config.local_steps,
-                round_timeout=config.round_timeout,
-                rounds=config.rounds,
-                seed=config.seed,
+                s_default=min(EL_S, max(1, len(neighbours))),  # this node samples among its neighbours
             )
             protocol = Epidemic(
                 node=me, params=params, peers=tuple(sorted({me, *neighbours})), config=el, rng=rng
             )
         else:
-            from phalanx.gossip.modest import ByzantineModest, Modest, ModestConfig
+            from phalanx.gossip.modest import ByzantineModest, Modest
 
-            settings_m = ModestConfig(
-                **{"aggregation_timeout": config.round_timeout, **pp},
-                local_steps=config.local_steps,
-                aggregator_rule=config.rule,
-                aggregator_params=dict(config.rule_params),
-                rounds=config.rounds,
-            )
+            settings_m = modest_config(config)  # ModestConfig's own ping and progress timeouts
             modest = Modest(
                 node=me, params=params, peers=tuple(sorted({me, *neighbours})), config=settings_m, rng=rng
             )
             if behaviour and behaviour != "label-flip":
-                return ByzantineModest(modest, attack=attack or behaviour, attack_params=config.attack_params)
+                try:
+                    return ByzantineModest(
+                        modest,
+                        attack=attack or behaviour,
+                        attack_params=config.attack_params,
+                        roles=modest_byzantine_roles(config.protocol_params),
+                    )
+                except ValueError as exc:
+                    raise ConfigError(f"modest: {exc}") from None
             return modest
-    except TypeError as exc:  # an unknown keyword in protocol parameters
-        raise ConfigError(f"{config.protocol}: {exc}") from None
+    except SettingsError as exc:  # it names the protocol and the key
+        raise ConfigError(str(exc)) from None
     if behaviour:
         protocol = Byzantine(
             protocol,

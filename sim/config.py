@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,17 @@ BEHAVIOURS = ("label-flip", "silent", "equivocation")
 
 class ConfigError(ValueError):
     """A setting that cannot be used."""
+
+
+@contextmanager
+def settings_errors() -> Iterator[None]:
+    """Re-raise :class:`phalanx.gossip.settings.SettingsError` (protocol settings) as a :class:`ConfigError`."""
+    from phalanx.gossip.settings import SettingsError
+
+    try:
+        yield
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True, kw_only=True)

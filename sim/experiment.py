@@ -21,17 +21,19 @@ from phalanx.gossip.byzantine import Byzantine, HonestView, attack_names
 from phalanx.gossip.events import PeerId
 from phalanx.gossip.messages import ModelUpdate
 from phalanx.gossip.protocol import Protocol
+from phalanx.gossip.settings import KNOWN_KEYS, check_keys
 from phalanx.node.datasets import Dataset, load_dataset
 from phalanx.node.learner import TrainConfig, Trainer, derive_seed
 from phalanx.node.models import MODEL_NAMES
 from phalanx.node.partition import parse_partition, partition
-from phalanx.sim.config import ConfigError, SimConfig
+from phalanx.sim.config import ConfigError, SimConfig, settings_errors
 from phalanx.sim.engine import Engine
 from phalanx.sim.faults import FaultSchedule
 from phalanx.sim.metrics import Metrics
 from phalanx.sim.mixing import mixing_matrix, neighbour_weights, spectral_gap
 from phalanx.sim.network import Network
 from phalanx.sim.protocols import PROTOCOLS, RULE_INPUTS, NodeView
+from phalanx.sim.sampling_builders import CHURN_KEYS
 from phalanx.sim.topology import TimeVarying, build_graph, is_time_varying
 
 BEHAVIOUR_OF = {
@@ -158,6 +160,10 @@ def plan(config: SimConfig) -> Plan:
         raise ConfigError(
             f"unknown protocol {config.protocol!r}; choose one of: {', '.join(sorted(PROTOCOLS))}"
         )
+    if config.protocol in KNOWN_KEYS:  # a protocol param nobody reads is refused before anything trains
+        with settings_errors():
+            extra = CHURN_KEYS if config.protocol == "modest" else frozenset()
+            check_keys(config.protocol, config.protocol_params, KNOWN_KEYS[config.protocol], extra)
     if config.model not in MODEL_NAMES:
         raise ConfigError(f"unknown model {config.model!r}; choose one of: {', '.join(MODEL_NAMES)}")
     attacks = attack_names()

@@ -31,9 +31,11 @@ import networkx as nx
 import numpy as np
 import torch
 
-from phalanx.gossip.dpsgd import DPSGD, DPSGDConfig
+from phalanx.gossip.dpsgd import DPSGD
 from phalanx.gossip.events import PeerId
 from phalanx.gossip.protocol import Protocol
+from phalanx.gossip.settings import dpsgd_config
+from phalanx.sim.config import settings_errors
 from phalanx.sim.sampling_builders import (
     build_el_local,
     build_el_oracle,
@@ -65,18 +67,14 @@ Builder = Callable[[NodeView, "SimConfig", np.random.Generator], Protocol]
 
 def build_dpsgd(view: NodeView, config: SimConfig, rng: np.random.Generator) -> Protocol:
     """D-PSGD (and DFedSAM / DFedSAM-MGS through ``sam_rho`` and ``gossip_steps``)."""
-    settings = DPSGDConfig(
-        neighbours=view.neighbours,
-        weights=view.weights,
-        rule=config.rule,
-        rule_params=config.rule_params,
-        local_steps=config.local_steps,
-        gossip_steps=config.gossip_steps,
-        round_timeout=config.round_timeout,
-        rounds=config.rounds,
-        schedule=view.schedule,
-        include_own=config.include_own,
-    )
+    with settings_errors():
+        settings = dpsgd_config(
+            config,
+            neighbours=view.neighbours,
+            weights=view.weights,
+            schedule=view.schedule,
+            include_own=config.include_own,
+        )
     return DPSGD(settings, view.initial)
 
 

@@ -2,8 +2,8 @@
 (``el-oracle``). Registered in :data:`phalanx.sim.protocols.PROTOCOLS`.
 
 Their settings come from ``config.protocol_params`` (``--protocol-param KEY=VALUE`` or ``[protocol_params]``),
-besides the shared ``rule``/``rule_params`` (MoDeST's aggregators), ``local_steps``, ``round_timeout`` and
-``rounds``:
+mapped to config objects by :mod:`phalanx.gossip.settings` (which the real node uses too), besides the shared
+``rule``/``rule_params`` (MoDeST's aggregators), ``local_steps``, ``round_timeout`` and ``rounds``:
 
 - modest: ``s`` (10), ``a`` (1), ``success_fraction`` (1.0), ``ping_timeout`` (max(0.05, 5 x latency)),
   ``ping_retry`` (ping_timeout / 4), ``aggregation_timeout`` (round_timeout), ``progress_timeout``
@@ -28,82 +28,39 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from phalanx.gossip.epidemic import Epidemic, EpidemicConfig
+from phalanx.gossip.epidemic import Epidemic
 from phalanx.gossip.modest import ByzantineModest, Modest, ModestConfig
 from phalanx.gossip.protocol import Protocol
+from phalanx.gossip.settings import EL_S, epidemic_config, modest_byzantine_roles
+from phalanx.gossip.settings import modest_config as shared_modest_config
 from phalanx.node.learner import derive_seed
 from phalanx.sim.churn import Trace, churn_from_rates, read_churn_csv
-from phalanx.sim.config import ConfigError
+from phalanx.sim.config import ConfigError, settings_errors
 
 if TYPE_CHECKING:
+    from phalanx.gossip.epidemic import EpidemicConfig
     from phalanx.sim.config import SimConfig
     from phalanx.sim.protocols import NodeView
 
-MODEST_KEYS = frozenset(
-    {
-        "s",
-        "a",
-        "success_fraction",
-        "ping_timeout",
-        "ping_retry",
-        "aggregation_timeout",
-        "progress_timeout",
-        "inactivity",
-        "trainer_combine_rule",
-        "trainer_combine_f",
-        "combine_quorum",
-        "announce",
-        "join_delay",
-        "view_window",
-        "byzantine_roles",
-        "churn",
-        "churn_leave",
-        "churn_crash",
-        "churn_rejoin",
-        "churn_late",
-        "churn_horizon",
-    }
-)
-EL_KEYS = frozenset({"s"})
-
-
-def _check_keys(config: SimConfig, allowed: frozenset[str]) -> dict[str, Any]:
-    params = dict(config.protocol_params)
-    unknown = sorted(set(params) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"unknown protocol_params {', '.join(unknown)} for {config.protocol}; known: {', '.join(sorted(allowed))}"
-        )
-    return params
+# The simulator's own MoDeST keys (read here, not by gossip.settings): a churn trace or churn rates.
+CHURN_KEYS = frozenset({"churn", "churn_leave", "churn_crash", "churn_rejoin", "churn_late", "churn_horizon"})
 
 
 def modest_config(config: SimConfig) -> ModestConfig:
-    p = _check_keys(config, MODEST_KEYS)
-    train_time = config.local_steps * config.step_time
-    ping_timeout = float(p.get("ping_timeout", max(0.05, 5 * config.latency)))
-    try:
-        return ModestConfig(
-            s=int(p.get("s", 10)),
-            a=int(p.get("a", 1)),
-            success_fraction=float(p.get("success_fraction", 1.0)),
-            ping_timeout=ping_timeout,
-            ping_retry=float(p.get("ping_retry", ping_timeout / 4)),
-            aggregation_timeout=float(p.get("aggregation_timeout", config.round_timeout)),
-            progress_timeout=float(p.get("progress_timeout", config.round_timeout + 2 * train_time)),
-            inactivity=int(p.get("inactivity", 1000)),
-            local_steps=config.local_steps,
-            aggregator_rule=config.rule,
-            aggregator_params=dict(config.rule_params),
-            trainer_combine_rule=p.get("trainer_combine_rule") or None,
-            trainer_combine_params={"f": int(p["trainer_combine_f"])} if "trainer_combine_f" in p else {},
-            combine_quorum=int(p.get("combine_quorum", 0)),
-            announce=int(p.get("announce", 3)),
-            join_delay=int(p.get("join_delay", 2)),
-            view_window=int(p.get("view_window", 2)),
-            rounds=config.rounds,
+    """MoDeST's config from gossip.settings, with timeouts derived from the virtual network and step time."""
+    with settings_errors():
+        return shared_modest_config(
+            config,
+            ping_timeout_default=max(0.05, 5 * config.latency),
+            progress_timeout_default=config.round_timeout + 2 * config.local_steps * config.step_time,
+            extra_keys=CHURN_KEYS,
         )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"modest: {exc}") from None
+
+
+def el_config(config: SimConfig, variant: str) -> EpidemicConfig:
+    """EL's config from gossip.settings; ``variant`` is "local" or "oracle"."""
+    with settings_errors():
+        return epidemic_config(config, variant=variant)
 
 
 def _churn_key(config: SimConfig) -> tuple[Any, ...]:
@@ -156,13 +113,15 @@ def build_modest(view: NodeView, config: SimConfig, rng: np.random.Generator) ->
         schedule=schedule,
     )
     if view.node in view.byzantine:
-        roles = str(config.protocol_params.get("byzantine_roles", "trainer,aggregator")).split(",")
         attack = "silent" if config.attack == "silent" else config.attack
         if attack in ("label-flip",):
             return node  # the poison is in the node's data
         try:
             return ByzantineModest(
-                node, attack=attack, attack_params=config.attack_params, roles=[r.strip() for r in roles]
+                node,
+                attack=attack,
+                attack_params=config.attack_params,
+                roles=modest_byzantine_roles(config.protocol_params),
             )
         except ValueError as exc:
             raise ConfigError(f"modest: {exc}") from None
@@ -175,20 +134,12 @@ def modest_rule_inputs(config: SimConfig) -> int:
 
 
 def el_rule_inputs(config: SimConfig) -> int:
-    return int(config.protocol_params.get("s", 7)) + 1
+    return int(config.protocol_params.get("s", EL_S)) + 1
 
 
 def _build_el(view: NodeView, config: SimConfig, rng: np.random.Generator, variant: str) -> Protocol:
-    p = _check_keys(config, EL_KEYS)
+    settings = el_config(config, variant)
     try:
-        settings = EpidemicConfig(
-            s=int(p.get("s", 7)),
-            variant=variant,
-            local_steps=config.local_steps,
-            round_timeout=config.round_timeout,
-            rounds=config.rounds,
-            seed=config.seed,
-        )
         return Epidemic(node=view.node, params=view.initial, peers=view.peers, config=settings, rng=rng)
     except ValueError as exc:
         raise ConfigError(f"el-{variant}: {exc}") from None
