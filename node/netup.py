@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -85,17 +86,38 @@ class NetResult:
     timed_out: bool = False
 
 
-def free_ports(n: int) -> list[int]:
-    socks = []
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections (Linux; a common default elsewhere)."""
     try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct loopback ports that are free now and that no outgoing connection will take.
+
+    Ports are picked *below* the kernel's ephemeral range: a port merely reserved by binding port 0
+    and closing it again is back in the ephemeral pool, and the first nodes' outgoing dials to their
+    neighbours could take it before the node meant to listen on it starts (seen as a node failing
+    to listen at start-up).
+    """
+    low, _ = _ephemeral_range()
+    first = 10000 if low > 11000 else 1024
+    candidates = list(range(first, low))
+    random.SystemRandom().shuffle(candidates)
+    ports: list[int] = []
+    for port in candidates:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise OSError(f"found only {len(ports)} free loopback ports below {low} for {n} nodes")
 
 
 def prepare(spec: NetSpec) -> list[NodeRecord]:
