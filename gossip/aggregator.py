@@ -18,33 +18,24 @@ say, after crashes) leaves the node's own vector unchanged and counts it in ``fa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
+import phalanx.aggregation as agg
 from phalanx.gossip.events import PeerId
 
 Tensor = torch.Tensor
 
-# Rules of aggregation/ called as rule(neighbours, own=..., weights=..., **params) (aggregation/gossip_rules.py)
-# when the package does not list them itself.
-_KNOWN_GOSSIP_RULES = ("clipped-gossip", "adaptive-clipped-gossip", "cs-plus", "gts")
-_LOCAL_GOSSIP_RULES = ("mean",)
+# ``mean`` with mixing weights is D-PSGD's own step, computed here; every other rule comes from aggregation/.
+_MIXING = "mean"
 
 
 def _weighted_mean(own: Tensor, rows: Tensor, weights: Tensor) -> Tensor:
     self_weight = 1.0 - float(weights.sum())
     return own * self_weight + weights @ rows
-
-
-def _aggregation() -> Any:
-    """The aggregation package's API, or None while it is not there yet (then only ``mean`` works)."""
-    try:
-        import phalanx.aggregation as agg
-    except ImportError:  # pragma: no cover
-        return None
-    return agg if hasattr(agg, "aggregate") else None
 
 
 def _finite_mask(rows: Tensor) -> Tensor:
@@ -53,31 +44,16 @@ def _finite_mask(rows: Tensor) -> Tensor:
     row so large that its sum overflows) pays for the exact check."""
     if bool(torch.isfinite(rows.sum(dim=1)).all()):
         return torch.ones(rows.shape[0], dtype=torch.bool)
-    agg = _aggregation()
-    if agg is not None and hasattr(agg, "finite_rows"):
-        return agg.finite_rows(rows)
-    return torch.isfinite(rows).all(dim=1)
+    return agg.finite_rows(rows)
 
 
 def gossip_rule_names() -> frozenset[str]:
     """Rules that take (own, neighbours, weights): the aggregation package's gossip rules and ``mean``."""
-    agg = _aggregation()
-    names = set(_LOCAL_GOSSIP_RULES)
-    if agg is not None:
-        listed = getattr(agg, "GOSSIP_RULES", None)
-        if listed is None:
-            listed = [r for r in _KNOWN_GOSSIP_RULES if r in getattr(agg, "RULES", {})]
-        names |= set(listed)
-    return frozenset(names)
+    return frozenset({_MIXING, *agg.GOSSIP_RULES})
 
 
 def rule_names() -> tuple[str, ...]:
-    agg = _aggregation()
-    names = set(_LOCAL_GOSSIP_RULES)
-    if agg is not None:
-        names |= set(getattr(agg, "RULES", {}))
-        names |= set(getattr(agg, "GOSSIP_RULES", ()))
-    return tuple(sorted(names))
+    return tuple(sorted({_MIXING, *agg.RULES, *agg.GOSSIP_RULES}))
 
 
 # Settings a caller may hold for every rule (a sweep over rules shares one f); dropped where a rule takes none.
@@ -87,11 +63,9 @@ GENERIC_PARAMS = frozenset({"f", "tau"})
 def accepted_params(rule: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """``params`` without the generic ones (f, tau) that ``rule`` does not take; any other unknown
     parameter is kept, so the rule itself rejects it with a message naming it."""
-    agg = _aggregation()
-    table = getattr(agg, "RULE_PARAMS", None) if agg is not None else None
-    if table is None or rule not in table:
+    if rule not in agg.RULE_PARAMS:
         return dict(params)
-    takes = set(table[rule]) | {"pre"}
+    takes = set(agg.RULE_PARAMS[rule]) | {"pre"}
     return {k: v for k, v in params.items() if k in takes or k not in GENERIC_PARAMS}
 
 
@@ -106,18 +80,14 @@ class Combiner:
         self.params = accepted_params(rule, params or {})
         self.failures = 0
         self.dropped_nonfinite = 0
-        agg = _aggregation()
         known = rule_names()
         if rule not in known:
             raise ValueError(f"unknown aggregation rule {rule!r}; choose one of: {', '.join(known)}")
         self._gossip = rule in gossip_rule_names()
-        accepted = (
-            getattr(agg, "RULE_PARAMS", {}).get(rule, frozenset({"weights"})) if agg is not None else ()
-        )
-        self._takes_weights = "weights" in accepted
+        self._takes_weights = "weights" in agg.RULE_PARAMS.get(rule, frozenset({"weights"}))
         self._fn: Callable[..., Tensor] | None = None
-        if rule != "mean" and agg is not None:
-            self._fn = lambda *a, **k: agg.aggregate(rule, *a, **k)
+        if rule != _MIXING:
+            self._fn = functools.partial(agg.aggregate, rule)
 
     def __call__(
         self, own: Tensor, received: Mapping[PeerId, Tensor], weights: Mapping[PeerId, float]
