@@ -16,7 +16,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from phalanx import __version__
 
@@ -38,44 +38,35 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def positive_int(text: str) -> int:
+def _number(text: str, convert: type[int] | type[float], *, low: float, strict: bool) -> Any:
+    """``text`` as a finite number of type ``convert`` that is > low (strict) or >= low."""
+    noun = "a whole number" if convert is int else "a number"
     try:
-        value = int(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+    if not (value > low if strict else value >= low) or value == float("inf"):
+        bound = f"{'>' if strict else '>='} {low:g}"
+        raise argparse.ArgumentTypeError(
+            f"expected {'a finite number' if convert is float else noun} {bound}, got {text}"
+        )
     return value
+
+
+def positive_int(text: str) -> int:
+    return int(_number(text, int, low=1, strict=False))
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
-    return value
+    return int(_number(text, int, low=0, strict=False))
 
 
 def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return value
+    return float(_number(text, float, low=0, strict=True))
 
 
 def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return value
+    return float(_number(text, float, low=0, strict=False))
 
 
 def build_parser() -> Parser:
