@@ -107,6 +107,20 @@ class Pong:
         )
 
 
+def _model_with_view_fields(round_: int, params: torch.Tensor, view: ViewDelta) -> dict[str, Any]:
+    """The wire fields of a MoDeST model transfer (trained or aggregated): round, vector, view delta."""
+    return {"r": round_, "p": vector_bytes(params), **view.to_fields()}
+
+
+def _read_model_with_view(fields: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """The checked constructor arguments of a MoDeST model transfer."""
+    return {
+        "round": read_int(fields, "r", hi=limits.max_round),
+        "params": read_vector(fields, "p", dim=limits.dim),
+        "view": ViewDelta.from_fields(fields, limits),
+    }
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrainedModel:
     """A trainer's model after local training in ``round``, sent to the aggregators of ``round + 1``."""
@@ -120,15 +134,11 @@ class TrainedModel:
         _check_params("TrainedModel", self.params)
 
     def to_fields(self) -> dict[str, Any]:
-        return {"r": self.round, "p": vector_bytes(self.params), **self.view.to_fields()}
+        return _model_with_view_fields(self.round, self.params, self.view)
 
     @classmethod
     def from_fields(cls, fields: dict[str, Any], limits: Limits) -> TrainedModel:
-        return cls(
-            round=read_int(fields, "r", hi=limits.max_round),
-            params=read_vector(fields, "p", dim=limits.dim),
-            view=ViewDelta.from_fields(fields, limits),
-        )
+        return cls(**_read_model_with_view(fields, limits))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -144,15 +154,11 @@ class AggregatedModel:
         _check_params("AggregatedModel", self.params)
 
     def to_fields(self) -> dict[str, Any]:
-        return {"r": self.round, "p": vector_bytes(self.params), **self.view.to_fields()}
+        return _model_with_view_fields(self.round, self.params, self.view)
 
     @classmethod
     def from_fields(cls, fields: dict[str, Any], limits: Limits) -> AggregatedModel:
-        return cls(
-            round=read_int(fields, "r", hi=limits.max_round),
-            params=read_vector(fields, "p", dim=limits.dim),
-            view=ViewDelta.from_fields(fields, limits),
-        )
+        return cls(**_read_model_with_view(fields, limits))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
