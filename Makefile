@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: demo test lint setup clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml aggregation/_native.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"

@@ -32,11 +32,17 @@ Validation
     let a simulator validate a configuration for given degrees before training. Non-finite
     rows are rejected, never aggregated: callers drop them first with :func:`finite_rows`.
 
+Fused kernels
+    :mod:`.fused` computes mean, median, trimmed mean and weighted sums over a *list* of rows in
+    one native pass (C, built at install time when a compiler is present); the rules above use it
+    on the CPU, and a gossip combiner can call it without stacking its rows first.
+
 Attacks
     ``attack(honest, *, <params>) -> Tensor``: the (h, d) honest vectors the attacker sees ->
     one (d,) malicious vector. Registry :data:`ATTACKS`; entry point :func:`attack`.
 """
 
+from . import fused
 from .registry import (
     ATTACK_PARAMS,
     ATTACKS,
@@ -66,6 +72,7 @@ __all__ = [
     "aggregate",
     "attack",
     "finite_rows",
+    "fused",
     "max_f",
     "pre_aggregate",
     "requirement",

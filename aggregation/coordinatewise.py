@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import fused
 from .validation import check_f, check_updates, check_weights, ensure_finite
 
 __all__ = ["meamed", "mean", "mean_of_closest_to_median", "median", "sorted_columns", "trimmed_mean"]
@@ -104,9 +105,16 @@ def median(updates: Tensor) -> Tensor:
 
     Robust to f Byzantine rows when 2f < n: every output coordinate lies between the honest
     rows' minimum and maximum of that coordinate. Takes no parameter; f only bounds its use.
-    Cost: one column sort, O(d n log n).
+    Cost: one column sort, O(d n log n); on the CPU for n <= 17 with the native kernel built, the
+    trimmed mean that keeps the middle value(s), one read of every row.
     """
-    check_updates("median", updates)
+    n, _ = check_updates("median", updates)
+    if n >= 3 and updates.device.type == "cpu":
+        fast = fused.trimmed_mean_of(updates.detach().unbind(0), (n - 1) // 2)
+        # The one or two middle values of each column, averaged; (a + b) / 2 could overflow where
+        # the sorted path halves first, so an infinite result takes that path.
+        if fast is not None and bool(torch.isfinite(fast.sum())):
+            return fast
     return _median_of_sorted(sorted_columns("median", updates)).to(updates.device)
 
 
@@ -166,13 +174,19 @@ def trimmed_mean(updates: Tensor, *, f: int) -> Tensor:
         updates: (n, d) tensor.
         f: number of Byzantine rows tolerated; requires 2f < n. Every output coordinate then
             lies between the honest rows' minimum and maximum of that coordinate.
-    Cost: one column sort, O(d n log n), and one GEMV over the n - 2f middle rows; for f <= 2 and
-    rows that fit in cache, 2f selection passes instead of the sort, O(f n d).
+    Cost: one column sort, O(d n log n), and one GEMV over the n - 2f middle rows. On the CPU with
+    the native kernel built (:mod:`.fused`) and f <= 8: one read of every row, O(f n d) min/max
+    (n=32, f=8, d=1e6: 24 ms vs 99 ms for the sort); without it, for f <= 2 and rows that fit in
+    cache, 2f selection passes instead of the sort.
     """
     n, _ = check_updates("trimmed-mean", updates)
     check_f("trimmed-mean", n, f)
     if f == 0:
         return mean(updates)
+    if updates.device.type == "cpu":
+        fast = fused.trimmed_mean_of(updates.detach().unbind(0), f)
+        if fast is not None:  # the native kernel: one read of every row (f <= fused.MAX_F, all finite)
+            return fast
     if f <= SELECTION_MAX_F and updates.shape[1] <= SELECTION_MAX_COLUMNS:
         return _trimmed_by_selection(updates, f).to(updates.device)
     ordered = sorted_columns("trimmed-mean", updates)

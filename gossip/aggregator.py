@@ -88,6 +88,8 @@ class Combiner:
         self._fn: Callable[..., Tensor] | None = None
         if rule != _MIXING:
             self._fn = functools.partial(agg.aggregate, rule)
+        # Whether aggregation.fused may answer this rule without stacking the rows.
+        self._row_rule = rule in agg.fused.ROW_RULES
 
     def __call__(
         self, own: Tensor, received: Mapping[PeerId, Tensor], weights: Mapping[PeerId, float]
@@ -96,18 +98,29 @@ class Combiner:
         if not received:
             return own
         peers = sorted(received)
-        if self._fn is None:
-            # D-PSGD mixing, accumulated in one output buffer (no stack); a non-finite row makes the
-            # result non-finite, and only then are rows filtered.
-            out = own * (1.0 - sum(float(weights.get(p, 0.0)) for p in peers))
-            for p in peers:
-                out.add_(received[p], alpha=float(weights.get(p, 0.0)))
-            if bool(torch.isfinite(out.sum())):
-                return out
-        # Ordinary rules get [own, *received] as rows (stacked once, own in row 0), or only the received
-        # rows with include_own=False.
         ordinary = self._fn is not None and not self._gossip
         with_own = ordinary and self.include_own
+        # Fast path: the native kernels of aggregation.fused read every row once, without a stack; they
+        # answer None for a non-finite row (or a rule/setting they do not cover), which the checked
+        # path below then handles.
+        if self._fn is None:
+            # D-PSGD mixing: own weight 1 - sum of the neighbours' weights (missing ones give theirs back).
+            mix = [float(weights.get(p, 0.0)) for p in peers]
+            fast = agg.fused.weighted_sum_of([own, *(received[p] for p in peers)], [1.0 - sum(mix), *mix])
+            if fast is not None:
+                return fast
+            out = own * (1.0 - sum(mix))
+            for p, wp in zip(peers, mix):
+                out.add_(received[p], alpha=wp)
+            if bool(torch.isfinite(out.sum())):
+                return out
+        elif ordinary and self._row_rule:
+            rows_in = [own, *(received[p] for p in peers)] if with_own else [received[p] for p in peers]
+            fast = agg.fused.rule_of_rows(self.rule, rows_in, self.params)
+            if fast is not None:
+                return fast
+        # Ordinary rules get [own, *received] as rows (stacked once, own in row 0), or only the received
+        # rows with include_own=False.
         stacked = torch.stack(
             [own, *(received[p] for p in peers)] if with_own else [received[p] for p in peers]
         )
