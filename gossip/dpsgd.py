@@ -186,7 +186,12 @@ class DPSGD(Protocol):
 
     def _complete(self) -> bool:
         got = self._inbox.get((self.round, self.step), {})
-        return all(p in got or p in self._down for p in self.neighbours_at(self.round))
+        neighbours = self.weights_at(self.round)
+        # The inbox only ever holds models from the round's neighbours (on_message refuses others), so a
+        # full box is a complete one; only with peers known to be down must each neighbour be looked at.
+        if len(got) >= len(neighbours):
+            return True
+        return bool(self._down) and all(p in got or p in self._down for p in neighbours)
 
     def _finish_exchange(self, now: float, *, timed_out: bool) -> list[Action]:
         key = (self.round, self.step)
@@ -240,25 +245,30 @@ class DPSGD(Protocol):
             self._inbox = {(message.round, 0): {peer: message.params}}
             self.stats.received += 1
             return self._begin_training()
-        key = (message.round, message.step)
-        if key < (self.round, self.step if self.phase == "gossip" else 0) or self.phase == "done":
-            self.stats.late += 1
+        # Every message of every neighbour comes through here: plain int comparisons, no tuples.
+        round_, step, current, phase = message.round, message.step, self.round, self.phase
+        if round_ < current or (round_ == current and phase == "gossip" and step < self.step) or phase == "done":
+            self.stats.late += 1  # for an exchange that is over
             return []
-        if message.round > self.round + self.config.max_ahead or message.step >= self.config.gossip_steps:
+        config = self.config
+        if round_ > current + config.max_ahead or step >= config.gossip_steps:
             self.stats.too_early += 1
             return []
-        if peer not in self.weights_at(message.round):
+        if peer not in (self._static if config.schedule is None else self.weights_at(round_)):
             self.stats.strangers += 1
             return [PenalisePeer(peer=peer, reason="model from a peer that is not a neighbour in that round")]
         if message.params.shape != self.params.shape:
             return [PenalisePeer(peer=peer, reason="model of the wrong dimension")]
-        box = self._inbox.setdefault(key, {})
-        if peer in box:
+        key = (round_, step)
+        box = self._inbox.get(key)
+        if box is None:
+            box = self._inbox[key] = {}
+        elif peer in box:
             self.stats.duplicates += 1
             return []
         box[peer] = message.params
         self.stats.received += 1
-        if self.phase == "gossip" and key == (self.round, self.step) and self._complete():
+        if phase == "gossip" and round_ == current and step == self.step and self._complete():
             return self._finish_exchange(now, timed_out=False)
         return []
 

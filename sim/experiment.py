@@ -348,6 +348,10 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
     metrics.engine = engine
     engine.run()
     metrics.finish()
+    # Break the run's reference cycles (metrics -> engine -> observers -> metrics; hook -> holder -> engine):
+    # the engine and every node's models are freed now, not at some later full collection.
+    metrics.engine = None
+    holder.clear()
     return Result(
         plan=plan,
         rows=metrics.rows,

@@ -1,8 +1,12 @@
 """Per-round metrics over honest nodes, computed as rounds finish, without keeping every model.
 
-For each round the collector keeps running sums (float64) of the honest models and of their squared
-norms — enough for the consensus distance ``sqrt(mean_i ||x_i - mean(x)||^2)`` — and, on evaluation rounds
-only, the models of the evaluated nodes. A round is written out when every live honest node has finished
+For each round the collector keeps running sums of the honest models' deviations from a reference model
+(the round's first report) and of their squared norms — enough for the consensus distance
+``sqrt(mean_i ||x_i - mean(x)||^2) = sqrt(mean_i ||x_i - c||^2 - ||mean(x) - c||^2)`` for any ``c`` — and, on
+evaluation rounds only, the models of the evaluated nodes. With ``c`` one of the models the terms are as
+small as the spread itself (the subtraction cancels a factor of about two, not the models' norm), so
+float32 vectors (three cheap passes per report) are accurate where raw sums of models that agree to five
+digits would need float64. A round is written out when every live honest node has finished
 it (or at the end of the run), in round order.
 """
 
@@ -25,8 +29,9 @@ if TYPE_CHECKING:
 @dataclass(slots=True)
 class _Pending:
     count: int = 0
-    total: torch.Tensor | None = None
-    sq: float = 0.0
+    ref: torch.Tensor | None = None  # the round's first honest model: deviations are taken from it
+    total: torch.Tensor | None = None  # sum of (x_i - ref), float32
+    sq: float = 0.0  # sum of ||x_i - ref||^2
     nodes: set[PeerId] = field(default_factory=set)
     models: dict[PeerId, torch.Tensor] = field(default_factory=dict)
     # traffic and time at the round's latest report: a sampling protocol's round (only its trainers
@@ -59,6 +64,7 @@ class Metrics:
         self._live: frozenset[PeerId] | set[PeerId] = frozenset()
         self._live_version = -1
         self._next = 0
+        self._scratch: torch.Tensor | None = None
 
     def is_eval_round(self, r: int) -> bool:
         return (r + 1) % self.eval_every == 0 or r == self.rounds - 1 or r == 0
@@ -72,11 +78,20 @@ class Metrics:
         x = action.params
         p.nodes.add(node)
         p.count += 1
-        if p.total is None:
-            p.total = x.double()
+        if p.ref is None:
+            p.ref = x  # never written to: the protocol hands out tensors it no longer modifies
+            p.total = torch.zeros_like(x)
         else:
-            p.total.add_(x)  # accumulates in float64
-        p.sq += float(torch.linalg.vector_norm(x, dtype=torch.float64)) ** 2
+            assert p.total is not None
+            scratch = self._scratch
+            if scratch is None or scratch.shape != x.shape:
+                scratch = self._scratch = torch.empty_like(x)
+            dev = torch.sub(x, p.ref, out=scratch)
+            p.total.add_(dev)
+            sq = float(dev.dot(dev))
+            if sq == math.inf:  # float32 overflow of a finite but huge deviation: redo it in float64
+                sq = float(torch.linalg.vector_norm(dev, dtype=torch.float64)) ** 2
+            p.sq += sq
         p.at = (engine.bytes_sent, engine.messages_sent, now)
         if node in self.eval_nodes and self.is_eval_round(action.round):
             p.models[node] = x
@@ -105,8 +120,8 @@ class Metrics:
     def _emit(self, engine: Engine, r: int, p: _Pending) -> None:
         row: dict[str, Any] = {"round": r}
         assert p.total is not None
-        mean = p.total / p.count
-        dist2 = max(0.0, p.sq / p.count - float(mean.dot(mean)))
+        shift = p.total.double() / p.count  # mean(x) - ref
+        dist2 = max(0.0, p.sq / p.count - float(shift.dot(shift)))
         accs, losses = [], []
         for node in sorted(p.models, key=lambda n: (len(n), n)):
             acc, loss = self.evaluate(p.models[node])

@@ -34,6 +34,8 @@ class Network:
         self.rng = rng
         self._side: dict[str, int] | None = None
         self._edge_cache: dict[tuple[str, str], tuple[float, float]] = {}
+        # No edge overrides the defaults (the common case): every link is alike, nothing to look up.
+        self._uniform = not any("latency" in d or "bandwidth" in d for _, _, d in graph.edges(data=True))
         self.lost = 0
 
     def set_partition(self, groups: list[set[str]] | None) -> None:
@@ -61,5 +63,5 @@ class Network:
         if self.loss and self.rng.random() < self.loss:
             self.lost += 1
             return None
-        latency, bandwidth = self._edge(u, v)
+        latency, bandwidth = (self.latency, self.bandwidth) if self._uniform else self._edge(u, v)
         return latency + (size / bandwidth if bandwidth != math.inf else 0.0)

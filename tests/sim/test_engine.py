@@ -103,3 +103,84 @@ def test_same_inputs_same_result(seed_run: int) -> None:
     _, b, _, _ = run_ring(rounds=4, loss=0.2)
     for node, params in a.rounds[3].items():
         assert torch.equal(params, b.rounds[3][node])
+
+
+def test_messages_reach_an_overridden_handle_as_events_and_others_by_direct_call() -> None:
+    import networkx as nx
+
+    from phalanx.gossip.dpsgd import DPSGD, DPSGDConfig
+    from phalanx.gossip.events import MessageReceived
+
+    class OwnHandle(DPSGD):
+        def __init__(self) -> None:
+            super().__init__(DPSGDConfig(neighbours=("a",), rounds=1), torch.zeros(3))
+            self.seen: list[object] = []
+
+        def start(self, now: float) -> list:
+            return []
+
+        def handle(self, event, now):  # a protocol that dispatches its own events
+            self.seen.append(event)
+            return []
+
+    class Plain(DPSGD):
+        def __init__(self) -> None:
+            super().__init__(DPSGDConfig(neighbours=("a",), rounds=1), torch.zeros(3))
+            self.seen: list[object] = []
+
+        def start(self, now: float) -> list:
+            return []
+
+        def on_message(self, peer, message, now):
+            self.seen.append((peer, message.round, now))
+            return []
+
+    class Sender(DPSGD):
+        def __init__(self) -> None:
+            super().__init__(DPSGDConfig(neighbours=("b", "c"), rounds=1), torch.zeros(3))
+
+        def start(self, now: float) -> list:
+            from phalanx.gossip.events import Send
+
+            m = ModelUpdate(round=0, params=torch.zeros(3))
+            return [Send(peer="b", message=m), Send(peer="c", message=m)]
+
+    graph = nx.Graph([("a", "b"), ("a", "c")])
+    b, c = OwnHandle(), Plain()
+    network = Network(graph, latency=0.5, rng=np.random.default_rng(0))
+    engine = Engine({"a": Sender(), "b": b, "c": c}, network=network, worker=None)  # type: ignore[arg-type]
+    engine.run()
+    assert len(b.seen) == 1 and isinstance(b.seen[0], MessageReceived) and b.seen[0].peer == "a"
+    assert c.seen == [("a", 0, 0.5)]
+    assert engine.messages_sent == 2 and engine.bytes_sent == 2 * encoded_size(b.seen[0].message)
+    assert engine.events_handled == 2
+
+
+def test_run_freezes_the_set_up_for_the_collector_and_restores_it() -> None:
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    run_ring(n=4, rounds=2)
+    assert gc.get_freeze_count() == 0  # unfrozen again after the run
+    gc.freeze()
+    try:
+        run_ring(n=4, rounds=2)
+        assert gc.get_freeze_count() > 0  # a caller's own freeze is left in place
+    finally:
+        gc.unfreeze()
+
+
+def test_network_uses_per_edge_latency_and_bandwidth_only_where_an_edge_sets_them() -> None:
+    import networkx as nx
+
+    rng = np.random.default_rng(0)
+    plain = Network(nx.path_graph(3), latency=0.1, bandwidth=1000.0, rng=rng)
+    assert plain.transit("0", "1", 500) == pytest.approx(0.6)
+    assert plain.transit("0", "2", 500) == pytest.approx(0.6)  # not adjacent: the defaults
+    graph = nx.path_graph(3)
+    graph.edges[0, 1]["latency"] = 2.0
+    mixed = Network(graph, latency=0.1, bandwidth=1000.0, rng=rng)
+    assert mixed.transit("0", "1", 500) == pytest.approx(2.5)
+    assert mixed.transit("1", "2", 500) == pytest.approx(0.6)
+    mixed.set_partition([{"0"}])
+    assert mixed.transit("0", "1", 500) is None and mixed.lost == 1
