@@ -138,6 +138,7 @@ class DPSGD(Protocol):
         self.config = config
         self.combiner = combiner or Combiner(config.rule, config.rule_params, include_own=config.include_own)
         self.params = params
+        self._dim = params.numel()  # every vector this node trains, sends or mixes has this length
         self.round = start_round
         self.step = 0
         self.phase = "idle"  # idle -> train -> gossip (-> train ...) -> done; sync after resume()
@@ -148,6 +149,8 @@ class DPSGD(Protocol):
             dict(config.weights) if config.weights is not None else uniform_weights(config.neighbours)
         )
         self._weights_cache: tuple[int, Weights] | None = None
+        self._static_peers = tuple(self._static)
+        self._timer: tuple[int, int, str] = (-1, -1, "")  # (round, step, name) of the last timer_name
 
     # ------------------------------------------------------------------ helpers
 
@@ -160,11 +163,15 @@ class DPSGD(Protocol):
         return self._weights_cache[1]
 
     def neighbours_at(self, round: int) -> tuple[PeerId, ...]:
+        if self.config.schedule is None:
+            return self._static_peers
         return tuple(self.weights_at(round))
 
     @property
     def timer_name(self) -> str:
-        return f"dpsgd/{self.round}/{self.step}"
+        if self._timer[0] != self.round or self._timer[1] != self.step:
+            self._timer = (self.round, self.step, f"dpsgd/{self.round}/{self.step}")
+        return self._timer[2]
 
     def _begin_training(self) -> list[Action]:
         if self.config.rounds and self.round >= self.config.rounds:
@@ -211,8 +218,9 @@ class DPSGD(Protocol):
         )
         self.round += 1
         # Drop whatever is left for exchanges that are now over.
-        for old in [k for k in self._inbox if k < (self.round, 0)]:
-            del self._inbox[old]
+        if self._inbox:
+            for old in [k for k in self._inbox if k[0] < self.round]:
+                del self._inbox[old]
         actions.extend(self._begin_training())
         return actions
 
@@ -226,7 +234,7 @@ class DPSGD(Protocol):
     def on_training_done(self, event: TrainingDone, now: float) -> list[Action]:
         if self.phase != "train" or event.round != self.round:
             return []  # stale: the runner finished training we no longer want
-        if event.params.shape != self.params.shape:
+        if event.params.shape != (self._dim,):
             raise LocalProtocolError(
                 f"trained vector has shape {tuple(event.params.shape)}, expected {tuple(self.params.shape)}"
             )
@@ -254,10 +262,12 @@ class DPSGD(Protocol):
         if round_ > current + config.max_ahead or step >= config.gossip_steps:
             self.stats.too_early += 1
             return []
-        if peer not in (self._static if config.schedule is None else self.weights_at(round_)):
+        weights = self._static if config.schedule is None else self.weights_at(round_)
+        if peer not in weights:
             self.stats.strangers += 1
             return [PenalisePeer(peer=peer, reason="model from a peer that is not a neighbour in that round")]
-        if message.params.shape != self.params.shape:
+        params = message.params
+        if params.numel() != self._dim:  # both are 1-D (ModelUpdate checks its own)
             return [PenalisePeer(peer=peer, reason="model of the wrong dimension")]
         key = (round_, step)
         box = self._inbox.get(key)
@@ -266,9 +276,15 @@ class DPSGD(Protocol):
         elif peer in box:
             self.stats.duplicates += 1
             return []
-        box[peer] = message.params
+        box[peer] = params
         self.stats.received += 1
-        if phase == "gossip" and round_ == current and step == self.step and self._complete():
+        if (
+            phase == "gossip"
+            and round_ == current
+            and step == self.step
+            # a full box is complete (see _complete); only peers known to be down need the long check
+            and (len(box) >= len(weights) or (bool(self._down) and self._complete()))
+        ):
             return self._finish_exchange(now, timed_out=False)
         return []
 

@@ -91,12 +91,18 @@ class Engine:
         self.messages_sent = 0
         self.penalties = 0
         self.events_handled = 0
+        # (time, seq, kind, node, payload); for a delivery ``node`` is the sender and the payload
+        # (message, receivers)
         self._heap: list[tuple[float, int, int, PeerId, Any]] = []
         self._seq = 0
         self._timer_gen: dict[tuple[PeerId, str], int] = {}
-        self._size_of: tuple[object, int] | None = None
+        self._size_of: tuple[object, int] = (None, 0)  # the last message sized, and its size
         self._model_sizes: dict[tuple[int, int, int], int] = {}
         self._stopped = False
+        # The delivery entry the last push made, while nothing else has been pushed or popped since:
+        # (time, message, sender, seq, receivers). A sender's Sends of one message object with the same
+        # arrival time join it (see _send).
+        self._group: tuple[float, Message, PeerId, int, list[PeerId]] | None = None
         self._round_obs = [o for o in self.observers if hasattr(o, "on_round")]
         self._send_obs = [o for o in self.observers if hasattr(o, "on_send")]
         # A protocol that keeps the base class's dispatch gets its messages by a direct call of its
@@ -173,25 +179,35 @@ class Engine:
         on_message = self._on_message
         protocols = self.protocols
         while heap and not self._stopped:
-            time, _, kind, node, payload = heap[0]
+            time, seq, kind, node, payload = heap[0]
             if time > until:
                 break
             pop(heap)
             self.now = time
+            if kind == _DELIVER:
+                # One entry per (sender, message, arrival time): its receivers in the order the Sends
+                # came, exactly as consecutive entries of their own would have been popped.
+                self._group = None
+                message, receivers = payload
+                for i, peer in enumerate(receivers):
+                    if self._stopped:
+                        heapq.heappush(heap, (time, seq, kind, node, (message, receivers[i:])))
+                        break
+                    if peer not in alive:
+                        continue  # a message to a dead node is dropped on arrival
+                    self.events_handled += 1
+                    direct = on_message[peer]
+                    if direct is not None:
+                        actions = direct(node, message, time)
+                    else:
+                        actions = protocols[peer].handle(MessageReceived(peer=node, message=message), time)
+                    if actions:
+                        self._apply(peer, actions)
+                continue
             if kind == _CALL:
                 payload(self)
                 continue
             if node not in alive:
-                continue
-            if kind == _DELIVER:
-                self.events_handled += 1
-                direct = on_message[node]
-                if direct is not None:
-                    actions = direct(payload[0], payload[1], time)
-                else:
-                    actions = protocols[node].handle(MessageReceived(peer=payload[0], message=payload[1]), time)
-                if actions:
-                    self._apply(node, actions)
                 continue
             if kind == _TIMER:
                 name, gen = payload
@@ -214,7 +230,7 @@ class Engine:
         now = self.now
         for action in actions:
             if isinstance(action, Send):
-                self._send(node, action.peer, action.message)
+                self._send(node, action.peer, action.message, now)
             elif isinstance(action, SetTimer):
                 key = (node, action.name)
                 gen = self._timer_gen.get(key, 0) + 1
@@ -231,10 +247,10 @@ class Engine:
             elif isinstance(action, PenalisePeer):
                 self.penalties += 1
 
-    def _send(self, node: PeerId, peer: PeerId, message: Message) -> None:
-        cached = self._size_of
-        if cached is not None and cached[0] is message:
-            size = cached[1]
+    def _send(self, node: PeerId, peer: PeerId, message: Message, now: float) -> None:
+        size_of = self._size_of
+        if size_of[0] is message:
+            size = size_of[1]
         else:
             size = self._size(message)
             self._size_of = (message, size)
@@ -242,13 +258,29 @@ class Engine:
             self.outbox[node] = message
         self.bytes_sent += size
         self.messages_sent += 1
-        now = self.now
-        for obs in self._send_obs:
-            obs.on_send(self, node, peer, message, size, now)
+        if self._send_obs:
+            for obs in self._send_obs:
+                obs.on_send(self, node, peer, message, size, now)
         delay = self.network.transit(node, peer, size)
-        if delay is not None:
-            self._seq += 1
-            heapq.heappush(self._heap, (now + delay, self._seq, _DELIVER, peer, (node, message)))
+        if delay is None:
+            return
+        time = now + delay
+        group = self._group
+        if (
+            group is not None
+            and group[3] == self._seq
+            and group[0] == time
+            and group[1] is message
+            and group[2] == node
+        ):
+            # Nothing was pushed since this sender's previous Send of the same message arriving at the
+            # same time: one heap entry delivers both, in this order (what two consecutive entries do).
+            group[4].append(peer)
+            return
+        receivers = [peer]
+        self._seq += 1
+        heapq.heappush(self._heap, (time, self._seq, _DELIVER, node, (message, receivers)))
+        self._group = (time, message, node, self._seq, receivers)
 
     def _size(self, message: Message) -> int:
         """The encoded length of ``message``: what sending it costs in bytes, however it travels."""

@@ -1,13 +1,14 @@
 """Local training for every simulated node through one shared :class:`~phalanx.node.learner.Trainer`.
 
-Each node keeps only a :class:`NodeState` (parameters, momentum, step count), its shard's tensors and a
-:class:`BatchSampler`; the module and its flat buffers are shared, so 1,000 nodes cost 1,000 parameter
-vectors, not 1,000 models.
+Each node keeps only a :class:`NodeState` (parameters, momentum, step count) and a sampler of its shard's
+indices; batches are gathered from the whole training set (no copy of each shard up front), and the module
+and its flat buffers are shared, so 1,000 nodes cost 1,000 parameter vectors, not 1,000 models.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -15,6 +16,17 @@ import torch
 from phalanx.gossip.events import PeerId
 from phalanx.node.datasets import Dataset
 from phalanx.node.learner import BatchSampler, NodeState, Trainer, derive_seed, flip_labels
+
+
+@dataclass(slots=True)
+class ShardSampler(BatchSampler):
+    """A node's batches as indices into the whole training set: the batch a :class:`BatchSampler` over the
+    shard draws (same seed, same order), mapped through the shard's indices."""
+
+    shard: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+
+    def indices(self, step: int) -> np.ndarray:
+        return self.shard[BatchSampler.indices(self, step)]
 
 
 class SimWorker:
@@ -35,16 +47,19 @@ class SimWorker:
         self.step_time = step_time
         self.slowdown = dict(slowdown or {})
         self.states: dict[PeerId, NodeState] = {}
-        self.data: dict[PeerId, tuple[torch.Tensor, torch.Tensor, BatchSampler]] = {}
+        # Per node: (features, labels, sampler). Features and labels are the whole training set's (labels
+        # flipped for label-flipping nodes); the sampler yields the node's batch as indices into them.
+        self.data: dict[PeerId, tuple[torch.Tensor, torch.Tensor, ShardSampler]] = {}
         self.steps_run = 0
+        flipped_y = flip_labels(dataset.train_y, dataset.num_classes) if flipped else dataset.train_y
         for i, shard in enumerate(shards):
             node = str(i)
-            idx = torch.from_numpy(np.asarray(shard, dtype=np.int64))
-            y = dataset.train_y[idx]
-            if node in flipped:
-                y = flip_labels(y, dataset.num_classes)
-            sampler = BatchSampler(len(idx), trainer.config.batch_size, derive_seed(seed, "batches", i))
-            self.data[node] = (dataset.train_x[idx], y, sampler)
+            idx = np.asarray(shard, dtype=np.int64)
+            sampler = ShardSampler(
+                len(idx), trainer.config.batch_size, derive_seed(seed, "batches", i), shard=idx
+            )
+            y = flipped_y if node in flipped else dataset.train_y
+            self.data[node] = (dataset.train_x, y, sampler)
 
     def duration(self, node: PeerId, steps: int) -> float:
         return steps * self.step_time * self.slowdown.get(node, 1.0)
@@ -60,7 +75,7 @@ class SimWorker:
 
     def train(self, node: PeerId, round: int, params: torch.Tensor, steps: int) -> tuple[torch.Tensor, float]:
         x, y, sampler = self.data[node]
-        if steps == 0 or len(x) == 0:
+        if steps == 0 or sampler.size == 0:
             return params, float("nan")
         state = self.state(node)
         # Train a fresh copy in place and hand that very tensor back: the protocol owns it from now on
