@@ -255,7 +255,11 @@ class DPSGD(Protocol):
             return self._begin_training()
         # Every message of every neighbour comes through here: plain int comparisons, no tuples.
         round_, step, current, phase = message.round, message.step, self.round, self.phase
-        if round_ < current or (round_ == current and phase == "gossip" and step < self.step) or phase == "done":
+        if (
+            round_ < current
+            or (round_ == current and phase == "gossip" and step < self.step)
+            or phase == "done"
+        ):
             self.stats.late += 1  # for an exchange that is over
             return []
         config = self.config

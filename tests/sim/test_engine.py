@@ -184,3 +184,76 @@ def test_network_uses_per_edge_latency_and_bandwidth_only_where_an_edge_sets_the
     assert mixed.transit("1", "2", 500) == pytest.approx(0.6)
     mixed.set_partition([{"0"}])
     assert mixed.transit("0", "1", 500) is None and mixed.lost == 1
+
+
+def test_one_message_to_many_peers_arrives_in_send_order_and_stop_halts_between_receivers() -> None:
+    import networkx as nx
+
+    from phalanx.gossip.dpsgd import DPSGD, DPSGDConfig
+    from phalanx.gossip.events import Send
+
+    log: list[tuple[str, str, float]] = []
+    holder: dict[str, Engine] = {}
+
+    class Node(DPSGD):
+        def __init__(self, name: str, peers: tuple[str, ...]) -> None:
+            super().__init__(DPSGDConfig(neighbours=peers, rounds=1), torch.zeros(3))
+            self.name = name
+
+        def start(self, now: float) -> list:
+            if self.name != "a":
+                return []
+            m = ModelUpdate(round=0, params=torch.zeros(3))
+            return [Send(peer=p, message=m) for p in ("d", "b", "c", "e")]
+
+        def on_message(self, peer, message, now):
+            log.append((self.name, peer, now))
+            if self.name == "c":
+                holder["engine"].stop()
+            return []
+
+    graph = nx.star_graph(["a", "b", "c", "d", "e"])
+    nodes = {n: Node(n, ("b", "c", "d", "e") if n == "a" else ("a",)) for n in "abcde"}
+    engine = Engine(nodes, network=Network(graph, latency=0.25, rng=np.random.default_rng(0)), worker=None)  # type: ignore[arg-type]
+    holder["engine"] = engine
+    engine.crash("b")  # a message to a dead node is dropped on arrival
+    engine.run()
+    assert log == [("d", "a", 0.25), ("c", "a", 0.25)]  # b dead, e never reached: stopped after c
+    assert engine.messages_sent == 4 and engine.events_handled == 2
+    assert len(engine._heap) == 1  # e's delivery is still pending, not lost
+
+
+def test_an_event_pushed_between_two_sends_is_handled_between_their_deliveries() -> None:
+    import networkx as nx
+
+    from phalanx.gossip.dpsgd import DPSGD, DPSGDConfig
+    from phalanx.gossip.events import Send
+
+    log: list[str] = []
+
+    class Node(DPSGD):
+        def __init__(self, name: str, peers: tuple[str, ...]) -> None:
+            super().__init__(DPSGDConfig(neighbours=peers, rounds=1), torch.zeros(3))
+            self.name = name
+
+        def start(self, now: float) -> list:
+            if self.name != "a":
+                return []
+            m = ModelUpdate(round=0, params=torch.zeros(3))
+            return [Send(peer="b", message=m), Send(peer="c", message=m)]
+
+        def on_message(self, peer, message, now):
+            log.append(self.name)
+            return []
+
+    class Tap:
+        def on_send(self, engine, node, peer, message, size, now) -> None:
+            if peer == "c":  # pushed after b's delivery, before c's: ties break by insertion order
+                engine.call_at(now + 0.25, lambda e: log.append("call"))
+
+    graph = nx.star_graph(["a", "b", "c"])
+    nodes = {n: Node(n, ("b", "c") if n == "a" else ("a",)) for n in "abc"}
+    network = Network(graph, latency=0.25, rng=np.random.default_rng(0))
+    engine = Engine(nodes, network=network, worker=None, observers=(Tap(),))  # type: ignore[arg-type]
+    engine.run()
+    assert log == ["b", "call", "c"]

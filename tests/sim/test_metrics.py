@@ -28,7 +28,12 @@ def test_consensus_distance_matches_the_direct_computation(offset: float, spread
     nodes = [str(i) for i in range(13)]
     engine = _engine(nodes)
     metrics = Metrics(
-        honest=nodes, eval_nodes=frozenset(), rounds=3, eval_every=10, evaluate=lambda p: (0.0, 0.0), start=0.0
+        honest=nodes,
+        eval_nodes=frozenset(),
+        rounds=3,
+        eval_every=10,
+        evaluate=lambda p: (0.0, 0.0),
+        start=0.0,
     )
     metrics.engine = engine  # type: ignore[assignment]
     expected = []
@@ -50,7 +55,12 @@ def test_consensus_of_identical_models_is_zero_and_one_report_is_zero() -> None:
     nodes = ["0", "1", "2"]
     engine = _engine(nodes)
     metrics = Metrics(
-        honest=nodes, eval_nodes=frozenset(), rounds=2, eval_every=10, evaluate=lambda p: (0.0, 0.0), start=0.0
+        honest=nodes,
+        eval_nodes=frozenset(),
+        rounds=2,
+        eval_every=10,
+        evaluate=lambda p: (0.0, 0.0),
+        start=0.0,
     )
     metrics.engine = engine  # type: ignore[assignment]
     x = torch.randn(100)
