@@ -33,6 +33,7 @@ def geometric_median(
     nu: float = 1e-6,
     iterations: int = 100,
     tolerance: float = 1e-7,
+    start: str = "central",
 ) -> Tensor:
     """Geometric median by the smoothed Weiszfeld algorithm, as in RFA (Pillutla, Kakade &
     Harchaoui, 2022, "Robust aggregation for federated learning", IEEE TSP).
@@ -40,8 +41,11 @@ def geometric_median(
     Approximates ``argmin_z sum_i alpha_i ||z - x_i||`` (alpha = weights / sum(weights)) by
     ``beta_i = alpha_i / max(nu, ||z - x_i||)``, ``z <- sum_i beta_i x_i / sum_i beta_i``.
 
-    The start is the mean of the tightest n//2 + 1 rows (:func:`.gram.central_rows`): among the
-    honest rows however far the others are, and not an input row, where Weiszfeld would stall.
+    The start (``start="central"``) is the mean of the tightest n//2 + 1 rows
+    (:func:`.gram.central_rows`): among the honest rows however far the others are, and not an
+    input row, where Weiszfeld would stall. ``start="origin"`` starts at the zero vector, as the
+    ClippedGossip authors' RFA does (with ``iterations=8, nu=0.1``): a few unconverged steps from
+    there are what IPM drags towards zero in their malicious-ring experiment.
     Iteration stops after ``iterations`` steps or when the coefficients of z on the rows change
     by at most ``tolerance`` in l1 norm. (RFA stops on the relative change of the objective; a
     far outlier dominates the objective and would stop it early, far from the median.)
@@ -52,6 +56,7 @@ def geometric_median(
         nu: smoothing radius > 0 (RFA's nu); distances below it count as nu.
         iterations: maximum number of Weiszfeld steps (>= 1).
         tolerance: l1 change of the coefficients below which iteration stops (0: never).
+        start: ``"central"`` (default) or ``"origin"``.
     Robustness: breakdown point 1/2 (tolerates f Byzantine rows when 2f < n): the output stays
     within a bounded distance of the honest rows however far the others are. f is not a
     parameter.
@@ -62,6 +67,8 @@ def geometric_median(
     _check_count("geometric-median", "iterations", iterations)
     if not isinstance(tolerance, int | float) or not tolerance >= 0:
         raise AggregationError(f"geometric-median: tolerance must be >= 0, got {tolerance!r}")
+    if start not in ("central", "origin"):
+        raise AggregationError(f"geometric-median: start must be 'central' or 'origin', got {start!r}")
     if weights is None:
         alpha = torch.full((n,), 1.0 / n, dtype=torch.float64)
     else:
@@ -69,9 +76,10 @@ def geometric_median(
         alpha = w / w.sum()
     geo = geometry("geometric-median", updates)
     gram, dist = geo.gram, geo.dist
-    nearest = central_rows(updates, dist)
-    coeffs = torch.zeros(n, dtype=torch.float64)
-    coeffs[nearest] = 1.0 / len(nearest)
+    coeffs = torch.zeros(n, dtype=torch.float64)  # z = sum_i coeffs_i x_i: zero is the origin
+    if start == "central":
+        nearest = central_rows(updates, dist)
+        coeffs[nearest] = 1.0 / len(nearest)
     for _ in range(iterations):
         beta = alpha / affine_sq_dists(gram, coeffs).sqrt().clamp(min=nu)
         previous, coeffs = coeffs, beta / beta.sum()

@@ -71,8 +71,24 @@ def _factor(n: int) -> tuple[int, int]:
     return rows, n // rows
 
 
+def _label_key(label: object) -> tuple[int, int, str]:
+    """Integer labels (``3`` or ``"3"``) in numeric order, then any other label in string order: node
+    ``"10"`` of an edge list must become node 10, not node 2."""
+    text = str(label).strip()
+    if text.lstrip("-").isdigit():
+        return (0, int(text), "")
+    return (1, 0, text)
+
+
 def _relabel(graph: nx.Graph) -> nx.Graph:
-    return nx.convert_node_labels_to_integers(graph, ordering="sorted")
+    """Nodes renamed 0..n-1 in sorted order (numeric for integer-like names), added in that order."""
+    nodes = list(graph.nodes)
+    order = sorted(nodes, key=_label_key) if all(isinstance(v, str) for v in nodes) else sorted(nodes)
+    index = {label: i for i, label in enumerate(order)}
+    out = nx.Graph()
+    out.add_nodes_from((index[v], graph.nodes[v]) for v in order)
+    out.add_edges_from((index[u], index[v], data) for u, v, data in graph.edges(data=True))
+    return out
 
 
 def load_graph_file(path: Path) -> nx.Graph:

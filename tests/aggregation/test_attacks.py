@@ -171,3 +171,12 @@ def test_attack_entry_point_is_strict() -> None:
             weights=torch.full((3,), 0.1, dtype=torch.float64),
             byzantine_weight=0,
         )
+
+
+def test_alie_sigma_is_the_bessel_corrected_std() -> None:
+    from phalanx.aggregation.attacks import _sigma
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 40, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(_sigma(x), x.std(dim=0, correction=1))
+    torch.testing.assert_close(_sigma(x[:1]), torch.zeros(40, dtype=torch.float64))

@@ -223,3 +223,17 @@ def test_trimmed_mean_selection_path_equals_the_sort_path(n, d, f, scale, seed):
     ordered = coordinatewise.sorted_columns("trimmed-mean", x)
     _close(fast, ordered[f : n - f].mean(dim=0))
     _close(fast, ref.trimmed_mean(x, f))
+
+
+def test_geometric_median_from_the_origin_is_weiszfeld_from_zero() -> None:
+    """start="origin" (the ClippedGossip authors' RFA): the first step weighs each row by
+    1 / max(nu, ||x_i||), and a bad start name is refused."""
+    x = torch.tensor([[3.0, 4.0], [0.0, 1.0], [6.0, 8.0]], dtype=torch.float64)
+    beta = 1.0 / torch.tensor([5.0, 1.0, 10.0]).clamp(min=0.1)
+    expected = (beta / beta.sum()).to(x.dtype) @ x
+    got = aggregate("geometric-median", x, iterations=1, nu=0.1, start="origin")
+    torch.testing.assert_close(got, expected)
+    central = aggregate("geometric-median", x, iterations=1, nu=0.1)
+    assert not torch.allclose(central, expected)
+    with pytest.raises(ValueError, match="start must be"):
+        aggregate("geometric-median", x, start="mean")

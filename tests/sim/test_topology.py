@@ -106,3 +106,17 @@ def test_disconnected_file_is_rejected(tmp_path) -> None:
     with pytest.raises(TopologyError, match="has 4 nodes but the run has 5"):
         path.write_text("0 1\n1 2\n2 3\n")
         build_graph(f"file:{path}", 5, seed=0)
+
+
+def test_edge_list_node_names_keep_their_numbers(tmp_path) -> None:
+    """Node "10" of a file is node 10 (a string sort would make it node 2): ids name Byzantine nodes."""
+    edges = tmp_path / "star.txt"
+    edges.write_text("".join(f"10 {i}\n" for i in range(10)) + "10 11\n")
+    g = build_graph(f"file:{edges}", 12, seed=0)
+    assert list(g.nodes) == list(range(12))
+    assert g.degree[10] == 11 and g.degree[2] == 1
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_text("b a\n2 b\n10 2\n")
+    # "2" -> 0, "10" -> 1, then "a" -> 2, "b" -> 3
+    got = sorted(tuple(sorted(e)) for e in build_graph(f"file:{mixed}", 4, seed=0).edges)
+    assert got == [(0, 1), (0, 3), (2, 3)]
