@@ -101,7 +101,7 @@ class Engine:
         self._stopped = False
         # The delivery entry the last push made, while nothing else has been pushed or popped since:
         # (time, message, sender, seq, receivers). A sender's Sends of one message object with the same
-        # arrival time join it (see _send).
+        # arrival time join it (see _deliver_at).
         self._group: tuple[float, Message, PeerId, int, list[PeerId]] | None = None
         self._round_obs = [o for o in self.observers if hasattr(o, "on_round")]
         self._send_obs = [o for o in self.observers if hasattr(o, "on_send")]
@@ -230,7 +230,25 @@ class Engine:
         now = self.now
         for action in actions:
             if isinstance(action, Send):
-                self._send(node, action.peer, action.message, now)
+                # Inline: a D-PSGD round sends one message to every neighbour, so this runs about
+                # eight times per node and round.
+                message, peer = action.message, action.peer
+                size_of = self._size_of
+                if size_of[0] is message:
+                    size = size_of[1]
+                else:
+                    size = self._size(message)
+                    self._size_of = (message, size)
+                if self.keep_outbox:
+                    self.outbox[node] = message
+                self.bytes_sent += size
+                self.messages_sent += 1
+                if self._send_obs:
+                    for obs in self._send_obs:
+                        obs.on_send(self, node, peer, message, size, now)
+                delay = self.network.transit(node, peer, size)
+                if delay is not None:
+                    self._deliver_at(now + delay, node, peer, message)
             elif isinstance(action, SetTimer):
                 key = (node, action.name)
                 gen = self._timer_gen.get(key, 0) + 1
@@ -247,24 +265,7 @@ class Engine:
             elif isinstance(action, PenalisePeer):
                 self.penalties += 1
 
-    def _send(self, node: PeerId, peer: PeerId, message: Message, now: float) -> None:
-        size_of = self._size_of
-        if size_of[0] is message:
-            size = size_of[1]
-        else:
-            size = self._size(message)
-            self._size_of = (message, size)
-        if self.keep_outbox:
-            self.outbox[node] = message
-        self.bytes_sent += size
-        self.messages_sent += 1
-        if self._send_obs:
-            for obs in self._send_obs:
-                obs.on_send(self, node, peer, message, size, now)
-        delay = self.network.transit(node, peer, size)
-        if delay is None:
-            return
-        time = now + delay
+    def _deliver_at(self, time: float, node: PeerId, peer: PeerId, message: Message) -> None:
         group = self._group
         if (
             group is not None

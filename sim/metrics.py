@@ -72,8 +72,10 @@ class Metrics:
     def on_round(self, engine: Engine, node: PeerId, action: Any, now: float) -> None:
         if node not in self.honest or action.round < self._next:
             return
-        p = self._pending.setdefault(action.round, _Pending())
-        if node in p.nodes:
+        p = self._pending.get(action.round)
+        if p is None:
+            p = self._pending[action.round] = _Pending()
+        elif node in p.nodes:
             return
         x = action.params
         p.nodes.add(node)
@@ -84,7 +86,7 @@ class Metrics:
         else:
             assert p.total is not None
             scratch = self._scratch
-            if scratch is None or scratch.shape != x.shape:
+            if scratch is None or len(scratch) != len(x):
                 scratch = self._scratch = torch.empty_like(x)
             dev = torch.sub(x, p.ref, out=scratch)
             p.total.add_(dev)
