@@ -228,27 +228,19 @@ class Engine:
 
     def _apply(self, node: PeerId, actions: list[Action]) -> None:
         now = self.now
-        for action in actions:
+        i, n = 0, len(actions)
+        while i < n:
+            action = actions[i]
+            i += 1
             if isinstance(action, Send):
-                # Inline: a D-PSGD round sends one message to every neighbour, so this runs about
-                # eight times per node and round.
-                message, peer = action.message, action.peer
-                size_of = self._size_of
-                if size_of[0] is message:
-                    size = size_of[1]
-                else:
-                    size = self._size(message)
-                    self._size_of = (message, size)
-                if self.keep_outbox:
-                    self.outbox[node] = message
-                self.bytes_sent += size
-                self.messages_sent += 1
-                if self._send_obs:
-                    for obs in self._send_obs:
-                        obs.on_send(self, node, peer, message, size, now)
-                delay = self.network.transit(node, peer, size)
-                if delay is not None:
-                    self._deliver_at(now + delay, node, peer, message)
+                # A D-PSGD exchange sends one message object to every neighbour: take the whole run of
+                # such Sends at once (one size, one count, one heap entry when every link is alike).
+                message = action.message
+                peers = [action.peer]
+                while i < n and isinstance(nxt := actions[i], Send) and nxt.message is message:
+                    peers.append(nxt.peer)
+                    i += 1
+                self._send(node, peers, message, now)
             elif isinstance(action, SetTimer):
                 key = (node, action.name)
                 gen = self._timer_gen.get(key, 0) + 1
@@ -264,6 +256,33 @@ class Engine:
                     obs.on_round(self, node, action, now)
             elif isinstance(action, PenalisePeer):
                 self.penalties += 1
+
+    def _send(self, node: PeerId, peers: list[PeerId], message: Message, now: float) -> None:
+        """``message`` from ``node`` to each of ``peers`` in turn: counted once per peer, sized once."""
+        size_of = self._size_of
+        if size_of[0] is message:
+            size = size_of[1]
+        else:
+            size = self._size(message)
+            self._size_of = (message, size)
+        if self.keep_outbox:
+            self.outbox[node] = message
+        self.bytes_sent += size * len(peers)
+        self.messages_sent += len(peers)
+        network = self.network
+        fixed = None if self._send_obs else network.fixed_delay(size)
+        if fixed is not None:
+            # Every message takes the same time and none is lost: what one _deliver_at per peer does.
+            self._deliver_at(now + fixed, node, peers[0], message)
+            assert self._group is not None
+            self._group[4].extend(peers[1:])
+            return
+        for peer in peers:
+            for obs in self._send_obs:
+                obs.on_send(self, node, peer, message, size, now)
+            delay = network.transit(node, peer, size)
+            if delay is not None:
+                self._deliver_at(now + delay, node, peer, message)
 
     def _deliver_at(self, time: float, node: PeerId, peer: PeerId, message: Message) -> None:
         group = self._group

@@ -55,6 +55,13 @@ class Network:
             self._edge_cache[key] = cached
         return cached
 
+    def fixed_delay(self, size: int) -> float | None:
+        """The time every message of ``size`` bytes takes when no link differs, none is lost and no
+        partition is up (what :meth:`transit` returns for any pair then, drawing nothing); else None."""
+        if self._side is not None or self.loss or not self._uniform:
+            return None
+        return self.latency + (size / self.bandwidth if self.bandwidth != math.inf else 0.0)
+
     def transit(self, u: str, v: str, size: int) -> float | None:
         """Seconds the message takes, or ``None`` if it is lost."""
         if self._side is not None and self._side.get(u, -1) != self._side.get(v, -1):

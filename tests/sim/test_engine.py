@@ -177,13 +177,18 @@ def test_network_uses_per_edge_latency_and_bandwidth_only_where_an_edge_sets_the
     plain = Network(nx.path_graph(3), latency=0.1, bandwidth=1000.0, rng=rng)
     assert plain.transit("0", "1", 500) == pytest.approx(0.6)
     assert plain.transit("0", "2", 500) == pytest.approx(0.6)  # not adjacent: the defaults
+    assert plain.fixed_delay(500) == plain.transit("1", "2", 500)  # every link alike, nothing lost
+    assert Network(nx.path_graph(3), loss=0.1, rng=rng).fixed_delay(500) is None
     graph = nx.path_graph(3)
     graph.edges[0, 1]["latency"] = 2.0
     mixed = Network(graph, latency=0.1, bandwidth=1000.0, rng=rng)
     assert mixed.transit("0", "1", 500) == pytest.approx(2.5)
     assert mixed.transit("1", "2", 500) == pytest.approx(0.6)
-    mixed.set_partition([{"0"}])
-    assert mixed.transit("0", "1", 500) is None and mixed.lost == 1
+    assert mixed.fixed_delay(500) is None
+    plain.set_partition([{"0"}])
+    assert plain.fixed_delay(500) is None
+    assert plain.transit("0", "1", 500) is None and plain.lost == 1
+    assert plain.transit("1", "2", 500) == pytest.approx(0.6)
 
 
 def test_one_message_to_many_peers_arrives_in_send_order_and_stop_halts_between_receivers() -> None:
