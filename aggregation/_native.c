@@ -15,7 +15,10 @@
  * weighted_sum(rows, weights, d, out) -> bool
  *     out[j] = sum_i weights[i] * rows[i][j], accumulated in row order.
  *
- * Both return False when a row holds a NaN or an infinity (out is then meaningless; the caller falls
+ * deviation(x, ref, total, d) -> float
+ *     total += x - ref, and the squared norm of x - ref (a consensus-distance accumulator).
+ *
+ * The first two return False when a row holds a NaN or an infinity (out is then meaningless; the caller falls
  * back to its checked path, which drops the bad rows). Rows and out must be C-contiguous float32 buffers of
  * d values (the Python side checks).
  */
@@ -128,6 +131,22 @@ static int weighted_sum_portable(const float *const *rows, const float *w, int n
     return ok;
 }
 
+/* total += x - ref; returns sum (x - ref)^2, accumulated in float per lane, summed in double. */
+static double deviation_portable(const float *x, const float *ref, float *total, int64_t from, int64_t d) {
+    float lanes[BLOCK];
+    double sq = 0.0;
+    for (int64_t start = from; start < d; start += BLOCK) {
+        int len = (int)((d - start) < BLOCK ? (d - start) : BLOCK);
+        for (int j = 0; j < len; ++j) {
+            float dev = x[start + j] - ref[start + j];
+            total[start + j] += dev;
+            lanes[j] = dev * dev;
+        }
+        for (int j = 0; j < len; ++j) sq += lanes[j];
+    }
+    return sq;
+}
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define HAVE_AVX2 1
@@ -226,6 +245,23 @@ __attribute__((target("avx2,fma"))) static int weighted_sum_avx2(const float *co
     int ok = all_zero(bad);
     return weighted_sum_portable(rows, w, n, j, d, out) & ok;
 }
+__attribute__((target("avx2,fma"))) static double deviation_avx2(const float *x, const float *ref, float *total,
+                                                                  int64_t d) {
+    V acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    int64_t j = 0;
+    for (; j + 16 <= d; j += 16) {
+        for (int h = 0; h < 2; ++h) {
+            V dev = _mm256_sub_ps(_mm256_loadu_ps(x + j + 8 * h), _mm256_loadu_ps(ref + j + 8 * h));
+            _mm256_storeu_ps(total + j + 8 * h, _mm256_add_ps(_mm256_loadu_ps(total + j + 8 * h), dev));
+            acc[h] = _mm256_fmadd_ps(dev, dev, acc[h]);
+        }
+    }
+    float lanes[8];
+    _mm256_storeu_ps(lanes, _mm256_add_ps(acc[0], acc[1]));
+    double sq = 0.0;
+    for (int k = 0; k < 8; ++k) sq += lanes[k];
+    return sq + deviation_portable(x, ref, total, j, d);
+}
 #undef V
 #endif
 
@@ -253,6 +289,13 @@ static int weighted_sum_kernel(const float *const *rows, const float *w, int n, 
     if (use_avx2()) return weighted_sum_avx2(rows, w, n, d, out);
 #endif
     return weighted_sum_portable(rows, w, n, 0, d, out);
+}
+
+static double deviation_kernel(const float *x, const float *ref, float *total, int64_t d) {
+#ifdef HAVE_AVX2
+    if (use_avx2()) return deviation_avx2(x, ref, total, d);
+#endif
+    return deviation_portable(x, ref, total, 0, d);
 }
 
 /* Reads a sequence of buffer addresses (Python ints) into `pointers`; returns the count or -1. */
@@ -328,6 +371,24 @@ static PyObject *py_weighted_sum(PyObject *self, PyObject *args) {
     return PyBool_FromLong(ok);
 }
 
+static PyObject *py_deviation(PyObject *self, PyObject *args) {
+    PyObject *x_obj, *ref_obj, *total_obj;
+    Py_ssize_t d;
+    if (!PyArg_ParseTuple(args, "OOOn", &x_obj, &ref_obj, &total_obj, &d)) return NULL;
+    const float *x = (const float *)PyLong_AsVoidPtr(x_obj);
+    const float *ref = (const float *)PyLong_AsVoidPtr(ref_obj);
+    float *total = (float *)PyLong_AsVoidPtr(total_obj);
+    if (x == NULL || ref == NULL || total == NULL || d < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "deviation needs three buffers and d >= 0");
+        return NULL;
+    }
+    double sq;
+    Py_BEGIN_ALLOW_THREADS
+    sq = deviation_kernel(x, ref, total, (int64_t)d);
+    Py_END_ALLOW_THREADS
+    return PyFloat_FromDouble(sq);
+}
+
 static PyObject *py_set_simd(PyObject *self, PyObject *arg) {
     int flag = PyObject_IsTrue(arg);
     if (flag < 0) return NULL;
@@ -336,6 +397,9 @@ static PyObject *py_set_simd(PyObject *self, PyObject *arg) {
 }
 
 static PyMethodDef methods[] = {
+    {"deviation", py_deviation, METH_VARARGS,
+     "deviation(x, ref, total, d) -> float: total += x - ref (float32 buffers by address); returns the "
+     "squared norm of x - ref."},
     {"set_simd", py_set_simd, METH_O,
      "set_simd(flag) -> bool: allow the AVX2 kernels (default) or force the portable ones; returns whether "
      "AVX2 kernels now run."},

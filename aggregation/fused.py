@@ -9,6 +9,8 @@ the GIL released:
 - :func:`trimmed_mean_of` is the coordinate-wise trimmed mean, exact like the rule in
   :mod:`.coordinatewise` (the middle values are summed; no extreme is ever subtracted);
 - :func:`weighted_sum_of` is ``sum_i w_i x_i`` (D-PSGD's mixing step);
+- :func:`accumulate_deviation` adds ``x - ref`` into a running total and returns ``||x - ref||²``
+  (the simulator's consensus distance, one pass instead of three);
 - :func:`rule_of_rows` answers ``aggregate(rule, stack(rows), **params)`` for the rules a kernel
   computes (mean, median, trimmed mean), without the stack.
 
@@ -37,7 +39,7 @@ try:
 except ImportError:  # built without a C compiler: the torch paths run instead
     _native = None
 
-__all__ = ["ENABLED", "MAX_F", "ROW_RULES", "available", "rule_of_rows", "trimmed_mean_of", "weighted_sum_of"]
+__all__ = ["ENABLED", "MAX_F", "ROW_RULES", "accumulate_deviation", "available", "rule_of_rows", "trimmed_mean_of", "weighted_sum_of"]
 
 #: Whether the kernels are used (set ``PHALANX_NATIVE=0`` to compare against the torch paths).
 ENABLED = _native is not None and os.environ.get("PHALANX_NATIVE", "1") != "0"
@@ -124,3 +126,15 @@ def rule_of_rows(rule: str, rows: Sequence[Tensor], params: Mapping[str, Any]) -
         # (a + b) / 2 of two huge middle values can overflow; the sorted path halves first.
         return out if out is not None and bool(torch.isfinite(out.sum())) else None
     return None
+
+
+def accumulate_deviation(x: Tensor, ref: Tensor, total: Tensor) -> float | None:
+    """``total += x - ref`` in place and ``||x - ref||²`` (summed in float32 lanes, then float64), or
+    None when the kernels cannot take them (then nothing is written). Non-finite or overflowing input
+    gives a non-finite result, as the torch expression would."""
+    found = _addresses((x, ref, total))
+    if found is None:
+        return None
+    (xa, ra, ta), d = found
+    assert _native is not None
+    return float(_native.deviation(xa, ra, ta, d))

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from phalanx.aggregation import fused
 from phalanx.gossip.events import PeerId
 
 if TYPE_CHECKING:
@@ -85,14 +86,18 @@ class Metrics:
             p.total = torch.zeros_like(x)
         else:
             assert p.total is not None
-            scratch = self._scratch
-            if scratch is None or len(scratch) != len(x):
-                scratch = self._scratch = torch.empty_like(x)
-            dev = torch.sub(x, p.ref, out=scratch)
-            p.total.add_(dev)
-            sq = float(dev.dot(dev))
+            fast = fused.accumulate_deviation(x, p.ref, p.total)  # one pass (native kernel) where built
+            if fast is not None:
+                sq = fast
+            else:
+                scratch = self._scratch
+                if scratch is None or len(scratch) != len(x):
+                    scratch = self._scratch = torch.empty_like(x)
+                dev = torch.sub(x, p.ref, out=scratch)
+                p.total.add_(dev)
+                sq = float(dev.dot(dev))
             if sq == math.inf:  # float32 overflow of a finite but huge deviation: redo it in float64
-                sq = float(torch.linalg.vector_norm(dev, dtype=torch.float64)) ** 2
+                sq = float(torch.linalg.vector_norm(x.double() - p.ref.double())) ** 2
             p.sq += sq
         p.at = (engine.bytes_sent, engine.messages_sent, now)
         if node in self.eval_nodes and self.is_eval_round(action.round):

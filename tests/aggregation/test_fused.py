@@ -204,3 +204,24 @@ def test_combiner_drops_a_nan_row_through_the_checked_path() -> None:
         out = combiner(own, received, {p: 0.25 for p in received})
         assert torch.isfinite(out).all()
         assert combiner.dropped_nonfinite == 1
+
+
+@fixture_ok
+@given(d=st.integers(1, 300), seed=st.integers(0, 2**31 - 1))
+def test_accumulate_deviation_adds_x_minus_ref_and_returns_its_squared_norm(kernel_path, d, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x, ref, total = (torch.randn(d, generator=gen) for _ in range(3))
+    before = total.clone()
+    sq = fused.accumulate_deviation(x, ref, total)
+    assert sq is not None
+    torch.testing.assert_close(total, before + (x - ref))
+    assert sq == pytest.approx(float(((x.double() - ref.double()) ** 2).sum()), rel=1e-5)
+
+
+@needs_kernels
+def test_accumulate_deviation_refuses_what_it_cannot_take_and_writes_nothing() -> None:
+    x, ref, total = torch.ones(10), torch.zeros(10), torch.zeros(10)
+    assert fused.accumulate_deviation(x.double(), ref, total) is None
+    assert fused.accumulate_deviation(x, ref[:5], total) is None
+    assert torch.equal(total, torch.zeros(10))
+    assert fused.accumulate_deviation(torch.full((10,), float("inf")), ref, total) == float("inf")
