@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--rule", default="trimmed-mean")
     parser.add_argument("--f", type=int, default=1)
     parser.add_argument("--degree", type=int, default=8)
+    parser.add_argument("--local-steps", type=int, default=1, help="local SGD steps per round (issue: 1)")
     parser.add_argument("--repeat", type=int, default=3, help="simulation / pure-training pairs per size")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -62,7 +63,7 @@ def main() -> None:
             topology=f"regular:{args.degree}",
             dataset="mnist",
             model="mlp",
-            local_steps=1,
+            local_steps=args.local_steps,
             rule=args.rule,
             rule_params={"f": args.f} if args.rule != "mean" else {},
             eval_every=args.rounds,
@@ -84,7 +85,7 @@ def main() -> None:
             {
                 "nodes": n,
                 "rule": args.rule,
-                "steps": n * args.rounds,
+                "steps": n * args.rounds * args.local_steps,
                 "messages": result.rows[-1]["messages"],
                 "sim_s": statistics.median(sims),
                 "train_s": statistics.median(pures),
