@@ -79,6 +79,12 @@ FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--churn-leave", "churn_leave", _fraction, "per-round probability that a node leaves"),
     ("--churn-rejoin", "churn_rejoin", _fraction, "per-round probability that a departed node rejoins"),
     ("--partition-rounds", "partition_rounds", _interval, "START:END rounds of a network partition"),
+    (
+        "--partition-nodes",
+        "partition_nodes",
+        _ids,
+        "comma-separated ids on one side of the partition (default: first half)",
+    ),
     ("--straggler-fraction", "straggler_fraction", _fraction, "fraction of slow trainers"),
     ("--straggler-slowdown", "straggler_slowdown", positive_float, "how many times slower they train"),
     ("--byzantine-fraction", "byzantine_fraction", _fraction, "fraction of Byzantine nodes"),

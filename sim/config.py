@@ -79,6 +79,7 @@ class SimConfig:
     churn_leave: float = 0.0
     churn_rejoin: float = 0.0
     partition_rounds: tuple[int, ...] = ()
+    partition_nodes: tuple[int, ...] = ()  # one side of the cut; empty: nodes 0 .. n/2-1
     straggler_fraction: float = 0.0
     straggler_slowdown: float = 4.0
     # Byzantine nodes
@@ -135,7 +136,7 @@ class SimConfig:
             self.byzantine_placement in BYZ_PLACEMENTS,
             f"unknown byzantine_placement {self.byzantine_placement!r}; choose one of: {', '.join(BYZ_PLACEMENTS)}",
         )
-        for key in ("crash_nodes", "byzantine_nodes"):
+        for key in ("crash_nodes", "byzantine_nodes", "partition_nodes"):
             ids = getattr(self, key)
             need(all(0 <= i < self.nodes for i in ids), f"{key} must be node ids in 0..{self.nodes - 1}")
             need(len(set(ids)) == len(ids), f"{key} lists a node twice")
@@ -145,6 +146,10 @@ class SimConfig:
             and all(r >= 0 for r in self.partition_rounds)
             and (not self.partition_rounds or self.partition_rounds[0] < self.partition_rounds[1]),
             "partition_rounds must be two rounds [start, end) with start < end",
+        )
+        need(
+            len(self.partition_nodes) < self.nodes,
+            "partition_nodes must leave at least one node on the other side of the cut",
         )
         need(self.threads >= 1, f"threads must be >= 1, got {self.threads}")
         need(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")

@@ -7,7 +7,8 @@ enters round r (the *leading* round), so faults hit a running system, not a paus
 - churn: at every round each live honest node leaves with probability ``churn_leave`` (neighbours get
   ``PeerDown``) and each departed one comes back with probability ``churn_rejoin`` (``PeerUp``; the
   protocol's ``resume`` lets it catch up);
-- partition: during ``partition_rounds = [start, end)`` the nodes ``0 .. n/2-1`` and the rest cannot talk.
+- partition: during ``partition_rounds = [start, end)`` the nodes ``partition_nodes`` (default
+  ``0 .. n/2-1``) and the rest cannot talk.
 
 Message loss, latency and bandwidth are the network's (:mod:`phalanx.sim.network`); stragglers are the
 worker's slowdown.
@@ -54,7 +55,8 @@ class FaultSchedule:
         if config.partition_rounds:
             start, end = config.partition_rounds
             if round_ == start:
-                engine.network.set_partition([{str(i) for i in range(config.nodes // 2)}])
+                side = config.partition_nodes or range(config.nodes // 2)
+                engine.network.set_partition([{str(i) for i in side}])
                 self.log.append((round_, "partition", ""))
             elif round_ == end:
                 engine.network.set_partition(None)

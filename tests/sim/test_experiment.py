@@ -76,6 +76,16 @@ def test_churn_and_partition_and_loss_do_not_stop_the_run() -> None:
     assert res.rows[-1]["acc_mean"] > 0.8
 
 
+def test_partition_cuts_exactly_the_chosen_side_off() -> None:
+    """Node 0 alone behind the cut: only its own links drop messages (at most both directions of each,
+    every round of the interval and the round it starts in); the default halves cut many more links."""
+    p = plan(SimConfig(**{**BASE, "rounds": 8, "partition_rounds": (2, 5), "partition_nodes": (0,)}))
+    lost = run(p).engine_stats["lost"]
+    assert 0 < lost <= 2 * p.graph.degree[0] * (5 - 2 + 1)
+    halves = go(rounds=8, partition_rounds=(2, 5)).engine_stats["lost"]
+    assert halves > lost
+
+
 def test_time_varying_topology_and_multi_step_sam() -> None:
     res = go(topology="dynamic-regular:3", gossip_steps=2, sam_rho=0.05, rounds=8)
     assert res.rows[-1]["acc_mean"] > 0.8
@@ -135,6 +145,8 @@ def test_bad_configs_fail_in_plan(changes, match) -> None:
         ({"byzantine_nodes": (3, 3)}, "twice"),
         ({"crash_nodes": (99,)}, "node ids"),
         ({"partition_rounds": (5, 2)}, "partition_rounds"),
+        ({"partition_nodes": tuple(range(12))}, "other side"),
+        ({"partition_nodes": (12,)}, "node ids"),
         ({"churn_leave": 1.5}, "churn_leave"),
     ],
 )
