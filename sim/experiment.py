@@ -208,9 +208,14 @@ class Result:
 
 
 def _omniscient_hook(
-    holder: dict[str, Engine], plan: Plan, byz: frozenset[PeerId]
+    holder: dict[str, Engine],
+    plan: Plan,
+    byz: frozenset[PeerId],
+    weights_at: Callable[[int], Mapping[int, Mapping[int, float]]] | None = None,
 ) -> Callable[[PeerId, int, int], HonestView | None]:
-    weights = plan.weights
+    """What an omniscient attacker sees of ``target`` in a round: the target's and its honest neighbours'
+    vectors of that round and step, with the target's mixing weights of that round (``weights_at`` for a
+    time-varying graph, else the plan's)."""
 
     def hook(target: PeerId, round_: int, step: int) -> HonestView | None:
         outbox = holder["engine"].outbox
@@ -221,7 +226,7 @@ def _omniscient_hook(
                 return msg.params
             return None
 
-        row = weights[int(target)]
+        row = (weights_at(round_) if weights_at else plan.weights)[int(target)]
         vecs, ws, byz_w, byz_n = [], [], 0.0, 0
         for j, w in row.items():
             if str(j) in byz:
@@ -285,9 +290,9 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
         flipped=flipped,
     )
     peers = tuple(str(i) for i in range(config.nodes))
-    schedule_of = _schedules(plan) if is_time_varying(config.topology) else None
+    schedule_of, weights_at = _schedules(plan) if is_time_varying(config.topology) else (None, None)
     holder: dict[str, Engine] = {}
-    hook = _omniscient_hook(holder, plan, byz) if config.omniscient and schedule_of is None else None
+    hook = _omniscient_hook(holder, plan, byz, weights_at) if config.omniscient else None
     delay = min(config.round_timeout / 2, 2 * config.latency + 1e-3)
     protocols: dict[PeerId, Protocol] = {}
     for i in range(config.nodes):
@@ -367,7 +372,12 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
     )
 
 
-def _schedules(plan: Plan) -> Callable[[PeerId], Callable[[int], Mapping[PeerId, float]]]:
+def _schedules(
+    plan: Plan,
+) -> tuple[
+    Callable[[PeerId], Callable[[int], Mapping[PeerId, float]]], Callable[[int], dict[int, dict[int, float]]]
+]:
+    """Per node, its mixing weights of a round; and every node's weights of a round (for attackers)."""
     config = plan.config
     k = int(config.topology.split(":")[1])
     tv = TimeVarying(config.nodes, k, config.seed)
@@ -384,4 +394,4 @@ def _schedules(plan: Plan) -> Callable[[PeerId], Callable[[int], Mapping[PeerId,
         i = int(node)
         return lambda r: {str(j): w for j, w in weights_at(r)[i].items()}
 
-    return for_node
+    return for_node, weights_at

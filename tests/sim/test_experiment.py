@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from phalanx.sim.config import ConfigError, SimConfig
 from phalanx.sim.experiment import plan, run
@@ -178,3 +179,38 @@ def test_a_finished_run_leaves_no_reference_cycles() -> None:
     assert result.rows
     del result
     assert gc.collect() == 0
+
+
+def test_omniscient_attackers_see_the_round_s_neighbours_on_a_time_varying_graph() -> None:
+    """On dynamic-regular:K the attacker's view of its target uses that round's graph and weights."""
+    from types import SimpleNamespace
+
+    from phalanx.gossip.messages import ModelUpdate
+    from phalanx.sim.experiment import _omniscient_hook, _schedules
+    from phalanx.sim.mixing import neighbour_weights
+    from phalanx.sim.topology import TimeVarying
+
+    p = plan(SimConfig(**{**BASE, "topology": "dynamic-regular:3", "byzantine_nodes": (5,)}))
+    _, weights_at = _schedules(p)
+    round_ = 3
+    outbox = {str(i): ModelUpdate(round=round_, params=torch.full((4,), float(i))) for i in range(12)}
+    hook = _omniscient_hook({"engine": SimpleNamespace(outbox=outbox)}, p, frozenset({"5"}), weights_at)
+    graph = TimeVarying(12, 3, p.config.seed).graph(round_)
+    target = next(iter(graph[5]))  # a node the attacker talks to in this round
+    view = hook(str(target), round_, 0)
+    assert view is not None
+    honest = sorted(j for j in graph[target] if j != 5)
+    assert sorted(int(v[0]) for v in view.neighbours) == honest
+    assert view.byzantine == 1
+    expected = neighbour_weights(graph, p.config.mixing)[target]
+    assert view.byzantine_weight == pytest.approx(expected[5])
+    assert sorted(float(w) for w in view.weights) == pytest.approx(sorted(expected[j] for j in honest))
+
+
+def test_omniscient_attack_runs_on_a_time_varying_graph() -> None:
+    hit = go(topology="dynamic-regular:4", byzantine_nodes=(0, 1, 2), attack="ipm", rounds=6)
+    blind = go(
+        topology="dynamic-regular:4", byzantine_nodes=(0, 1, 2), attack="ipm", rounds=6, omniscient=False
+    )
+    assert [r["round"] for r in hit.rows] == list(range(6))
+    assert strip(hit.rows) != strip(blind.rows)  # the omniscient attackers act on what they were shown
