@@ -129,6 +129,13 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         help="simulated attackers see the honest vectors they need (default: yes)",
     )
     group.add_argument(
+        "--uplink-queue",
+        dest="uplink_queue",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a node's messages share its uplink's bandwidth, one after another (default: independent links)",
+    )
+    group.add_argument(
         "--include-own",
         dest="include_own",
         action=argparse.BooleanOptionalAction,

@@ -71,6 +71,7 @@ class SimConfig:
     latency: float = 0.01
     bandwidth: float = math.inf
     loss: float = 0.0
+    uplink_queue: bool = False  # a node's messages share its uplink (bandwidth) instead of independent links
     # faults
     crash_fraction: float = 0.0
     crash_nodes: tuple[int, ...] = ()

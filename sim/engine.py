@@ -280,7 +280,7 @@ class Engine:
         for peer in peers:
             for obs in self._send_obs:
                 obs.on_send(self, node, peer, message, size, now)
-            delay = network.transit(node, peer, size)
+            delay = network.transit(node, peer, size, now)
             if delay is not None:
                 self._deliver_at(now + delay, node, peer, message)
 

@@ -339,6 +339,7 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
         latency=config.latency,
         bandwidth=config.bandwidth,
         loss=config.loss,
+        uplink=config.uplink_queue,
         rng=np.random.default_rng(derive_seed(config.seed, "network")),
     )
     faults = FaultSchedule(plan, rng=np.random.default_rng(derive_seed(config.seed, "faults")))

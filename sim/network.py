@@ -4,7 +4,11 @@ A message of ``size`` bytes from u to v takes ``latency(u, v) + size / bandwidth
 edge attributes ``latency`` and ``bandwidth`` override the defaults; peers that are not adjacent in the
 graph (protocols with their own membership, such as MoDeST, may talk to anyone) use the defaults. It is
 lost with probability ``loss``, and always when u and v are on different sides of an active partition.
-There is no queueing: links are independent.
+
+By default links are independent (no queueing). With ``uplink=True`` a node's sends share its uplink: each
+message starts transmitting when the node's previous one has left (``free_at``), so a model sent to k
+neighbours at bandwidth B reaches the last one ``k * size / B`` after it was sent, plus the latency. A lost
+or partitioned message still occupied the uplink (the sender cannot tell).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ class Network:
         latency: float = 0.01,
         bandwidth: float = math.inf,
         loss: float = 0.0,
+        uplink: bool = False,
         rng: np.random.Generator,
     ) -> None:
         if latency < 0 or not bandwidth > 0 or not 0 <= loss < 1:
@@ -32,6 +37,8 @@ class Network:
         self.bandwidth = bandwidth
         self.loss = loss
         self.rng = rng
+        self.uplink = uplink
+        self._free_at: dict[str, float] = {}  # per sender: when its uplink is idle again (uplink=True)
         self._side: dict[str, int] | None = None
         self._edge_cache: dict[tuple[str, str], tuple[float, float]] = {}
         # No edge overrides the defaults (the common case): every link is alike, nothing to look up.
@@ -58,17 +65,22 @@ class Network:
     def fixed_delay(self, size: int) -> float | None:
         """The time every message of ``size`` bytes takes when no link differs, none is lost and no
         partition is up (what :meth:`transit` returns for any pair then, drawing nothing); else None."""
-        if self._side is not None or self.loss or not self._uniform:
+        if self._side is not None or self.loss or not self._uniform or self.uplink:
             return None
         return self.latency + (size / self.bandwidth if self.bandwidth != math.inf else 0.0)
 
-    def transit(self, u: str, v: str, size: int) -> float | None:
-        """Seconds the message takes, or ``None`` if it is lost."""
+    def transit(self, u: str, v: str, size: int, now: float = 0.0) -> float | None:
+        """Seconds the message sent at ``now`` takes, or ``None`` if it is lost."""
+        latency, bandwidth = (self.latency, self.bandwidth) if self._uniform else self._edge(u, v)
+        wire = size / bandwidth if bandwidth != math.inf else 0.0
+        if self.uplink:  # wait for the sender's earlier messages to leave, then occupy its uplink
+            start = max(now, self._free_at.get(u, now))
+            self._free_at[u] = start + wire
+            wire += start - now
         if self._side is not None and self._side.get(u, -1) != self._side.get(v, -1):
             self.lost += 1
             return None
         if self.loss and self.rng.random() < self.loss:
             self.lost += 1
             return None
-        latency, bandwidth = (self.latency, self.bandwidth) if self._uniform else self._edge(u, v)
-        return latency + (size / bandwidth if bandwidth != math.inf else 0.0)
+        return latency + wire

@@ -183,6 +183,7 @@ def simulate(
         latency=config.latency,
         bandwidth=config.bandwidth,
         loss=config.loss,
+        uplink=config.uplink_queue,
         rng=np.random.default_rng(derive_seed(config.seed, "network")),
     )
     engine = Engine(protocols, network=network, worker=timed, observers=(log,))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import networkx as nx
 import numpy as np
 import pytest
 import torch
@@ -171,7 +172,6 @@ def test_run_freezes_the_set_up_for_the_collector_and_restores_it() -> None:
 
 
 def test_network_uses_per_edge_latency_and_bandwidth_only_where_an_edge_sets_them() -> None:
-    import networkx as nx
 
     rng = np.random.default_rng(0)
     plain = Network(nx.path_graph(3), latency=0.1, bandwidth=1000.0, rng=rng)
@@ -262,3 +262,21 @@ def test_an_event_pushed_between_two_sends_is_handled_between_their_deliveries()
     engine = Engine(nodes, network=network, worker=None, observers=(Tap(),))  # type: ignore[arg-type]
     engine.run()
     assert log == ["b", "call", "c"]
+
+
+def test_uplink_queue_serialises_a_senders_messages() -> None:
+    """Independent links: every copy takes latency + size / B. A shared uplink: the k-th copy sent at the
+    same instant waits for the k - 1 before it; lost copies still occupied the uplink."""
+    rng = np.random.default_rng(0)
+    free = Network(nx.star_graph(3), latency=0.1, bandwidth=1000.0, rng=rng)
+    assert [free.transit("0", str(v), 500, now=2.0) for v in (1, 2, 3)] == pytest.approx([0.6, 0.6, 0.6])
+    queued = Network(nx.star_graph(3), latency=0.1, bandwidth=1000.0, uplink=True, rng=rng)
+    assert [queued.transit("0", str(v), 500, now=2.0) for v in (1, 2, 3)] == pytest.approx([0.6, 1.1, 1.6])
+    # later, after the uplink drained: no wait; another sender has its own uplink
+    assert queued.transit("0", "1", 500, now=10.0) == pytest.approx(0.6)
+    assert queued.transit("1", "0", 500, now=10.0) == pytest.approx(0.6)
+    queued.set_partition([{"0"}])
+    assert queued.transit("0", "2", 500, now=20.0) is None
+    queued.set_partition(None)
+    assert queued.transit("0", "3", 500, now=20.0) == pytest.approx(1.1)  # behind the partitioned copy
+    assert queued.fixed_delay(500) is None  # the engine's shared-delay shortcut must not apply

@@ -214,3 +214,13 @@ def test_omniscient_attack_runs_on_a_time_varying_graph() -> None:
     )
     assert [r["round"] for r in hit.rows] == list(range(6))
     assert strip(hit.rows) != strip(blind.rows)  # the omniscient attackers act on what they were shown
+
+
+def test_uplink_queue_slows_rounds_when_bandwidth_is_scarce() -> None:
+    """With a model of S bytes at bandwidth B, a node's 4 copies leave one after another: the run's
+    virtual time grows; with infinite bandwidth the option changes nothing."""
+    slow = dict(bandwidth=2e6, round_timeout=5.0, rounds=3)
+    free = go(**slow)
+    queued = go(**slow, uplink_queue=True)
+    assert queued.rows[-1]["virtual_time"] > free.rows[-1]["virtual_time"] * 1.5
+    assert strip(go(rounds=3, uplink_queue=True).rows) == strip(go(rounds=3).rows)
