@@ -120,3 +120,39 @@ def test_decoded_vector_is_read_only_view_and_copyable() -> None:
     got = decode(_valid_body(), LIMITS)
     assert isinstance(got, ModelUpdate)
     assert torch.equal(got.params.clone(), torch.ones(DIM))
+
+
+# dims whose float32 bytes sit on msgpack's bin8/bin16/bin32 boundaries (256 and 65,536 bytes), and others
+_DIMS = st.sampled_from([0, 1, 63, 64, 65, 16_383, 16_384, 16_385]) | st.integers(0, 70_000)
+
+
+@given(
+    dim=_DIMS,
+    kind=st.sampled_from(["model", "trained", "aggregated"]),
+    rnd=st.integers(0, 2**40),
+    peers=st.lists(st.text(min_size=1, max_size=12), max_size=20),
+)
+def test_encoded_size_equals_the_real_encoding(dim: int, kind: str, rnd: int, peers: list[str]) -> None:
+    from phalanx.gossip.membership import ViewDelta
+    from phalanx.gossip.messages import AggregatedModel, Join, Leave, Ping, Pong, TrainedModel, ViewUpdate
+
+    vector = torch.arange(dim, dtype=torch.float32)
+    view = ViewDelta(
+        ids=tuple(peers),
+        active=tuple(range(len(peers))),
+        counters=tuple(2 * i + 1 for i in range(len(peers))),
+    )
+    message = {
+        "model": ModelUpdate(round=rnd, params=vector, step=rnd % 7),
+        "trained": TrainedModel(round=rnd, params=vector, view=view),
+        "aggregated": AggregatedModel(round=rnd, params=vector, view=view),
+    }[kind]
+    assert encoded_size(message) == 4 + len(encode(message))
+    for small in (
+        Ping(round=rnd),
+        Pong(round=rnd, has=True),
+        Join(counter=1),
+        Leave(counter=2),
+        ViewUpdate(round=rnd, view=view),
+    ):
+        assert encoded_size(small) == 4 + len(encode(small))
