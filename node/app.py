@@ -166,13 +166,7 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
 
     dataset = load_dataset(config.dataset)
     shard = shard_of(dataset.train_y.numpy(), config.nodes, config.index, config.partition, seed=config.seed)
-    train = TrainConfig(
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        batch_size=config.batch_size,
-        sam_rho=config.sam_rho,
-    )
+    train = TrainConfig.from_settings(config)
     learner = Learner(
         dataset=dataset,
         shard=shard,

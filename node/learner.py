@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,6 +56,18 @@ class TrainConfig:
             raise LearnerError(f"batch size must be >= 1, got {self.batch_size}")
         if self.sam_rho < 0:
             raise LearnerError(f"SAM radius rho must be >= 0, got {self.sam_rho}")
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> TrainConfig:
+        """The optimiser settings of anything that holds them under these names (command-line arguments,
+        a node's or a simulation's config)."""
+        return cls(
+            lr=settings.lr,
+            momentum=settings.momentum,
+            weight_decay=settings.weight_decay,
+            batch_size=settings.batch_size,
+            sam_rho=settings.sam_rho,
+        )
 
 
 def derive_seed(*parts: object) -> int:

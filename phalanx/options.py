@@ -39,10 +39,4 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
 def train_config_from(args: argparse.Namespace) -> TrainConfig:
     from phalanx.node.learner import TrainConfig
 
-    return TrainConfig(
-        lr=args.lr,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        batch_size=args.batch_size,
-        sam_rho=args.sam_rho,
-    )
+    return TrainConfig.from_settings(args)

@@ -28,9 +28,7 @@ from phalanx.sim.training import SimWorker
 
 
 def pure_training(config: SimConfig, p, rounds: int) -> float:
-    trainer = Trainer(
-        config.model, p.dataset, TrainConfig(lr=config.lr, momentum=config.momentum), init_seed=config.seed
-    )
+    trainer = Trainer(config.model, p.dataset, TrainConfig.from_settings(config), init_seed=config.seed)
     worker = SimWorker(trainer, p.dataset, p.shards, seed=config.seed, step_time=config.step_time)
     # Every node keeps its own model from step to step (local SGD without gossip), as in the simulation:
     # one shared vector for all nodes would stay in cache, which the simulated nodes' models cannot.

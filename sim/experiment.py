@@ -31,7 +31,7 @@ from phalanx.sim.engine import Engine
 from phalanx.sim.faults import FaultSchedule
 from phalanx.sim.metrics import Metrics
 from phalanx.sim.mixing import mixing_matrix, neighbour_weights, spectral_gap
-from phalanx.sim.network import Network
+from phalanx.sim.network import network_for
 from phalanx.sim.protocols import PROTOCOLS, RULE_INPUTS, NodeView
 from phalanx.sim.sampling_builders import CHURN_KEYS
 from phalanx.sim.topology import TimeVarying, build_graph, is_time_varying
@@ -268,14 +268,7 @@ def run(
 def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Result:
     config = plan.config
     start = time.perf_counter()
-    train_config = TrainConfig(
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        batch_size=config.batch_size,
-        sam_rho=config.sam_rho,
-    )
-    trainer = Trainer(config.model, plan.dataset, train_config, init_seed=config.seed)
+    trainer = Trainer(config.model, plan.dataset, TrainConfig.from_settings(config), init_seed=config.seed)
     from phalanx.sim.training import SimWorker
 
     byz = frozenset(str(i) for i in plan.byzantine)
@@ -334,14 +327,7 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
         start=start,
         on_row=progress,
     )
-    network = Network(
-        plan.graph,
-        latency=config.latency,
-        bandwidth=config.bandwidth,
-        loss=config.loss,
-        uplink=config.uplink_queue,
-        rng=np.random.default_rng(derive_seed(config.seed, "network")),
-    )
+    network = network_for(plan.graph, config)
     faults = FaultSchedule(plan, rng=np.random.default_rng(derive_seed(config.seed, "faults")))
     engine = Engine(
         protocols,

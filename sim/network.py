@@ -14,9 +14,27 @@ or partitioned message still occupied the uplink (the sender cannot tell).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import networkx as nx
 import numpy as np
+
+from phalanx.node.learner import derive_seed
+
+if TYPE_CHECKING:
+    from phalanx.sim.config import SimConfig
+
+
+def network_for(graph: nx.Graph, config: SimConfig) -> Network:
+    """The virtual network a simulation's settings describe, with its own seeded random stream."""
+    return Network(
+        graph,
+        latency=config.latency,
+        bandwidth=config.bandwidth,
+        loss=config.loss,
+        uplink=config.uplink_queue,
+        rng=np.random.default_rng(derive_seed(config.seed, "network")),
+    )
 
 
 class Network:
@@ -67,12 +85,12 @@ class Network:
         partition is up (what :meth:`transit` returns for any pair then, drawing nothing); else None."""
         if self._side is not None or self.loss or not self._uniform or self.uplink:
             return None
-        return self.latency + (size / self.bandwidth if self.bandwidth != math.inf else 0.0)
+        return self.latency + size / self.bandwidth  # size / inf == 0.0
 
     def transit(self, u: str, v: str, size: int, now: float = 0.0) -> float | None:
         """Seconds the message sent at ``now`` takes, or ``None`` if it is lost."""
         latency, bandwidth = (self.latency, self.bandwidth) if self._uniform else self._edge(u, v)
-        wire = size / bandwidth if bandwidth != math.inf else 0.0
+        wire = size / bandwidth  # 0.0 on an unlimited link
         if self.uplink:  # wait for the sender's earlier messages to leave, then occupy its uplink
             start = max(now, self._free_at.get(u, now))
             self._free_at[u] = start + wire

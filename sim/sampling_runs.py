@@ -25,7 +25,7 @@ from phalanx.node.partition import partition
 from phalanx.sim.config import SimConfig
 from phalanx.sim.engine import Engine
 from phalanx.sim.mixing import neighbour_weights
-from phalanx.sim.network import Network
+from phalanx.sim.network import network_for
 from phalanx.sim.protocols import PROTOCOLS, NodeView
 from phalanx.sim.topology import build_graph
 from phalanx.sim.training import SimWorker
@@ -178,14 +178,7 @@ def simulate(
         honest=frozenset(peers) - byz,
         on_round=on_round,
     )
-    network = Network(
-        graph,
-        latency=config.latency,
-        bandwidth=config.bandwidth,
-        loss=config.loss,
-        uplink=config.uplink_queue,
-        rng=np.random.default_rng(derive_seed(config.seed, "network")),
-    )
+    network = network_for(graph, config)
     engine = Engine(protocols, network=network, worker=timed, observers=(log,))
     begin = time.perf_counter()
     engine.start()
