@@ -113,6 +113,21 @@ FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--eval-samples", "eval_samples", non_negative_int, "evaluate on the first N test samples (0 = all)"),
 )
 
+# (flag, config key, help): on/off settings, each with its --no- form
+SWITCHES: tuple[tuple[str, str, str], ...] = (
+    ("--omniscient", "omniscient", "simulated attackers see the honest vectors they need (default: yes)"),
+    (
+        "--uplink-queue",
+        "uplink_queue",
+        "a node's messages share its uplink's bandwidth, one after another (default: independent links)",
+    ),
+    (
+        "--include-own",
+        "include_own",
+        "robust (non-gossip) rules aggregate the node's own model with its neighbours' (default: yes)",
+    ),
+)
+
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML config file (flags override it)")
@@ -121,27 +136,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run settings (each also a key of the TOML file)")
     for flag, key, kind, text in FLAGS:
         group.add_argument(flag, dest=key, type=kind, default=None, help=text)
-    group.add_argument(
-        "--omniscient",
-        dest="omniscient",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="simulated attackers see the honest vectors they need (default: yes)",
-    )
-    group.add_argument(
-        "--uplink-queue",
-        dest="uplink_queue",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="a node's messages share its uplink's bandwidth, one after another (default: independent links)",
-    )
-    group.add_argument(
-        "--include-own",
-        dest="include_own",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="robust (non-gossip) rules aggregate the node's own model with its neighbours' (default: yes)",
-    )
+    for flag, key, text in SWITCHES:
+        group.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None, help=text)
     for table in ("rule", "attack", "protocol"):
         group.add_argument(
             f"--{table}-param",
