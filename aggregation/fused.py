@@ -39,7 +39,16 @@ try:
 except ImportError:  # built without a C compiler: the torch paths run instead
     _native = None
 
-__all__ = ["ENABLED", "MAX_F", "ROW_RULES", "accumulate_deviation", "available", "rule_of_rows", "trimmed_mean_of", "weighted_sum_of"]
+__all__ = [
+    "ENABLED",
+    "MAX_F",
+    "ROW_RULES",
+    "accumulate_deviation",
+    "available",
+    "rule_of_rows",
+    "trimmed_mean_of",
+    "weighted_sum_of",
+]
 
 #: Whether the kernels are used (set ``PHALANX_NATIVE=0`` to compare against the torch paths).
 ENABLED = _native is not None and os.environ.get("PHALANX_NATIVE", "1") != "0"
