@@ -192,13 +192,15 @@ class DPSGD(Protocol):
         return actions
 
     def _complete(self) -> bool:
-        got = self._inbox.get((self.round, self.step), {})
-        neighbours = self.weights_at(self.round)
-        # The inbox only ever holds models from the round's neighbours (on_message refuses others), so a
-        # full box is a complete one; only with peers known to be down must each neighbour be looked at.
-        if len(got) >= len(neighbours):
+        return self._box_complete(self._inbox.get((self.round, self.step), {}), self.weights_at(self.round))
+
+    def _box_complete(self, box: Mapping[PeerId, torch.Tensor], neighbours: Weights) -> bool:
+        """Whether ``box`` holds a model of every neighbour not known to be down. The inbox only ever holds
+        models from the round's neighbours (on_message refuses others), so a full box is a complete one;
+        only with peers known to be down must each neighbour be looked at."""
+        if len(box) >= len(neighbours):
             return True
-        return bool(self._down) and all(p in got or p in self._down for p in neighbours)
+        return bool(self._down) and all(p in box or p in self._down for p in neighbours)
 
     def _finish_exchange(self, now: float, *, timed_out: bool) -> list[Action]:
         key = (self.round, self.step)
@@ -282,13 +284,7 @@ class DPSGD(Protocol):
             return []
         box[peer] = params
         self.stats.received += 1
-        if (
-            phase == "gossip"
-            and round_ == current
-            and step == self.step
-            # a full box is complete (see _complete); only peers known to be down need the long check
-            and (len(box) >= len(weights) or (bool(self._down) and self._complete()))
-        ):
+        if phase == "gossip" and round_ == current and step == self.step and self._box_complete(box, weights):
             return self._finish_exchange(now, timed_out=False)
         return []
 
