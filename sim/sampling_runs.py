@@ -145,10 +145,7 @@ def simulate(
         byzantine = place_byzantine(config, graph, np.random.default_rng(derive_seed(config.seed, "plan")))
     byz = frozenset(str(i) for i in byzantine)
     shards = partition(dataset.train_y.numpy(), config.nodes, config.partition, seed=config.seed)
-    train_config = TrainConfig(
-        lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, batch_size=config.batch_size
-    )
-    trainer = Trainer(config.model, dataset, train_config, init_seed=config.seed)
+    trainer = Trainer(config.model, dataset, TrainConfig.from_settings(config), init_seed=config.seed)
     worker = SimWorker(trainer, dataset, shards, seed=config.seed, step_time=config.step_time)
     timed = _TimedWorker(worker)
     peers = tuple(str(i) for i in range(config.nodes))

@@ -185,3 +185,11 @@ def test_checks_at_small_scale():
     assert robust >= clean - 0.02 and plain < 0.5
     _, dpsgd_bytes = final(protocol="dpsgd", topology="regular:4", protocol_params={})
     assert dpsgd_bytes > 3 * modest_bytes
+
+
+def test_sampling_runs_train_with_the_configured_sam_radius():
+    # The sampling protocols' trainer takes every optimiser setting of the config, SAM's radius included.
+    run = simulate(small(rounds=1, sam_rho=0.05), eval_every=1)
+    assert run.worker.trainer.config.sam_rho == 0.05
+    plain = simulate(small(rounds=1), eval_every=1)
+    assert plain.worker.trainer.config.sam_rho == 0.0
