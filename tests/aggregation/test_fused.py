@@ -129,6 +129,32 @@ def test_a_non_finite_entry_anywhere_gives_none(kernel_path, n, d, bad, seed, da
     assert fused.rule_of_rows("median", rows, {}) is None
 
 
+@given(
+    n=st.integers(3, 12),
+    d=st.integers(1, 40),
+    data=st.data(),
+)
+@fixture_ok
+def test_f1_pass_keeps_ties_zeros_and_every_non_finite_value(kernel_path, n, d, data):
+    # f = 1 has its own pass without a per-value probe: ties and signed zeros must still be kept as a
+    # multiset, and any number of NaNs and infinities (even +inf and -inf in one column, or NaNs in
+    # several rows) must still be found.
+    values = st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.5])
+    grid = data.draw(st.lists(st.lists(values, min_size=d, max_size=d), min_size=n, max_size=n))
+    bad = st.sampled_from([float("nan"), float("inf"), float("-inf")])
+    for value, i, j in data.draw(
+        st.lists(st.tuples(bad, st.integers(0, n - 1), st.integers(0, d - 1)), max_size=3)
+    ):
+        grid[i][j] = value
+    rows = [torch.tensor(row, dtype=torch.float32) for row in grid]
+    out = fused.trimmed_mean_of(rows, 1)
+    if not np.isfinite(np.asarray(grid)).all():
+        assert out is None
+        return
+    assert out is not None
+    np.testing.assert_allclose(out.double().numpy(), _trimmed_reference(rows, 1), rtol=1e-6, atol=1e-7)
+
+
 @needs_kernels
 def test_rows_the_kernels_cannot_take_give_none() -> None:
     rows = _rows(1, 5, 64)
