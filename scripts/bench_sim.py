@@ -9,6 +9,11 @@ SGD without gossip) with nothing else, and prints
 ``overhead = simulated wall time / pure training time`` (the median over ``--repeat`` alternated pairs,
 with the smallest and largest pair) and the process's peak memory during the first simulation. Evaluation is
 limited to the first and last round on 8 nodes and 500 test images so that it does not dominate.
+
+``--breakdown`` also attributes the overhead, per node and round: the same simulation again with each local
+step replaced by a copy of the vector (what is left: aggregation, engine, protocol, metrics, evaluation), and
+once more with the aggregation also replaced by keeping the node's own vector (engine, protocol, metrics,
+evaluation). Differences of medians, so the parts are estimates, not exact shares.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import argparse
 import resource
 import statistics
 import time
+from contextlib import ExitStack
+from unittest import mock
 
 import torch
 
@@ -41,6 +48,31 @@ def pure_training(config: SimConfig, p, rounds: int) -> float:
     return time.perf_counter() - start
 
 
+def _copy_instead_of_training(self, node, round, params, steps):
+    return params.clone(), float("nan")
+
+
+def _keep_own(self, own, received, weights):
+    return own
+
+
+def timed_without(p, repeat: int, *, training: bool, aggregation: bool) -> float:
+    """Median wall time of the simulation with local training and/or aggregation left out."""
+    from phalanx.gossip.aggregator import Combiner
+
+    times = []
+    for _ in range(repeat):
+        with ExitStack() as stack:
+            if not training:
+                stack.enter_context(mock.patch.object(SimWorker, "train", _copy_instead_of_training))
+            if not aggregation:
+                stack.enter_context(mock.patch.object(Combiner, "__call__", _keep_own))
+            start = time.perf_counter()
+            run(p)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, nargs="+", default=[64, 1000])
@@ -50,9 +82,13 @@ def main() -> None:
     parser.add_argument("--degree", type=int, default=8)
     parser.add_argument("--local-steps", type=int, default=1, help="local SGD steps per round (issue: 1)")
     parser.add_argument("--repeat", type=int, default=3, help="simulation / pure-training pairs per size")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also time the run without training, and without aggregation"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
+    parts = []
     for n in args.nodes:
         config = SimConfig(
             name=f"bench-{n}",
@@ -96,6 +132,21 @@ def main() -> None:
             f"nodes={n}: simulated {sims} s, pure training {pures} s, peak {peak:.0f} MB",
             flush=True,
         )
+        if args.breakdown:
+            per = 1e6 / (n * args.rounds)  # seconds of a whole run -> microseconds per node and round
+            no_train = timed_without(p, args.repeat, training=False, aggregation=True)
+            bare = timed_without(p, args.repeat, training=False, aggregation=False)
+            sim, pure = statistics.median(sims), statistics.median(pures)
+            parts.append(
+                {
+                    "nodes": n,
+                    "pure": pure * per,
+                    "in_sim": (sim - no_train) * per,
+                    "aggregation": (no_train - bare) * per,
+                    "rest": bare * per,
+                    "overhead": (sim - pure) * per,
+                }
+            )
     print(
         table(
             rows,
@@ -112,6 +163,23 @@ def main() -> None:
             ),
         )
     )
+    if parts:
+        print(
+            "\nper node and round, us (rest: engine, protocol, metrics, evaluation and one copy of the vector)"
+        )
+        print(
+            table(
+                parts,
+                (
+                    ("nodes", "nodes", ""),
+                    ("pure", "local step alone", ".0f"),
+                    ("in_sim", "local step in the simulation", ".0f"),
+                    ("aggregation", "aggregation", ".0f"),
+                    ("rest", "rest", ".0f"),
+                    ("overhead", "simulated - alone", ".0f"),
+                ),
+            )
+        )
 
 
 if __name__ == "__main__":
