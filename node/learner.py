@@ -109,7 +109,9 @@ class Trainer:
 
     def __init__(self, model: str, dataset: Dataset, config: TrainConfig, *, init_seed: int = 0) -> None:
         torch.manual_seed(init_seed)
-        self.module: nn.Module = build_model(model, dataset.feature_shape, dataset.num_classes)
+        self.module: nn.Module = build_model(
+            model, dataset.feature_shape, dataset.num_classes, seed=derive_seed(init_seed, "dropout")
+        )
         self.model_name = model
         self.config = config
         params = list(self.module.parameters())

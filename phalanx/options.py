@@ -23,7 +23,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model and local training")
-    group.add_argument("--model", default="mlp", help="logreg, mlp (784-64-10) or cnn (default: mlp)")
+    group.add_argument(
+        "--model", default="mlp", help="logreg, mlp (784-64-10), cnn or cnn-dropout (default: mlp)"
+    )
     group.add_argument("--lr", type=positive_float, default=0.05, help="learning rate (default: 0.05)")
     group.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum (default: 0.9)")
     group.add_argument(

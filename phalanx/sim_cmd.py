@@ -62,7 +62,7 @@ FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--round-timeout", "round_timeout", positive_float, "virtual seconds to wait for neighbours"),
     ("--dataset", "dataset", str, "mnist, blobs or idx:PATH"),
     ("--partition", "partition", str, "iid, dirichlet:ALPHA or shards:K"),
-    ("--model", "model", str, "logreg, mlp or cnn"),
+    ("--model", "model", str, "logreg, mlp, cnn or cnn-dropout"),
     ("--lr", "lr", positive_float, "learning rate"),
     ("--momentum", "momentum", non_negative_float, "SGD momentum"),
     ("--weight-decay", "weight_decay", non_negative_float, "L2 weight decay"),

@@ -18,7 +18,7 @@ def mnist():
     return load_dataset("mnist")
 
 
-@pytest.mark.parametrize("model", ["logreg", "mlp", "cnn"])
+@pytest.mark.parametrize("model", ["logreg", "mlp", "cnn", "cnn-dropout"])
 def test_vector_round_trip_is_bit_exact(mnist, model):
     learner = Learner(dataset=mnist, shard=np.arange(100), model=model)
     v = torch.randn(learner.dim)
@@ -125,3 +125,50 @@ def test_mlp_reaches_90_percent_on_embedded_mnist(mnist):
     accuracy, loss = learner.evaluate()
     assert accuracy >= 0.90, accuracy
     assert loss < 0.5
+
+
+def test_cnn_dropout_is_the_mnist_example_network(mnist):
+    trainer = Trainer("cnn-dropout", mnist, TrainConfig())
+    assert trainer.dim == 1_199_882  # conv 320 + conv 18,496 + fc 1,179,776 + fc 1,290
+    with pytest.raises(ModelError, match="cnn-dropout needs image inputs"):
+        build_model("cnn-dropout", (784,), 10)
+
+
+def test_dropout_masks_come_from_the_models_own_generator(mnist):
+    # Same seed, same training, even when something else draws from torch's global RNG in between;
+    # evaluation runs without dropout, so it is a function of the vector alone.
+    x, y = mnist.train_x[:64], mnist.train_y[:64]
+    results = []
+    for noise in (False, True):
+        trainer = Trainer("cnn-dropout", mnist, TrainConfig(), init_seed=3)
+        state = trainer.new_state()
+        for i in range(2):
+            if noise:
+                torch.rand(1000)
+            trainer.step(state, x[i * 32 : (i + 1) * 32], y[i * 32 : (i + 1) * 32])
+        results.append(state.params)
+        assert trainer.evaluate(state.params, x, y) == trainer.evaluate(state.params, x, y)
+    assert torch.equal(results[0], results[1])
+    other = Trainer("cnn-dropout", mnist, TrainConfig(), init_seed=4)
+    assert not torch.equal(other.initial, Trainer("cnn-dropout", mnist, TrainConfig(), init_seed=3).initial)
+
+
+def test_seeded_dropout_drops_values_or_whole_channels_and_rescales():
+    from phalanx.node.models import SeededDropout
+
+    x = torch.ones(64, 16, 5, 5)
+    element = SeededDropout(0.5, torch.Generator().manual_seed(0))
+    out = element(x)
+    assert set(out.unique().tolist()) == {0.0, 2.0}  # kept values scaled by 1 / (1 - p)
+    assert 0.45 < float((out == 0).float().mean()) < 0.55
+    channel = SeededDropout(0.25, torch.Generator().manual_seed(0), channels=True)
+    out = channel(x)
+    per_map = out.reshape(64, 16, 25)
+    # every feature map is either all dropped or all kept (and scaled by 4/3)
+    assert torch.all((per_map == 0).all(dim=2) | (per_map == per_map[:, :, :1]).all(dim=2))
+    assert 0.18 < float((per_map[:, :, 0] == 0).float().mean()) < 0.32
+    assert torch.allclose(per_map[per_map != 0], torch.tensor(4 / 3))
+    channel.eval()
+    assert torch.equal(channel(x), x)
+    with pytest.raises(ModelError, match="dropout probability"):
+        SeededDropout(1.0, torch.Generator())
