@@ -205,6 +205,11 @@ def test_omniscient_attackers_see_the_round_s_neighbours_on_a_time_varying_graph
     expected = neighbour_weights(graph, p.config.mixing)[target]
     assert view.byzantine_weight == pytest.approx(expected[5])
     assert sorted(float(w) for w in view.weights) == pytest.approx(sorted(expected[j] for j in honest))
+    # A target none of whose honest neighbours sent this round: an empty stack of the model's width.
+    lonely = {str(target): outbox[str(target)]}
+    hook = _omniscient_hook({"engine": SimpleNamespace(outbox=lonely)}, p, frozenset({"5"}), weights_at)
+    view = hook(str(target), round_, 0)
+    assert view is not None and view.neighbours.shape == (0, 4) and view.own is not None
 
 
 def test_omniscient_attack_runs_on_a_time_varying_graph() -> None:
