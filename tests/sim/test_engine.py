@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from phalanx.gossip.dpsgd import DPSGD, DPSGDConfig
+from phalanx.gossip.events import Send
 from phalanx.gossip.messages import ModelUpdate, encoded_size
 from phalanx.node.datasets import load_dataset
 from phalanx.node.learner import TrainConfig, Trainer
@@ -107,9 +109,6 @@ def test_same_inputs_same_result(seed_run: int) -> None:
 
 
 def test_messages_reach_an_overridden_handle_as_events_and_others_by_direct_call() -> None:
-    import networkx as nx
-
-    from phalanx.gossip.dpsgd import DPSGD, DPSGDConfig
     from phalanx.gossip.events import MessageReceived
 
     class OwnHandle(DPSGD):
@@ -141,8 +140,6 @@ def test_messages_reach_an_overridden_handle_as_events_and_others_by_direct_call
             super().__init__(DPSGDConfig(neighbours=("b", "c"), rounds=1), torch.zeros(3))
 
         def start(self, now: float) -> list:
-            from phalanx.gossip.events import Send
-
             m = ModelUpdate(round=0, params=torch.zeros(3))
             return [Send(peer="b", message=m), Send(peer="c", message=m)]
 
@@ -191,14 +188,9 @@ def test_network_uses_per_edge_latency_and_bandwidth_only_where_an_edge_sets_the
     assert plain.transit("1", "2", 500) == pytest.approx(0.6)
 
 
-def test_one_message_to_many_peers_arrives_in_send_order_and_stop_halts_between_receivers() -> None:
-    import networkx as nx
-
-    from phalanx.gossip.dpsgd import DPSGD, DPSGDConfig
-    from phalanx.gossip.events import Send
-
-    log: list[tuple[str, str, float]] = []
-    holder: dict[str, Engine] = {}
+def _star(hub_sends: tuple[str, ...], heard) -> tuple[nx.Graph, dict[str, DPSGD]]:
+    """A star with hub "a" and leaves ``hub_sends``: at start the hub sends one message object to the leaves
+    in that order; ``heard(node, peer, now)`` sees every delivery."""
 
     class Node(DPSGD):
         def __init__(self, name: str, peers: tuple[str, ...]) -> None:
@@ -209,16 +201,27 @@ def test_one_message_to_many_peers_arrives_in_send_order_and_stop_halts_between_
             if self.name != "a":
                 return []
             m = ModelUpdate(round=0, params=torch.zeros(3))
-            return [Send(peer=p, message=m) for p in ("d", "b", "c", "e")]
+            return [Send(peer=p, message=m) for p in hub_sends]
 
         def on_message(self, peer, message, now):
-            log.append((self.name, peer, now))
-            if self.name == "c":
-                holder["engine"].stop()
+            heard(self.name, peer, now)
             return []
 
-    graph = nx.star_graph(["a", "b", "c", "d", "e"])
-    nodes = {n: Node(n, ("b", "c", "d", "e") if n == "a" else ("a",)) for n in "abcde"}
+    leaves = tuple(sorted(hub_sends))
+    nodes = {n: Node(n, leaves if n == "a" else ("a",)) for n in ("a", *leaves)}
+    return nx.star_graph(["a", *leaves]), nodes
+
+
+def test_one_message_to_many_peers_arrives_in_send_order_and_stop_halts_between_receivers() -> None:
+    log: list[tuple[str, str, float]] = []
+    holder: dict[str, Engine] = {}
+
+    def heard(name: str, peer: str, now: float) -> None:
+        log.append((name, peer, now))
+        if name == "c":
+            holder["engine"].stop()
+
+    graph, nodes = _star(("d", "b", "c", "e"), heard)
     engine = Engine(nodes, network=Network(graph, latency=0.25, rng=np.random.default_rng(0)), worker=None)  # type: ignore[arg-type]
     holder["engine"] = engine
     engine.crash("b")  # a message to a dead node is dropped on arrival
@@ -229,35 +232,14 @@ def test_one_message_to_many_peers_arrives_in_send_order_and_stop_halts_between_
 
 
 def test_an_event_pushed_between_two_sends_is_handled_between_their_deliveries() -> None:
-    import networkx as nx
-
-    from phalanx.gossip.dpsgd import DPSGD, DPSGDConfig
-    from phalanx.gossip.events import Send
-
     log: list[str] = []
-
-    class Node(DPSGD):
-        def __init__(self, name: str, peers: tuple[str, ...]) -> None:
-            super().__init__(DPSGDConfig(neighbours=peers, rounds=1), torch.zeros(3))
-            self.name = name
-
-        def start(self, now: float) -> list:
-            if self.name != "a":
-                return []
-            m = ModelUpdate(round=0, params=torch.zeros(3))
-            return [Send(peer="b", message=m), Send(peer="c", message=m)]
-
-        def on_message(self, peer, message, now):
-            log.append(self.name)
-            return []
 
     class Tap:
         def on_send(self, engine, node, peer, message, size, now) -> None:
             if peer == "c":  # pushed after b's delivery, before c's: ties break by insertion order
                 engine.call_at(now + 0.25, lambda e: log.append("call"))
 
-    graph = nx.star_graph(["a", "b", "c"])
-    nodes = {n: Node(n, ("b", "c") if n == "a" else ("a",)) for n in "abc"}
+    graph, nodes = _star(("b", "c"), lambda name, peer, now: log.append(name))
     network = Network(graph, latency=0.25, rng=np.random.default_rng(0))
     engine = Engine(nodes, network=network, worker=None, observers=(Tap(),))  # type: ignore[arg-type]
     engine.run()

@@ -15,6 +15,21 @@ def _engine(nodes: list[str]) -> SimpleNamespace:
     return SimpleNamespace(alive=set(nodes), alive_version=0, bytes_sent=0, messages_sent=0)
 
 
+def _collector(nodes: list[str], *, rounds: int) -> tuple[SimpleNamespace, Metrics]:
+    """A Metrics over ``nodes`` (all honest, none evaluated) attached to a stand-in engine."""
+    engine = _engine(nodes)
+    metrics = Metrics(
+        honest=nodes,
+        eval_nodes=frozenset(),
+        rounds=rounds,
+        eval_every=10,
+        evaluate=lambda p: (0.0, 0.0),
+        start=0.0,
+    )
+    metrics.engine = engine  # type: ignore[assignment]
+    return engine, metrics
+
+
 def _consensus64(models: list[torch.Tensor]) -> float:
     stack = torch.stack(models).double()
     return float((stack - stack.mean(0)).pow(2).sum(1).mean().sqrt())
@@ -26,16 +41,7 @@ def test_consensus_distance_matches_the_direct_computation(offset: float, spread
     # models lose everything to cancellation; huge spreads overflow float32 squares.
     gen = torch.Generator().manual_seed(0)
     nodes = [str(i) for i in range(13)]
-    engine = _engine(nodes)
-    metrics = Metrics(
-        honest=nodes,
-        eval_nodes=frozenset(),
-        rounds=3,
-        eval_every=10,
-        evaluate=lambda p: (0.0, 0.0),
-        start=0.0,
-    )
-    metrics.engine = engine  # type: ignore[assignment]
+    engine, metrics = _collector(nodes, rounds=3)
     expected = []
     for r in range(3):
         base = offset + torch.randn(5000, generator=gen)
@@ -53,16 +59,7 @@ def test_consensus_distance_matches_the_direct_computation(offset: float, spread
 
 def test_consensus_of_identical_models_is_zero_and_one_report_is_zero() -> None:
     nodes = ["0", "1", "2"]
-    engine = _engine(nodes)
-    metrics = Metrics(
-        honest=nodes,
-        eval_nodes=frozenset(),
-        rounds=2,
-        eval_every=10,
-        evaluate=lambda p: (0.0, 0.0),
-        start=0.0,
-    )
-    metrics.engine = engine  # type: ignore[assignment]
+    engine, metrics = _collector(nodes, rounds=2)
     x = torch.randn(100)
     for node in nodes:
         metrics.on_round(engine, node, SimpleNamespace(round=0, params=x.clone()), 0.0)  # type: ignore[arg-type]
