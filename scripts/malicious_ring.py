@@ -172,7 +172,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     rules = [r for r in RULES if args.rules is None or r[1] in args.rules]
-    attacks = [a for a in ATTACKS if args.attacks is None or a[1] in args.attacks]
+    attacks = [
+        (name, attack, {"z": args.alie_z} if attack == "alie" else params)
+        for name, attack, params in ATTACKS
+        if args.attacks is None or attack in args.attacks
+    ]
     if not rules or not attacks:
         parser.error(
             f"no cell left: rules are {sorted({r[1] for r in RULES})}, attacks {[a[1] for a in ATTACKS]}"
@@ -185,8 +189,6 @@ def main() -> None:
             for label, rule, params in rules:
                 row: dict[str, object] = {"ring": variant, "rule": label}
                 for name, attack, attack_params in attacks:
-                    if attack == "alie":
-                        attack_params = {"z": args.alie_z}
                     if variant != "mr5,1,1" and attack == "silent":
                         row[name] = None  # the same honest ring as mr5,1,1 without attackers
                         continue
