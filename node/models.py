@@ -12,6 +12,10 @@ from torch import nn
 MODEL_NAMES = ("logreg", "mlp", "cnn", "cnn-dropout")
 
 
+class ModelError(ValueError):
+    """A model name or shape that cannot be built."""
+
+
 class SeededDropout(nn.Module):
     """Dropout that draws its masks from its own generator, not torch's global one, so that a simulation
     stays reproducible whatever else runs in the process. ``channels`` drops whole feature maps of an
@@ -34,10 +38,6 @@ class SeededDropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}, channels={self.channels}"
-
-
-class ModelError(ValueError):
-    """A model name or shape that cannot be built."""
 
 
 def build_model(

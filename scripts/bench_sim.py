@@ -56,15 +56,14 @@ def _keep_own(self, own, received, weights):
     return own
 
 
-def timed_without(p, repeat: int, *, training: bool, aggregation: bool) -> float:
-    """Median wall time of the simulation with local training and/or aggregation left out."""
+def timed_without_training(p, repeat: int, *, aggregation: bool) -> float:
+    """Median wall time of the simulation with local training left out, and aggregation too unless asked."""
     from phalanx.gossip.aggregator import Combiner
 
     times = []
     for _ in range(repeat):
         with ExitStack() as stack:
-            if not training:
-                stack.enter_context(mock.patch.object(SimWorker, "train", _copy_instead_of_training))
+            stack.enter_context(mock.patch.object(SimWorker, "train", _copy_instead_of_training))
             if not aggregation:
                 stack.enter_context(mock.patch.object(Combiner, "__call__", _keep_own))
             start = time.perf_counter()
@@ -134,8 +133,8 @@ def main() -> None:
         )
         if args.breakdown:
             per = 1e6 / (n * args.rounds)  # seconds of a whole run -> microseconds per node and round
-            no_train = timed_without(p, args.repeat, training=False, aggregation=True)
-            bare = timed_without(p, args.repeat, training=False, aggregation=False)
+            no_train = timed_without_training(p, args.repeat, aggregation=True)
+            bare = timed_without_training(p, args.repeat, aggregation=False)
             sim, pure = statistics.median(sims), statistics.median(pures)
             parts.append(
                 {
