@@ -414,6 +414,13 @@ static Py_ssize_t read_pointers(PyObject *seq, const float **pointers) {
     return n;
 }
 
+/* The output buffer's address (a Python int); NULL with an exception set when it is not one. */
+static float *read_output(PyObject *obj) {
+    float *out = (float *)PyLong_AsVoidPtr(obj);
+    if (out == NULL && !PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "null output");
+    return out;
+}
+
 static PyObject *py_trimmed_mean(PyObject *self, PyObject *args) {
     PyObject *seq, *out_obj;
     Py_ssize_t d;
@@ -426,8 +433,8 @@ static PyObject *py_trimmed_mean(PyObject *self, PyObject *args) {
         PyErr_Format(PyExc_ValueError, "trimmed_mean needs 1 <= f <= %d and n >= 2f + 1 (n=%zd, f=%d)", MAX_F, n, f);
         return NULL;
     }
-    float *out = (float *)PyLong_AsVoidPtr(out_obj);
-    if (out == NULL) return PyErr_Occurred() ? NULL : (PyErr_SetString(PyExc_ValueError, "null output"), NULL);
+    float *out = read_output(out_obj);
+    if (out == NULL) return NULL;
     int ok;
     Py_BEGIN_ALLOW_THREADS
     ok = trimmed_mean_kernel(pointers, (int)n, f, (int64_t)d, out);
@@ -455,8 +462,8 @@ static PyObject *py_weighted_sum(PyObject *self, PyObject *args) {
     }
     Py_DECREF(fast);
     if (PyErr_Occurred()) return NULL;
-    float *out = (float *)PyLong_AsVoidPtr(out_obj);
-    if (out == NULL) return PyErr_Occurred() ? NULL : (PyErr_SetString(PyExc_ValueError, "null output"), NULL);
+    float *out = read_output(out_obj);
+    if (out == NULL) return NULL;
     int ok;
     Py_BEGIN_ALLOW_THREADS
     ok = weighted_sum_kernel(pointers, weights, (int)n, (int64_t)d, out);
