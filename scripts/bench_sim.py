@@ -10,10 +10,12 @@ SGD without gossip) with nothing else, and prints
 with the smallest and largest pair) and the process's peak memory during the first simulation. Evaluation is
 limited to the first and last round on 8 nodes and 500 test images so that it does not dominate.
 
-``--breakdown`` also attributes the overhead, per node and round: the same simulation again with each local
-step replaced by a copy of the vector (what is left: aggregation, engine, protocol, metrics, evaluation), and
-once more with the aggregation also replaced by keeping the node's own vector (engine, protocol, metrics,
-evaluation). Differences of medians, so the parts are estimates, not exact shares.
+``--breakdown`` also attributes the overhead, per node and round: ``--repeat`` more pairs of runs in which
+the local steps (on both sides), the aggregation, the consensus and round bookkeeping of the metrics, and the
+evaluation are each timed where they run; what remains of the simulated wall time is the engine, the
+protocol handlers and the set-up. The wrappers add about a microsecond per node and round to the timed runs.
+For comparison it also times the engine, protocol and set-up alone: a run whose steps return their input,
+whose nodes keep their own vector and whose metrics ignore the rounds.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ from unittest import mock
 
 import torch
 
+from phalanx.gossip.aggregator import Combiner
 from phalanx.node.learner import TrainConfig, Trainer
 from phalanx.sim.config import SimConfig
 from phalanx.sim.experiment import plan, run
+from phalanx.sim.metrics import Metrics
 from phalanx.sim.report import table
 from phalanx.sim.training import SimWorker
 
@@ -48,28 +52,77 @@ def pure_training(config: SimConfig, p, rounds: int) -> float:
     return time.perf_counter() - start
 
 
-def _copy_instead_of_training(self, node, round, params, steps):
-    return params.clone(), float("nan")
+#: What ``--breakdown`` times directly, as (column, class, method). ``Metrics.on_round`` calls the evaluation
+#: (through the round's flush); ``metrics`` below is on_round and finish without it.
+_TIMED = (
+    ("step", SimWorker, "train"),
+    ("aggregation", Combiner, "__call__"),
+    ("evaluation", Trainer, "evaluate"),
+    ("metrics", Metrics, "on_round"),
+    ("metrics", Metrics, "finish"),
+)
+
+
+def _timed(fn, name: str, spent: dict[str, float]):
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - start
+
+    return wrapper
+
+
+def attributed(p, config: SimConfig, rounds: int, repeat: int) -> dict[str, float]:
+    """Seconds per run (medians over ``repeat``) of the simulation and of its parts, each part timed where it
+    runs (a wrapper around the methods of ``_TIMED``, scoped to this function), and of the local steps of
+    the pure-training replay timed the same way."""
+    runs: list[dict[str, float]] = []
+    for _ in range(repeat):
+        spent: dict[str, float] = {}
+        with ExitStack() as stack:
+            for name, owner, method in _TIMED:
+                fn = getattr(owner, method)
+                stack.enter_context(mock.patch.object(owner, method, _timed(fn, name, spent)))
+            start = time.perf_counter()
+            run(p)
+            spent["sim"] = time.perf_counter() - start
+            steps = spent.pop("step")
+            start = time.perf_counter()
+            pure_training(config, p, rounds)
+            spent["pure"] = time.perf_counter() - start
+            spent["alone"] = spent.pop("step")
+            spent["step"] = steps
+        spent["metrics"] -= spent.get("evaluation", 0.0)
+        spent["engine"] = (
+            spent["sim"]
+            - spent["step"]
+            - spent["aggregation"]
+            - spent["metrics"]
+            - spent.get("evaluation", 0.0)
+        )
+        with ExitStack() as stack:  # the engine, protocol and set-up with nothing else in the caches
+            stack.enter_context(mock.patch.object(SimWorker, "train", _same_vector))
+            stack.enter_context(mock.patch.object(Combiner, "__call__", _keep_own))
+            stack.enter_context(mock.patch.object(Metrics, "on_round", _ignore_round))
+            start = time.perf_counter()
+            run(p)
+            spent["engine_alone"] = time.perf_counter() - start
+        runs.append(spent)
+    return {key: statistics.median(r.get(key, 0.0) for r in runs) for key in runs[0]}
+
+
+def _same_vector(self, node, round, params, steps):
+    return params, float("nan")
 
 
 def _keep_own(self, own, received, weights):
     return own
 
 
-def timed_without_training(p, repeat: int, *, aggregation: bool) -> float:
-    """Median wall time of the simulation with local training left out, and aggregation too unless asked."""
-    from phalanx.gossip.aggregator import Combiner
-
-    times = []
-    for _ in range(repeat):
-        with ExitStack() as stack:
-            stack.enter_context(mock.patch.object(SimWorker, "train", _copy_instead_of_training))
-            if not aggregation:
-                stack.enter_context(mock.patch.object(Combiner, "__call__", _keep_own))
-            start = time.perf_counter()
-            run(p)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _ignore_round(self, engine, node, action, now):
+    return None
 
 
 def main() -> None:
@@ -133,17 +186,19 @@ def main() -> None:
         )
         if args.breakdown:
             per = 1e6 / (n * args.rounds)  # seconds of a whole run -> microseconds per node and round
-            no_train = timed_without_training(p, args.repeat, aggregation=True)
-            bare = timed_without_training(p, args.repeat, aggregation=False)
-            sim, pure = statistics.median(sims), statistics.median(pures)
+            t = attributed(p, config, args.rounds, args.repeat)
             parts.append(
                 {
                     "nodes": n,
-                    "pure": pure * per,
-                    "in_sim": (sim - no_train) * per,
-                    "aggregation": (no_train - bare) * per,
-                    "rest": bare * per,
-                    "overhead": (sim - pure) * per,
+                    "alone": t["alone"] * per,
+                    "step": t["step"] * per,
+                    "aggregation": t["aggregation"] * per,
+                    "metrics": t["metrics"] * per,
+                    "evaluation": t["evaluation"] * per,
+                    "engine": t["engine"] * per,
+                    "engine_alone": t["engine_alone"] * per,
+                    "overhead": (t["sim"] - t["pure"]) * per,
+                    "ratio": t["sim"] / t["pure"],
                 }
             )
     print(
@@ -164,18 +219,22 @@ def main() -> None:
     )
     if parts:
         print(
-            "\nper node and round, us (rest: engine, protocol, metrics, evaluation and one copy of the vector)"
+            "\nper node and round, us, each part timed where it runs (one more run of each side per --repeat)"
         )
         print(
             table(
                 parts,
                 (
                     ("nodes", "nodes", ""),
-                    ("pure", "local step alone", ".0f"),
-                    ("in_sim", "local step in the simulation", ".0f"),
+                    ("alone", "step alone", ".0f"),
+                    ("step", "step in sim", ".0f"),
                     ("aggregation", "aggregation", ".0f"),
-                    ("rest", "rest", ".0f"),
-                    ("overhead", "simulated - alone", ".0f"),
+                    ("metrics", "consensus+metrics", ".0f"),
+                    ("evaluation", "evaluation", ".0f"),
+                    ("engine", "engine+protocol+set-up", ".0f"),
+                    ("engine_alone", "(same, run alone)", ".0f"),
+                    ("overhead", "sim - pure", ".0f"),
+                    ("ratio", "ratio (timed runs)", ".2f"),
                 ),
             )
         )
