@@ -32,6 +32,7 @@ import torch
 from phalanx.gossip.aggregator import Combiner
 from phalanx.node.learner import TrainConfig, Trainer
 from phalanx.sim.config import SimConfig
+from phalanx.sim.engine import Engine
 from phalanx.sim.experiment import plan, run
 from phalanx.sim.metrics import Metrics
 from phalanx.sim.report import table
@@ -135,10 +136,17 @@ def main() -> None:
     parser.add_argument("--local-steps", type=int, default=1, help="local SGD steps per round (issue: 1)")
     parser.add_argument("--repeat", type=int, default=3, help="simulation / pure-training pairs per size")
     parser.add_argument(
+        "--train-batch",
+        type=int,
+        default=Engine.train_batch,
+        help="trainings due at the same instant run before their events are handled (1: one at a time)",
+    )
+    parser.add_argument(
         "--breakdown", action="store_true", help="also time the run without training, and without aggregation"
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    Engine.train_batch = args.train_batch
     rows = []
     parts = []
     for n in args.nodes:

@@ -14,7 +14,7 @@ from phalanx.node.datasets import load_dataset
 from phalanx.node.learner import TrainConfig, Trainer
 from phalanx.node.partition import partition
 from phalanx.sim.config import SimConfig
-from phalanx.sim.engine import Engine
+from phalanx.sim.engine import _TRAINED_READY, Engine
 from phalanx.sim.mixing import neighbour_weights
 from phalanx.sim.network import Network
 from phalanx.sim.protocols import PROTOCOLS, NodeView
@@ -38,7 +38,14 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def run_ring(n: int = 8, rounds: int = 15, rule: str = "mean", loss: float = 0.0):
+def run_ring(
+    n: int = 8,
+    rounds: int = 15,
+    rule: str = "mean",
+    loss: float = 0.0,
+    observers: tuple = (),
+    train_batch: int = 16,
+):
     data = load_dataset("blobs")
     config = SimConfig(nodes=n, rounds=rounds, topology="ring", rule=rule, dataset="blobs", local_steps=2)
     trainer = Trainer("mlp", data, TrainConfig(lr=0.05), init_seed=0)
@@ -64,7 +71,8 @@ def run_ring(n: int = 8, rounds: int = 15, rule: str = "mean", loss: float = 0.0
     worker = SimWorker(trainer, data, shards, seed=0, step_time=0.01)
     recorder = Recorder()
     network = Network(graph, latency=0.01, loss=loss, rng=np.random.default_rng(1))
-    engine = Engine(protocols, network=network, worker=worker, observers=(recorder,))
+    engine = Engine(protocols, network=network, worker=worker, observers=(recorder, *observers))
+    engine.train_batch = train_batch
     engine.run()
     return engine, recorder, trainer, data
 
@@ -106,6 +114,54 @@ def test_same_inputs_same_result(seed_run: int) -> None:
     _, b, _, _ = run_ring(rounds=4, loss=0.2)
     for node, params in a.rounds[3].items():
         assert torch.equal(params, b.rounds[3][node])
+
+
+def test_trainings_due_together_run_back_to_back_and_change_no_result(monkeypatch) -> None:
+    log: list[str] = []
+    train = SimWorker.train
+
+    def logged(self, node, round, params, steps):
+        log.append("train")
+        return train(self, node, round, params, steps)
+
+    class Sends:
+        def on_send(self, engine, node, peer, message, size, now) -> None:
+            log.append("send")
+
+    monkeypatch.setattr(SimWorker, "train", logged)
+    _, batched, _, _ = run_ring(rounds=3, loss=0.2, observers=(Sends(),), train_batch=3)
+    # 8 ring nodes train at the same instant each round: three trainings, then their six sends, ...
+    assert log[:12] == ["train"] * 3 + ["send"] * 6 + ["train"] * 3
+    assert log.count("train") == 3 * 8
+    log.clear()
+    _, one_by_one, _, _ = run_ring(rounds=3, loss=0.2, observers=(Sends(),), train_batch=1)
+    assert log[:6] == ["train", "send", "send", "train", "send", "send"]
+    for r in range(3):
+        assert batched.rounds[r].keys() == one_by_one.rounds[r].keys()
+        for node, params in batched.rounds[r].items():
+            assert torch.equal(params, one_by_one.rounds[r][node])
+
+
+def test_a_stop_inside_a_batch_of_trainings_keeps_the_trained_rest_for_later() -> None:
+    class StopAtFirstSend:
+        engine: Engine | None = None
+
+        def on_send(self, engine, node, peer, message, size, now) -> None:
+            if self.engine is None:
+                self.engine = engine
+                engine.stop()
+
+    stopper = StopAtFirstSend()
+    engine, stopped, _, _ = run_ring(rounds=2, observers=(stopper,), train_batch=4)
+    ready = sorted(
+        entry for entry in engine._heap if entry[2] == _TRAINED_READY
+    )  # TrainingDone not handled yet
+    assert [entry[3] for entry in ready] == ["1", "2", "3"]  # node 0's was handled; its send stopped the run
+    engine._stopped = False
+    engine.resume()
+    _, whole, _, _ = run_ring(rounds=2, train_batch=4)
+    for node, params in whole.rounds[1].items():
+        assert torch.equal(params, stopped.rounds[1][node])
 
 
 def test_messages_reach_an_overridden_handle_as_events_and_others_by_direct_call() -> None:
