@@ -142,7 +142,9 @@ def main() -> None:
         help="trainings due at the same instant run before their events are handled (1: one at a time)",
     )
     parser.add_argument(
-        "--breakdown", action="store_true", help="also time the run without training, and without aggregation"
+        "--breakdown",
+        action="store_true",
+        help="also time each part (steps, aggregation, metrics, evaluation, engine) per node and round",
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
