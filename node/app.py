@@ -18,20 +18,11 @@ import numpy as np
 import torch
 import trio
 
+from phalanx.gossip import registry
 from phalanx.gossip.aggregator import rule_names
-from phalanx.gossip.byzantine import BEHAVIOURS, Byzantine, attack_names
-from phalanx.gossip.dpsgd import DPSGD
+from phalanx.gossip.byzantine import BEHAVIOURS, attack_names
 from phalanx.gossip.protocol import Protocol
-from phalanx.gossip.settings import (
-    EL_S,
-    KNOWN_KEYS,
-    SettingsError,
-    check_keys,
-    dpsgd_config,
-    epidemic_config,
-    modest_byzantine_roles,
-    modest_config,
-)
+from phalanx.gossip.spec import AttackSpec, NodeContext, SettingsError, WorldDefaults
 from phalanx.gossip.wire import Limits
 from phalanx.node import checkpoint as ckpt
 from phalanx.node.bans import BanList
@@ -43,8 +34,6 @@ from phalanx.node.metrics import Metrics, serve
 from phalanx.node.partition import shard_of
 from phalanx.node.runtime import NodeRuntime, RuntimeSettings
 from phalanx.node.transport import Libp2pTransport, TransportError, open_libp2p_transport
-
-PROTOCOLS = ("dpsgd", "modest", "el-local", "el-oracle")
 
 
 def byzantine_behaviour(spec: str) -> tuple[str, str]:
@@ -62,14 +51,12 @@ def byzantine_behaviour(spec: str) -> tuple[str, str]:
 
 
 def check(config: NodeConfig) -> None:
-    if config.protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol {config.protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
     if config.rule not in rule_names():
         raise ConfigError(
             f"unknown aggregation rule {config.rule!r}; choose one of: {', '.join(rule_names())}"
         )
     try:
-        check_keys(config.protocol, config.protocol_params, KNOWN_KEYS[config.protocol])
+        registry.get(config.protocol).config(config)  # unknown protocol or protocol params: one line
     except SettingsError as exc:
         raise ConfigError(str(exc)) from None
     byzantine_behaviour(config.byzantine)
@@ -103,55 +90,32 @@ def _peer_multiaddr(text: str) -> None:
 def build_protocol(
     config: NodeConfig, me: str, neighbours: tuple[str, ...], params: torch.Tensor, start_round: int
 ) -> Protocol:
-    """The protocol object for this node. For the sampling protocols (MoDeST, Epidemic Learning) the
-    neighbours are the initial membership: every peer this node may sample."""
-    rng = np.random.default_rng(derive_seed(config.seed, "protocol", config.index))
+    """The protocol object for this node, from its registry entry. For the sampling protocols (MoDeST,
+    Epidemic Learning) the neighbours are the initial membership: every peer this node may sample."""
+    spec = registry.get(config.protocol)
     behaviour, attack = byzantine_behaviour(config.byzantine)
-    try:
-        if config.protocol == "dpsgd":
-            settings = dpsgd_config(config, neighbours=neighbours)
-            protocol: Protocol = DPSGD(settings, params, start_round=start_round)
-        elif config.protocol in ("el-local", "el-oracle"):
-            from phalanx.gossip.epidemic import Epidemic
-
-            el = epidemic_config(
-                config,
-                variant=config.protocol.removeprefix("el-"),
-                s_default=min(EL_S, max(1, len(neighbours))),  # this node samples among its neighbours
-            )
-            protocol = Epidemic(
-                node=me, params=params, peers=tuple(sorted({me, *neighbours})), config=el, rng=rng
-            )
-        else:
-            from phalanx.gossip.modest import ByzantineModest, Modest
-
-            settings_m = modest_config(config)  # ModestConfig's own ping and progress timeouts
-            modest = Modest(
-                node=me, params=params, peers=tuple(sorted({me, *neighbours})), config=settings_m, rng=rng
-            )
-            if behaviour and behaviour != "label-flip":
-                try:
-                    return ByzantineModest(
-                        modest,
-                        attack=attack or behaviour,
-                        attack_params=config.attack_params,
-                        roles=modest_byzantine_roles(config.protocol_params),
-                    )
-                except ValueError as exc:
-                    raise ConfigError(f"modest: {exc}") from None
-            return modest
-    except SettingsError as exc:  # it names the protocol and the key
-        raise ConfigError(str(exc)) from None
+    ctx = NodeContext(
+        node=me,
+        params=params,
+        neighbours=neighbours,
+        peers=tuple(sorted({me, *neighbours})),
+        rng=np.random.default_rng(derive_seed(config.seed, "protocol", config.index)),
+        start_round=start_round,
+    )
+    attack_spec = None
     if behaviour:
-        protocol = Byzantine(
-            protocol,
+        attack_spec = AttackSpec(
             behaviour=behaviour,
             attack=attack,
-            attack_params=config.attack_params,
+            params=config.attack_params,
             delay=config.attack_delay,
             rng=np.random.default_rng(derive_seed(config.seed, "byzantine", config.index)),
         )
-    return protocol
+    try:
+        protocol_config = spec.config(config, WorldDefaults(max_sample=len(neighbours)))
+        return spec.build_node(ctx, protocol_config, attack_spec)
+    except SettingsError as exc:  # it names the protocol and the key
+        raise ConfigError(str(exc)) from None
 
 
 def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
@@ -190,9 +154,9 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
         learner.state.params.copy_(saved.params)
         learner.state.momentum.copy_(saved.momentum)
         learner.state.steps = saved.steps
-        # D-PSGD resumes at the checkpoint's round; MoDeST and Epidemic Learning have no start round yet, so
-        # they resume the model, optimiser state and counters and count rounds from 0 again.
-        start_round = saved.round if config.protocol == "dpsgd" else 0
+        # A resumable protocol (D-PSGD) restarts at the checkpoint's round; the others resume the model,
+        # optimiser state and counters and count rounds from 0 again.
+        start_round = saved.round if registry.get(config.protocol).resumable else 0
         metrics.restore(saved.counters)
 
     limits = Limits(dim=learner.dim)

@@ -20,6 +20,7 @@ with the same batches, and the same seed gives the same result.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,6 +198,30 @@ class Trainer:
         n = max(1, len(x))
         return correct / n, loss_sum / n
 
+    @torch.no_grad()
+    def evaluate_per_class(
+        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, num_classes: int
+    ) -> tuple[float, float, tuple[float, ...]]:
+        """Accuracy, mean loss, and the accuracy on each class's samples (NaN for a class with none)."""
+        self.check_vector(params)
+        self.flat.copy_(params)
+        self.module.eval()
+        try:
+            logits = self.module(x) if len(x) else torch.zeros((0, num_classes))
+        finally:
+            self.module.train()
+        n = len(x)
+        if n == 0:
+            return math.nan, math.nan, tuple(math.nan for _ in range(num_classes))
+        loss = float(nn.functional.cross_entropy(logits, y))
+        hit = (logits.argmax(dim=1) == y).to(torch.float64)
+        counts = torch.bincount(y, minlength=num_classes).to(torch.float64)
+        correct = torch.bincount(y, weights=hit, minlength=num_classes)
+        per_class = tuple(
+            float(c / k) if k > 0 else math.nan for c, k in zip(correct.tolist(), counts.tolist())
+        )
+        return float(hit.mean()), loss, per_class
+
 
 def flip_labels(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Label flipping (data poisoning): class c becomes num_classes - 1 - c."""
@@ -247,3 +272,13 @@ class Learner:
 
     def evaluate(self) -> tuple[float, float]:
         return self.trainer.evaluate(self.state.params, self.dataset.test_x, self.dataset.test_y)
+
+    def evaluate_local(
+        self, params: torch.Tensor, samples: int = 0
+    ) -> tuple[float, float, tuple[float, ...], int]:
+        """``params`` on this node's own samples (the first ``samples`` of its shard; 0: all of them)."""
+        n = len(self.y) if samples <= 0 else min(samples, len(self.y))
+        acc, loss, per_class = self.trainer.evaluate_per_class(
+            params, self.x[:n], self.y[:n], self.dataset.num_classes
+        )
+        return acc, loss, per_class, n

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from phalanx.cli import positive_float, positive_int
-from phalanx.options import add_data_arguments, add_training_arguments
+from phalanx.options import add_data_arguments, add_training_arguments, protocol_help
 
 
 def _byzantine(text: str) -> tuple[int, str]:
@@ -65,7 +65,7 @@ def register(sub: Any) -> None:
     add_data_arguments(p)
     add_training_arguments(p)
     g = p.add_argument_group("protocol")
-    g.add_argument("--protocol", default="dpsgd", help="dpsgd (default), modest, el-local or el-oracle")
+    g.add_argument("--protocol", default="dpsgd", help=protocol_help())
     g.add_argument("--protocol-param", action="append", default=[], metavar="KEY=VALUE")
     g.add_argument("--rule", default="mean", help="aggregation rule (default mean)")
     g.add_argument("--rule-param", action="append", default=[], metavar="KEY=VALUE")
@@ -79,7 +79,9 @@ def register(sub: Any) -> None:
 
 
 def sim_config(args: argparse.Namespace) -> Any:
-    """The simulator config that describes this network (uniform mixing: what a real node uses)."""
+    """The simulator config that describes this network (uniform mixing: what a real node uses): its
+    protocol and protocol params, every attacker's own attack and every kill's own round, so the run
+    folder's ``config.toml`` describes the run that happened (and ``phalanx sim`` can replay it)."""
     from phalanx.node.config import parse_pairs
     from phalanx.sim.config import from_mapping
 
@@ -90,7 +92,8 @@ def sim_config(args: argparse.Namespace) -> Any:
         "seed": args.seed,
         "topology": args.topology,
         "mixing": "uniform",
-        "protocol": "dpsgd",
+        "protocol": args.protocol,
+        "protocol_params": parse_pairs(args.protocol_param, "--protocol-param"),
         "rule": args.rule,
         "rule_params": parse_pairs(args.rule_param, "--rule-param"),
         "local_steps": args.local_steps,
@@ -109,10 +112,12 @@ def sim_config(args: argparse.Namespace) -> Any:
     if args.byzantine:
         data["byzantine_nodes"] = [i for i, _ in args.byzantine]
         data["attack"] = args.byzantine[0][1]
+        data["attacks"] = {str(i): attack for i, attack in args.byzantine}
         data["attack_params"] = parse_pairs(args.attack_param, "--attack-param")
     if args.kill:
         data["crash_nodes"] = [i for i, _ in args.kill]
         data["crash_round"] = min(r for _, r in args.kill)
+        data["crash_rounds"] = {str(i): r for i, r in args.kill}
     return from_mapping(data)
 
 

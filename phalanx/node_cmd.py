@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from phalanx.cli import Parser
-from phalanx.options import add_data_arguments, add_training_arguments
+from phalanx.options import add_data_arguments, add_training_arguments, protocol_help
 
 # Flags whose value is a list or a KEY=VALUE table, and how they map onto config keys.
 _REPEATED = {"listen": "listen", "bootstrap": "bootstrap", "neighbour": "neighbours"}
@@ -54,7 +54,7 @@ def register(sub: Any) -> None:
     p.add_argument("--index", type=int, help="this node's shard, 0-based (default 0)")
     add_training_arguments(p)
     proto = p.add_argument_group("protocol")
-    proto.add_argument("--protocol", help="dpsgd (default), modest, el-local or el-oracle")
+    proto.add_argument("--protocol", help=protocol_help())
     proto.add_argument(
         "--protocol-param",
         action="append",

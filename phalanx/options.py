@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from phalanx.cli import non_negative_float, positive_float, positive_int
@@ -42,3 +43,25 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
     from phalanx.node.learner import TrainConfig
 
     return TrainConfig.from_settings(args)
+
+
+class LazyHelp(str):
+    """A help text computed only when help is shown (argparse formats help with ``help % params``), so
+    that building the parser never imports torch: ``--protocol``'s help lists the protocol registry."""
+
+    def __new__(cls, make: Callable[[], str]) -> LazyHelp:
+        obj = super().__new__(cls, "(computed)")
+        obj._make = make  # type: ignore[attr-defined]
+        return obj
+
+    def __mod__(self, params: object) -> str:
+        return self._make().replace("%", "%%") % params  # type: ignore[attr-defined,no-any-return]
+
+
+def protocol_help() -> LazyHelp:
+    def make() -> str:
+        from phalanx.gossip import registry
+
+        return f"the protocol (default dpsgd); {registry.help_text()}"
+
+    return LazyHelp(make)

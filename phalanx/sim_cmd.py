@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from phalanx.cli import non_negative_float, non_negative_int, positive_float, positive_int
+from phalanx.options import protocol_help
 
 
 def _ids(text: str) -> list[int]:
@@ -55,7 +56,7 @@ FLAGS: tuple[tuple[str, str, Any, str], ...] = (
         "barabasi-albert:M, exponential, dumbbell:B, file:PATH, dynamic-regular:K",
     ),
     ("--mixing", "mixing", str, "metropolis, uniform or max-degree"),
-    ("--protocol", "protocol", str, "protocol (see PROTOCOLS; default dpsgd)"),
+    ("--protocol", "protocol", str, protocol_help()),
     ("--rule", "rule", str, "aggregation rule (mean = D-PSGD mixing)"),
     ("--local-steps", "local_steps", non_negative_int, "local SGD steps per round"),
     ("--gossip-steps", "gossip_steps", positive_int, "Q gossip exchanges per round (DFedSAM-MGS)"),
@@ -78,6 +79,31 @@ FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--crash-placement", "crash_placement", str, "random, hubs, relays or data"),
     ("--churn-leave", "churn_leave", _fraction, "per-round probability that a node leaves"),
     ("--churn-rejoin", "churn_rejoin", _fraction, "per-round probability that a departed node rejoins"),
+    (
+        "--churn-trace",
+        "churn_trace",
+        str,
+        "CSV churn trace (time,node,event: join, leave or crash), any protocol",
+    ),
+    (
+        "--churn-leave-rate",
+        "churn_leave_rate",
+        non_negative_float,
+        "announced leaves per virtual second per node",
+    ),
+    (
+        "--churn-crash-rate",
+        "churn_crash_rate",
+        non_negative_float,
+        "silent crashes per virtual second per node",
+    ),
+    (
+        "--churn-rejoin-rate",
+        "churn_rejoin_rate",
+        non_negative_float,
+        "returns per virtual second per absent node",
+    ),
+    ("--churn-late", "churn_late", _fraction, "fraction of nodes that join late, at a uniform time"),
     ("--partition-rounds", "partition_rounds", _interval, "START:END rounds of a network partition"),
     (
         "--partition-nodes",

@@ -27,8 +27,8 @@ class ConfigError(ValueError):
 
 @contextmanager
 def settings_errors() -> Iterator[None]:
-    """Re-raise :class:`phalanx.gossip.settings.SettingsError` (protocol settings) as a :class:`ConfigError`."""
-    from phalanx.gossip.settings import SettingsError
+    """Re-raise :class:`phalanx.gossip.spec.SettingsError` (protocol settings) as a :class:`ConfigError`."""
+    from phalanx.gossip.spec import SettingsError
 
     try:
         yield
@@ -77,8 +77,16 @@ class SimConfig:
     crash_nodes: tuple[int, ...] = ()
     crash_round: int = 0
     crash_placement: str = "random"
-    churn_leave: float = 0.0
-    churn_rejoin: float = 0.0
+    crash_rounds: dict[str, Any] = field(default_factory=dict)  # node id -> its own crash round
+    churn_leave: float = 0.0  # probability per round that a live honest node leaves
+    churn_rejoin: float = 0.0  # probability per round that a departed node comes back
+    # churn in virtual time, for every protocol: a CSV trace (time,node,event) or Poisson rates per node
+    churn_trace: str = ""
+    churn_leave_rate: float = 0.0  # announced departures per virtual second of a present node
+    churn_crash_rate: float = 0.0  # silent crashes per virtual second of a present node
+    churn_rejoin_rate: float = 0.0  # returns per virtual second of an absent node
+    churn_late: float = 0.0  # fraction of the nodes that join late, at a uniform time
+    churn_horizon: float = 0.0  # seconds the rates run for (0: rounds x (round_timeout + training time))
     partition_rounds: tuple[int, ...] = ()
     partition_nodes: tuple[int, ...] = ()  # one side of the cut; empty: nodes 0 .. n/2-1
     straggler_fraction: float = 0.0
@@ -90,6 +98,7 @@ class SimConfig:
     byzantine_target: int = 0
     attack: str = "alie"
     attack_params: dict[str, Any] = field(default_factory=dict)
+    attacks: dict[str, Any] = field(default_factory=dict)  # node id -> its own attack (else ``attack``)
     omniscient: bool = True
     # torch intra-op threads while the run lasts: 1 is fastest for per-node work this small (and immune to
     # the spin-waiting of idle OpenMP threads on a loaded machine)
@@ -112,7 +121,15 @@ class SimConfig:
             value = getattr(self, key)
             need(value > 0 and math.isfinite(value), f"{key} must be a finite number > 0, got {value}")
         need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
-        for key in ("weight_decay", "sam_rho", "latency"):
+        for key in (
+            "weight_decay",
+            "sam_rho",
+            "latency",
+            "churn_leave_rate",
+            "churn_crash_rate",
+            "churn_rejoin_rate",
+            "churn_horizon",
+        ):
             value = getattr(self, key)
             need(value >= 0 and math.isfinite(value), f"{key} must be a finite number >= 0, got {value}")
         need(self.bandwidth > 0, f"bandwidth must be > 0, got {self.bandwidth}")
@@ -128,6 +145,7 @@ class SimConfig:
             value = getattr(self, key)
             need(0 <= value <= 1, f"{key} must be in [0, 1], got {value}")
         need(self.byzantine_fraction < 1, "byzantine_fraction must leave at least one honest node")
+        need(0 <= self.churn_late < 1, f"churn_late must be in [0, 1), got {self.churn_late}")
         need(self.crash_round >= 0, f"crash_round must be >= 0, got {self.crash_round}")
         need(
             self.crash_placement in CRASH_PLACEMENTS,
@@ -156,6 +174,23 @@ class SimConfig:
         need(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
         need(self.eval_nodes >= 0 and self.eval_samples >= 0, "eval_nodes and eval_samples must be >= 0")
         need(self.num_byzantine < self.nodes, "every node would be Byzantine")
+        for key, table in (("attacks", self.attacks), ("crash_rounds", self.crash_rounds)):
+            need(
+                all(k.isdigit() and int(k) < self.nodes for k in table),
+                f"{key} must map node ids in 0..{self.nodes - 1} to values",
+            )
+        need(
+            all(type(r) is int and r >= 0 for r in self.crash_rounds.values()),
+            "crash_rounds must map node ids to rounds >= 0",
+        )
+        need(
+            all(isinstance(a, str) and a for a in self.attacks.values()),
+            "attacks must map node ids to attack names",
+        )
+        need(
+            not self.attacks or {int(k) for k in self.attacks} <= set(self.byzantine_nodes),
+            "attacks may only name nodes listed in byzantine_nodes",
+        )
 
     @property
     def num_byzantine(self) -> int:
@@ -164,6 +199,14 @@ class SimConfig:
     @property
     def num_crashed(self) -> int:
         return len(self.crash_nodes) or round(self.crash_fraction * self.nodes)
+
+    def attack_of(self, node: int) -> str:
+        """The attack of Byzantine node ``node``: its own in ``attacks``, else ``attack``."""
+        return str(self.attacks.get(str(node), self.attack))
+
+    def crash_round_of(self, node: int) -> int:
+        """When planned crash ``node`` crashes: its own round in ``crash_rounds``, else ``crash_round``."""
+        return int(self.crash_rounds.get(str(node), self.crash_round))
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -179,7 +222,7 @@ class SimConfig:
 
 
 FIELDS = {f.name: f for f in fields(SimConfig)}
-_TABLES = ("rule_params", "attack_params", "protocol_params")
+_TABLES = ("rule_params", "attack_params", "protocol_params", "attacks", "crash_rounds")
 
 
 def _coerce(key: str, value: Any) -> Any:

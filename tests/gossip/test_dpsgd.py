@@ -74,7 +74,7 @@ def test_timeout_mixes_what_arrived_and_missing_weight_stays_home() -> None:
     acts = p.handle(TimerFired(name="dpsgd/0/0"), 5.0)
     done = next(a for a in acts if isinstance(a, RoundCompleted))
     assert torch.allclose(done.params, vec(0.75 * 4 + 0.25 * 8))
-    assert p.stats.timeouts == 1
+    assert p.counters.timeouts == 1
 
 
 def test_late_message_is_dropped_not_mixed() -> None:
@@ -85,7 +85,7 @@ def test_late_message_is_dropped_not_mixed() -> None:
     msg(p, "b", 1.0)
     assert p.round == 1
     assert msg(p, "a", 100.0, round_=0) == []
-    assert p.stats.late == 1
+    assert p.counters.late == 1
     trained(p, 2.0)
     msg(p, "a", 2.0)
     acts = msg(p, "b", 2.0)
@@ -101,7 +101,7 @@ def test_early_message_is_kept_for_its_round() -> None:
     acts = trained(p, 3.0)
     assert "RoundCompleted" in kinds(acts)
     assert msg(p, "a", 9.0, round_=p.round + 5) == []
-    assert p.stats.too_early == 1
+    assert p.counters.too_early == 1
 
 
 def test_duplicates_and_strangers() -> None:
@@ -110,7 +110,7 @@ def test_duplicates_and_strangers() -> None:
     trained(p, 0.0)
     msg(p, "a", 4.0)
     assert msg(p, "a", 400.0) == []  # equivocation or a retransmit: the first one counts
-    assert p.stats.duplicates == 1
+    assert p.counters.duplicates == 1
     (pen,) = msg(p, "zz", 1.0)
     assert isinstance(pen, PenalisePeer) and pen.peer == "zz"
     done = next(a for a in msg(p, "b", 0.0) if isinstance(a, RoundCompleted))

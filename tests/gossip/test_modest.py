@@ -32,13 +32,14 @@ def test_rounds_complete_and_models_flow_from_trainers_to_aggregators():
     d.run(100)
     rounds = d.rounds()
     assert sorted(rounds) == list(range(12))
+    # round k's outcome is its aggregate, the model round k + 1 trains from (training adds 1: it is k + 1),
+    # reported by the trainers of round k + 1 (RoundCompleted means "holds round k's outcome" everywhere)
     for k, models in rounds.items():
-        assert len(models) == 4 and all(torch.equal(m, torch.full((3,), float(k))) for m in models)
-    # the round-k trainers are exactly the sample every node computes
+        assert len(models) == 4 and all(torch.equal(m, torch.full((3,), float(k + 1))) for m in models)
     view = View("observer", PEERS)  # the initial view: nobody joined or left, so samples never changed
     for k in range(12):
-        trainers = {n for _, n, rc in d.completed if rc.round == k}
-        assert trainers == set(sample(view, k, 4, inactivity=1000, role=TRAINERS))
+        reporters = {n for _, n, rc in d.completed if rc.round == k}
+        assert reporters == set(sample(view, k + 1, 4, inactivity=1000, role=TRAINERS))
     # idle nodes did nothing but answer pings
     busy = {n for _, n, _ in d.completed} | {p for p, _, m in d.sent if not isinstance(m, Pong)}
     for node in set(PEERS) - busy:
@@ -148,6 +149,6 @@ def test_byzantine_aggregators_poison_plain_modest_but_not_the_robust_variant(ro
     poisoned = [k for k, p in honest_rounds if float(p[0]) < 0]
     if robust:
         assert max(d.rounds()) == 24
-        assert not poisoned and all(torch.equal(p, torch.full((3,), float(k))) for k, p in honest_rounds)
+        assert not poisoned and all(torch.equal(p, torch.full((3,), float(k + 1))) for k, p in honest_rounds)
     else:
         assert poisoned
