@@ -50,6 +50,7 @@ from phalanx.gossip.events import (
     Action,
     CancelTimer,
     PeerId,
+    PenalisePeer,
     RoundCompleted,
     Send,
     SetTimer,
@@ -125,7 +126,13 @@ class Modest(Protocol):
         # Peers that missed a ping in a round, skipped by this node's later searches until it sees them
         # active after that round (local, not gossiped: each node learns a crash at the cost of one timeout).
         self._suspects: dict[PeerId, int] = {}
-        self.counters = {"pings": 0, "aggregations": 0, "trainings": 0, "abandoned": 0}
+        self.counters = {
+            "pings": 0,
+            "aggregations": 0,
+            "trainings": 0,
+            "abandoned": 0,
+            "rejected_nonfinite": 0,
+        }
 
     def stats(self) -> dict[str, float]:
         out: dict[str, float] = dict(self.counters)
@@ -375,7 +382,18 @@ class Modest(Protocol):
 
     # ------------------------------------------------------------------ aggregator role
 
+    def _refuse(self, peer: PeerId, params: torch.Tensor) -> list[Action] | None:
+        """Admission of a model, the same in both worlds: a non-finite one is dropped, counted and struck
+        (the real node's wire refuses it too; the simulator has no wire)."""
+        if bool(torch.isfinite(params.sum())) or bool(torch.isfinite(params).all()):
+            return None
+        self.counters["rejected_nonfinite"] += 1
+        return [] if peer == self.node else [PenalisePeer(peer=peer, reason="non-finite model")]
+
     def _on_trained(self, peer: PeerId, message: TrainedModel, now: float) -> list[Action]:
+        refused = self._refuse(peer, message.params)
+        if refused is not None:
+            return refused
         k = message.round
         self.view.merge(message.view, now_round=max(self.round, 0))
         self.view.touch(peer, k, now_round=max(self.round, 0))
@@ -411,6 +429,9 @@ class Modest(Protocol):
     # ------------------------------------------------------------------ trainer role
 
     def _on_aggregated(self, peer: PeerId, message: AggregatedModel, now: float) -> list[Action]:
+        refused = self._refuse(peer, message.params)
+        if refused is not None:
+            return refused
         k = message.round
         self.view.merge(message.view, now_round=max(self.round, 0))
         self.view.touch(peer, k, now_round=max(self.round, 0))
