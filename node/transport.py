@@ -7,6 +7,13 @@ implementations frame bodies with :func:`phalanx.gossip.wire.frame` and read the
 stall. A frame-level problem ends that stream and comes out of ``receive()`` as :class:`Rejected`; the
 transport never raises because of a peer's bytes.
 
+Every peer has a :class:`PeerBudget`, enforced alike by both implementations: concurrent inbound streams,
+body bytes being read (charged when a header announces them, before any of it is read), a timeout for a
+started header and one for an idle stream. Going over a budget resets that stream and is a
+:class:`Rejected` with a stable reason (``too-many-streams``, ``over-budget``, ``stalled``), which the
+runtime counts as a strike. Streams of a banned peer are refused at once and reported as one
+``Rejected(peer, "banned", count=n)`` per peer and interval, not one event (one log line) per stream.
+
 libp2p: TCP + Noise + yamux (py-libp2p defaults). Each sender keeps one long-lived stream per peer on
 :data:`PROTOCOL_ID` and writes frames into it; a failed write drops the stream and retries once on a new
 one (the peer may have restarted).
@@ -16,9 +23,11 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -31,6 +40,35 @@ STALL_TIMEOUT = 10.0  # seconds without progress inside a frame before the strea
 MIN_RATE = 1_000_000  # bytes/s: a frame of n bytes must arrive within STALL_TIMEOUT + n / MIN_RATE
 SEND_TIMEOUT = 30.0
 FRAME_SLOTS = 16  # received frames waiting for receive(): bounds memory, applies back-pressure
+IDLE_TIMEOUT = 60.0  # seconds an inbound stream may sit between frames before it is reset (no strike)
+MAX_STREAMS = 8  # concurrent inbound streams per peer (an honest sender keeps one)
+BANNED_REPORT_INTERVAL = 10.0  # seconds between two reports of one banned peer's refused streams
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerBudget:
+    """What one peer may hold of this node's resources at any moment.
+
+    ``max_buffered`` is the body bytes of one peer's frames being read (all its streams together); 0 means
+    two frames of the limits in force, so an honest sender (one stream, one frame at a time) never comes
+    near it. ``header_timeout`` bounds a frame header once its first byte arrived (None: the stall
+    timeout); ``idle_timeout`` bounds a stream's silence between frames (reset, not a strike: honest
+    senders open a new stream when the old one is gone).
+    """
+
+    max_streams: int = MAX_STREAMS
+    max_buffered: int = 0
+    header_timeout: float | None = None
+    idle_timeout: float = IDLE_TIMEOUT
+    banned_report_interval: float = BANNED_REPORT_INTERVAL
+
+    def __post_init__(self) -> None:
+        if self.max_streams < 1 or self.max_buffered < 0:
+            raise ValueError("PeerBudget: max_streams must be >= 1 and max_buffered >= 0")
+        if not self.idle_timeout > 0 or not self.banned_report_interval > 0:
+            raise ValueError("PeerBudget: idle_timeout and banned_report_interval must be > 0")
+        if self.header_timeout is not None and not self.header_timeout > 0:
+            raise ValueError("PeerBudget: header_timeout must be > 0")
 
 
 class TransportError(OSError):
@@ -48,8 +86,11 @@ class Frame:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
+    """``count`` rejections of ``peer`` for ``reason`` (more than one only for coalesced reports)."""
+
     peer: str
     reason: str
+    count: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +128,84 @@ async def _read_exactly(read_some: ReadSome, n: int, *, stall: float) -> bytes |
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+class Ledger:
+    """Each peer's use of its :class:`PeerBudget`: inbound streams open and body bytes being read."""
+
+    def __init__(self, budget: PeerBudget, limits: Limits) -> None:
+        self.max_streams = budget.max_streams
+        self.max_buffered = budget.max_buffered or 2 * limits.max_frame
+        self._streams: Counter[str] = Counter()
+        self._buffered: Counter[str] = Counter()
+
+    def open_stream(self, peer: str) -> bool:
+        """Count a new inbound stream of ``peer``; False (and nothing counted) if it is one too many."""
+        if self._streams[peer] >= self.max_streams:
+            return False
+        self._streams[peer] += 1
+        return True
+
+    def close_stream(self, peer: str) -> None:
+        self._streams[peer] -= 1
+        if self._streams[peer] <= 0:
+            del self._streams[peer]
+
+    def reserve(self, peer: str, n: int) -> bool:
+        """Charge ``n`` body bytes to ``peer`` before reading them; False if that goes over its budget."""
+        if self._buffered[peer] + n > self.max_buffered:
+            return False
+        self._buffered[peer] += n
+        return True
+
+    def release(self, peer: str, n: int) -> None:
+        self._buffered[peer] -= n
+        if self._buffered[peer] <= 0:
+            del self._buffered[peer]
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "inbound_streams": sum(self._streams.values()),
+            "buffered_bytes": sum(self._buffered.values()),
+        }
+
+
+class BannedReports:
+    """Coalesces the refused streams of banned peers: the first is reported at once, the rest as one count
+    per peer and interval (so a banned peer opening streams in a loop costs one log line per interval)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.refused = 0  # every refused stream, reported or not yet
+        self._last: dict[str, float] = {}
+        self._pending: Counter[str] = Counter()
+
+    def note(self, peer: str, now: float) -> int:
+        """Count one refused stream; returns how many to report now (0: hold them for later)."""
+        self.refused += 1
+        self._pending[peer] += 1
+        if now - self._last.get(peer, -math.inf) < self.interval:
+            return 0
+        self._last[peer] = now
+        return self._pending.pop(peer)
+
+    def due(self, now: float) -> list[tuple[str, int]]:
+        """Held counts whose interval has passed, to report now; forgets peers quiet for an interval."""
+        out = []
+        for peer in list(self._pending):
+            if now - self._last.get(peer, -math.inf) >= self.interval:
+                self._last[peer] = now
+                out.append((peer, self._pending.pop(peer)))
+        for peer in [p for p, t in self._last.items() if now - t >= 2 * self.interval]:
+            del self._last[peer]
+        return out
+
+    async def run(self, inbox: _Inbox) -> None:
+        """Report held counts every interval, until cancelled."""
+        while True:
+            await trio.sleep(self.interval)
+            for peer, count in self.due(trio.current_time()):
+                inbox.emit_nowait(Rejected(peer, "banned", count))
+
+
 async def read_frames(
     read_some: ReadSome,
     peer: str,
@@ -95,32 +214,51 @@ async def read_frames(
     limits: Limits,
     stall: float = STALL_TIMEOUT,
     idle: float = math.inf,
+    header_timeout: float | None = None,
+    ledger: Ledger | None = None,
 ) -> bool:
     """Read frames until the stream ends; emit each as :class:`Frame`. Returns False if the stream must be
-    reset because of a bad or stalled frame (already emitted as :class:`Rejected`)."""
+    reset: a bad, stalled or over-budget frame (already emitted as :class:`Rejected`), or an idle stream.
+
+    A header must complete within ``header_timeout`` (default: ``stall``) of its first byte; a body's
+    length is charged to ``ledger`` before any of it is read, and released once the frame is handed on.
+    """
+    header_timeout = stall if header_timeout is None else header_timeout
     while True:
         try:
             with trio.fail_after(idle):
-                header = await _read_exactly(read_some, FRAME_HEADER.size, stall=math.inf)
+                header = await read_some(FRAME_HEADER.size)
         except trio.TooSlowError:
-            return True  # an idle stream between frames is not an offence; just close it
-        if header is None:
+            return False  # idle between frames is not an offence, but the stream's slot is freed
+        if not header:
             return True
+        n = 0
         try:
             if len(header) < FRAME_HEADER.size:
-                raise WireError("truncated", "stream ended inside a frame header")
-            n = frame_length(header, limits)
-            with trio.fail_after(stall + n / MIN_RATE):
-                body = await _read_exactly(read_some, n, stall=stall)
-            if body is None or len(body) < n:
+                with trio.fail_after(header_timeout):
+                    rest = await _read_exactly(read_some, FRAME_HEADER.size - len(header), stall=math.inf)
+                header += rest or b""
+                if len(header) < FRAME_HEADER.size:
+                    raise WireError("truncated", "stream ended inside a frame header")
+            length = frame_length(header, limits)
+            if ledger is not None:
+                if not ledger.reserve(peer, length):
+                    raise WireError("over-budget", f"a frame of {length} bytes over the peer's buffer budget")
+                n = length
+            with trio.fail_after(stall + length / MIN_RATE):
+                body = await _read_exactly(read_some, length, stall=stall)
+            if body is None or len(body) < length:
                 raise WireError("truncated", "stream ended inside a frame body")
+            await emit(Frame(peer, body))
         except WireError as exc:
             await emit(Rejected(peer, exc.reason))
             return False
         except trio.TooSlowError:
             await emit(Rejected(peer, "stalled"))
             return False
-        await emit(Frame(peer, body))
+        finally:
+            if n and ledger is not None:
+                ledger.release(peer, n)
 
 
 # ---------------------------------------------------------------- the interface
@@ -183,15 +321,48 @@ class _Inbox:
         self._send.close()
 
 
+class _RefusedBanned(Exception):
+    """A frame arrived from a peer banned while its stream was open: end that stream."""
+
+
+def _admit(
+    peer: str, is_banned: Callable[[str], bool], ledger: Ledger, reports: BannedReports, inbox: _Inbox
+) -> bool:
+    """Whether a new inbound stream of ``peer`` may be read (if so, it is counted in ``ledger``)."""
+    if is_banned(peer):
+        count = reports.note(peer, trio.current_time())
+        if count:
+            inbox.emit_nowait(Rejected(peer, "banned", count))
+        return False
+    if not ledger.open_stream(peer):
+        inbox.emit_nowait(Rejected(peer, "too-many-streams"))
+        return False
+    return True
+
+
+async def _emit_unless_banned(
+    is_banned: Callable[[str], bool], reports: BannedReports, inbox: _Inbox, event: TransportEvent
+) -> None:
+    if isinstance(event, Frame) and is_banned(event.peer):
+        count = reports.note(event.peer, trio.current_time())
+        if count:
+            inbox.emit_nowait(Rejected(event.peer, "banned", count))
+        raise _RefusedBanned
+    await inbox.emit(event)
+
+
 # ---------------------------------------------------------------- in memory
 
 
 class MemoryNetwork:
     """A set of in-memory transports that reach each other by name (for tests and small experiments)."""
 
-    def __init__(self, *, limits: Limits, stall: float = STALL_TIMEOUT) -> None:
+    def __init__(
+        self, *, limits: Limits, stall: float = STALL_TIMEOUT, budget: PeerBudget | None = None
+    ) -> None:
         self.limits = limits
         self.stall = stall
+        self.budget = budget or PeerBudget()
         self.nodes: dict[str, MemoryTransport] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -204,16 +375,25 @@ class MemoryNetwork:
             finally:
                 nursery.cancel_scope.cancel()
 
-    def transport(self, name: str) -> MemoryTransport:
-        t = MemoryTransport(self, name)
+    def transport(
+        self, name: str, *, is_banned: Callable[[str], bool] = lambda peer: False
+    ) -> MemoryTransport:
+        assert self._nursery is not None, "use MemoryNetwork.run()"
+        t = MemoryTransport(self, name, is_banned=is_banned)
         self.nodes[name] = t
+        self._nursery.start_soon(t._reports.run, t._inbox)
         return t
 
 
 class MemoryTransport(Transport):
-    def __init__(self, network: MemoryNetwork, name: str) -> None:
+    def __init__(
+        self, network: MemoryNetwork, name: str, *, is_banned: Callable[[str], bool] = lambda peer: False
+    ) -> None:
         self.peer_id = name
         self._net = network
+        self._is_banned = is_banned
+        self._ledger = Ledger(network.budget, network.limits)
+        self._reports = BannedReports(network.budget.banned_report_interval)
         self._inbox = _Inbox()
         self._out: dict[str, trio.abc.SendStream] = {}
         self._locks: dict[str, trio.Lock] = {}
@@ -242,8 +422,29 @@ class MemoryTransport(Transport):
         async def read_some(n: int) -> bytes:
             return await recv.receive_some(n)
 
-        await read_frames(read_some, peer, self._inbox.emit, limits=self._net.limits, stall=self._net.stall)
-        await recv.aclose()
+        async with recv:
+            if not _admit(peer, self._is_banned, self._ledger, self._reports, self._inbox):
+                return
+            budget = self._net.budget
+            try:
+                await read_frames(
+                    read_some,
+                    peer,
+                    partial(_emit_unless_banned, self._is_banned, self._reports, self._inbox),
+                    limits=self._net.limits,
+                    stall=self._net.stall,
+                    idle=budget.idle_timeout,
+                    header_timeout=budget.header_timeout,
+                    ledger=self._ledger,
+                )
+            except _RefusedBanned:
+                pass
+            finally:
+                self._ledger.close_stream(peer)
+
+    def stats(self) -> dict[str, int]:
+        """Inbound streams open, body bytes being read, streams of banned peers refused."""
+        return {**self._ledger.stats(), "refused_banned": self._reports.refused}
 
     async def send(self, peer: str, body: bytes) -> None:
         other = self._link(peer)
@@ -259,7 +460,10 @@ class MemoryTransport(Transport):
 
     async def send_raw(self, peer: str, data: bytes, *, close: bool = True) -> None:
         stream = self._open_stream(self._link(peer))
-        await stream.send_all(data)
+        try:
+            await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise TransportError(f"raw send to {peer} failed") from exc
         if close:
             await stream.aclose()
         else:
@@ -300,13 +504,17 @@ class Libp2pTransport(Transport):
         is_banned: Callable[[str], bool],
         stall: float,
         send_timeout: float,
+        budget: PeerBudget | None = None,
     ) -> None:
         self.host = host
         self.peer_id = host.get_id().to_base58()
         self.limits = limits
+        self.budget = budget or PeerBudget()
         self._is_banned = is_banned
         self._stall = stall
         self._send_timeout = send_timeout
+        self._ledger = Ledger(self.budget, limits)
+        self._reports = BannedReports(self.budget.banned_report_interval)
         self._inbox = _Inbox()
         self._out: dict[str, Any] = {}
         self._locks: dict[str, trio.Lock] = {}
@@ -329,8 +537,7 @@ class Libp2pTransport(Transport):
 
     async def _handle_stream(self, stream: Any) -> None:
         peer = stream.muxed_conn.peer_id.to_base58()
-        if self._is_banned(peer):
-            await self._inbox.emit(Rejected(peer, "banned"))
+        if not _admit(peer, self._is_banned, self._ledger, self._reports, self._inbox):
             await _quietly(stream.reset())
             return
 
@@ -344,18 +551,26 @@ class Libp2pTransport(Transport):
 
         try:
             clean = await read_frames(
-                read_some, peer, self._emit_unless_banned, limits=self.limits, stall=self._stall
+                read_some,
+                peer,
+                partial(_emit_unless_banned, self._is_banned, self._reports, self._inbox),
+                limits=self.limits,
+                stall=self._stall,
+                idle=self.budget.idle_timeout,
+                header_timeout=self.budget.header_timeout,
+                ledger=self._ledger,
             )
         except trio.Cancelled:
             raise
-        except Exception:  # the stream broke under us (reset, connection lost): nothing to count
+        except Exception:  # the stream broke under us (reset, connection lost), or its peer is now banned
             clean = False
+        finally:
+            self._ledger.close_stream(peer)
         await _quietly(stream.close() if clean else stream.reset())
 
-    async def _emit_unless_banned(self, event: TransportEvent) -> None:
-        if isinstance(event, Frame) and self._is_banned(event.peer):
-            event = Rejected(event.peer, "banned")
-        await self._inbox.emit(event)
+    def stats(self) -> dict[str, int]:
+        """Inbound streams open, body bytes being read, streams of banned peers refused."""
+        return {**self._ledger.stats(), "refused_banned": self._reports.refused}
 
     def add_address(self, address: str) -> str:
         import multiaddr
@@ -478,6 +693,7 @@ async def open_libp2p_transport(
     is_banned: Callable[[str], bool] = lambda peer: False,
     stall: float = STALL_TIMEOUT,
     send_timeout: float = SEND_TIMEOUT,
+    budget: PeerBudget | None = None,
 ) -> AsyncIterator[Libp2pTransport]:
     """A running libp2p host (TCP, Noise, yamux) listening on ``listen``, wrapped as a transport."""
     import multiaddr
@@ -489,7 +705,7 @@ async def open_libp2p_transport(
         raise ValueError(f"bad listen multiaddr in {list(listen)!r}: {exc}") from None
     host = new_host(key_pair=key_pair)
     transport = Libp2pTransport(
-        host, limits=limits, is_banned=is_banned, stall=stall, send_timeout=send_timeout
+        host, limits=limits, is_banned=is_banned, stall=stall, send_timeout=send_timeout, budget=budget
     )
     from libp2p.custom_types import TProtocol
 
@@ -499,7 +715,10 @@ async def open_libp2p_transport(
         if not host.get_network().listeners:
             # py-libp2p logs a failed listen and carries on; a node that cannot listen must not.
             raise OSError(f"cannot listen on {', '.join(listen)} (address in use or not available)")
-        try:
-            yield transport
-        finally:
-            await transport.aclose()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(transport._reports.run, transport._inbox)
+            try:
+                yield transport
+            finally:
+                nursery.cancel_scope.cancel()
+                await transport.aclose()

@@ -1,0 +1,156 @@
+"""Per-peer budgets, for both transports: streams, buffered bytes, header and idle timeouts, and banned
+peers that are counted rather than reported stream by stream. Each test plays the attacker with
+``send_raw`` from one peer while another, honest peer keeps being served."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+import trio
+import trio.testing
+
+from phalanx.gossip.wire import FRAME_HEADER, Limits
+from phalanx.node.transport import (
+    Frame,
+    MemoryNetwork,
+    PeerBudget,
+    Rejected,
+    Transport,
+    TransportError,
+    TransportEvent,
+    open_libp2p_transport,
+)
+
+LIMITS = Limits.model_only(1000)  # frames of at most 8,096 bytes
+BUDGET = PeerBudget(
+    max_streams=3, max_buffered=10_000, header_timeout=0.3, idle_timeout=2.0, banned_report_interval=0.3
+)
+STALL = 5.0
+
+
+@dataclass
+class Trio:
+    """An attacker, its victim and an honest peer; ``to_victim`` is the victim's name as the others know it."""
+
+    attacker: Transport
+    victim: Transport
+    honest: Transport
+    to_victim: str
+    banned: set[str] = field(default_factory=set)
+
+
+@pytest.fixture(params=["memory", pytest.param("libp2p", marks=pytest.mark.network)])
+async def peers(request: pytest.FixtureRequest) -> AsyncIterator[Trio]:
+    banned: set[str] = set()
+    if request.param == "memory":
+        net = MemoryNetwork(limits=LIMITS, stall=STALL, budget=BUDGET)
+        async with net.run():
+            victim = net.transport("victim", is_banned=banned.__contains__)
+            yield Trio(net.transport("attacker"), victim, net.transport("honest"), "victim", banned)
+    else:
+        from libp2p.crypto.ed25519 import create_new_key_pair
+
+        async with (
+            open_libp2p_transport(create_new_key_pair(), limits=LIMITS) as attacker,
+            open_libp2p_transport(
+                create_new_key_pair(),
+                limits=LIMITS,
+                stall=STALL,
+                budget=BUDGET,
+                is_banned=banned.__contains__,
+            ) as victim,
+            open_libp2p_transport(create_new_key_pair(), limits=LIMITS) as honest,
+        ):
+            address = victim.listen_addresses()[0]
+            name = attacker.add_address(address)
+            honest.add_address(address)
+            yield Trio(attacker, victim, honest, name, banned)
+
+
+async def next_event(t: Transport, kind: type, timeout: float = 10.0) -> TransportEvent:
+    with trio.fail_after(timeout):
+        while True:
+            event = await t.receive()
+            if isinstance(event, kind):
+                return event
+
+
+async def next_buffered(t: Transport, n: int) -> None:
+    """Wait until ``t`` holds ``n`` bytes of frame bodies being read (a stats poll between scheduler turns)."""
+    with trio.fail_after(5):
+        while t.stats()["buffered_bytes"] < n:  # type: ignore[attr-defined]
+            await trio.testing.wait_all_tasks_blocked(0.01)
+
+
+async def honest_frame_arrives(p: Trio) -> None:
+    await p.honest.send(p.to_victim, b"honest")
+    with trio.fail_after(10):
+        while True:
+            event = await p.victim.receive()
+            if isinstance(event, Frame) and event.peer == p.honest.peer_id:
+                assert event.body == b"honest"
+                return
+
+
+async def test_streams_over_the_budget_are_refused_with_a_strike(peers: Trio) -> None:
+    p = peers
+    for _ in range(BUDGET.max_streams + 2):
+        with contextlib.suppress(TransportError):  # the refusal may reach the attacker first
+            await p.attacker.send_raw(p.to_victim, b"", close=False)
+    for _ in range(2):
+        assert await next_event(p.victim, Rejected) == Rejected(p.attacker.peer_id, "too-many-streams")
+    await honest_frame_arrives(p)
+
+
+async def test_a_half_sent_header_is_refused_within_the_header_timeout(peers: Trio) -> None:
+    p = peers
+    await p.attacker.send_raw(p.to_victim, b"\0\0", close=False)
+    event = await next_event(p.victim, Rejected, timeout=BUDGET.header_timeout * 10)
+    assert event == Rejected(p.attacker.peer_id, "stalled")
+    await honest_frame_arrives(p)
+
+
+async def test_bytes_over_the_budget_are_refused_before_they_are_read(peers: Trio) -> None:
+    p = peers
+    nearly_full = FRAME_HEADER.pack(8000) + b"\1" * 100  # then stops: the victim holds 8,000 bytes for it
+    await p.attacker.send_raw(p.to_victim, nearly_full, close=False)
+    await next_buffered(p.victim, 8000)
+    await p.attacker.send_raw(p.to_victim, nearly_full, close=False)
+    # refused at once (long before the first stream's stall timeout), and nothing more is charged
+    event = await next_event(p.victim, Rejected, timeout=STALL / 2)
+    assert event == Rejected(p.attacker.peer_id, "over-budget")
+    assert p.victim.stats()["buffered_bytes"] == 8000  # type: ignore[attr-defined]
+    await honest_frame_arrives(p)
+
+
+async def test_a_banned_peer_is_counted_not_reported_stream_by_stream(peers: Trio) -> None:
+    p = peers
+    p.banned.add(p.attacker.peer_id)
+    streams = 40
+    for _ in range(streams):
+        with contextlib.suppress(TransportError):  # the refusal may reach the attacker first
+            await p.attacker.send_raw(p.to_victim, b"\0\0\0\1x")
+    reports: list[Rejected] = []
+    while sum(r.count for r in reports) < streams:
+        event = await next_event(p.victim, Rejected, timeout=5)
+        assert isinstance(event, Rejected) and event.reason == "banned"
+        reports.append(event)
+    assert len(reports) <= 10, f"{len(reports)} reports for {streams} refused streams"
+    assert p.victim.stats()["refused_banned"] == streams  # type: ignore[attr-defined]
+    await honest_frame_arrives(p)
+
+
+async def test_an_idle_stream_is_reset_and_frees_its_slot(autojump_clock: trio.abc.Clock) -> None:
+    net = MemoryNetwork(limits=LIMITS, stall=STALL, budget=BUDGET)
+    async with net.run():
+        attacker, victim = net.transport("attacker"), net.transport("victim")
+        for _ in range(BUDGET.max_streams + 1):
+            await attacker.send_raw("victim", b"", close=False)
+        assert await next_event(victim, Rejected) == Rejected("attacker", "too-many-streams")
+        await trio.sleep(BUDGET.idle_timeout + 0.1)  # virtual time: the idle streams are reset
+        assert victim.stats()["inbound_streams"] == 0
+        await attacker.send("victim", b"after")
+        assert (await next_event(victim, Frame)).body == b"after"  # type: ignore[union-attr]
