@@ -2,6 +2,9 @@
 
 The HTTP server is deliberately tiny: HTTP/1.0, GET only, one request per connection, a request head of at
 most 4 KiB read under a timeout. It is for a scraper on the same machine or cluster, not the open web.
+It holds at most ``max_connections`` sockets at once: further connections wait in the kernel's listen
+backlog (no file descriptor of this process) until a slot frees, so a flood of slow sockets cannot take
+the descriptors libp2p needs.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from typing import Any
 import trio
 
 MAX_REQUEST = 4096
-REQUEST_TIMEOUT = 5.0
+REQUEST_TIMEOUT = 5.0  # seconds to read a request head, and again to write the reply
+MAX_CONNECTIONS = 16  # sockets the server holds at once
 
 
 @dataclass(slots=True)
@@ -144,9 +148,9 @@ def _response(status: str, content_type: str, body: bytes) -> bytes:
     return head.encode("ascii") + body
 
 
-async def _handle(stream: trio.SocketStream, metrics: Metrics) -> None:
+async def _handle(stream: trio.SocketStream, metrics: Metrics, timeout: float = REQUEST_TIMEOUT) -> None:
     data = b""
-    with trio.move_on_after(REQUEST_TIMEOUT):
+    with trio.move_on_after(timeout):
         while b"\r\n\r\n" not in data and b"\n\n" not in data and len(data) < MAX_REQUEST:
             chunk = await stream.receive_some(MAX_REQUEST)
             if not chunk:
@@ -164,7 +168,7 @@ async def _handle(stream: trio.SocketStream, metrics: Metrics) -> None:
         else:
             reply = _response("404 Not Found", "text/plain", b"not found\n")
     try:
-        with trio.move_on_after(REQUEST_TIMEOUT):
+        with trio.move_on_after(timeout):
             await stream.send_all(reply)
     except trio.BrokenResourceError:
         pass
@@ -178,20 +182,53 @@ async def serve(
     *,
     host: str = "127.0.0.1",
     on_ready: Callable[[int], None] | None = None,
+    max_connections: int = MAX_CONNECTIONS,
+    request_timeout: float = REQUEST_TIMEOUT,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``/metrics`` and ``/status`` on ``host:port`` (0 picks a free port) until cancelled."""
+    """Serve ``/metrics`` and ``/status`` on ``host:port`` (0 picks a free port) until cancelled, holding
+    at most ``max_connections`` sockets at once, each for at most twice ``request_timeout``."""
+    if max_connections < 1 or not request_timeout > 0:
+        raise ValueError("metrics server: max_connections must be >= 1 and request_timeout > 0")
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
     if on_ready:
         on_ready(bound)
     task_status.started(bound)
+    slots = trio.Semaphore(max_connections)
 
     async def handler(stream: trio.SocketStream) -> None:
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            await _handle(stream, metrics)
+        try:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                await _handle(stream, metrics, request_timeout)
+        finally:
+            slots.release()
 
-    await trio.serve_listeners(handler, listeners)
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(_accept_loop, listener, handler, slots, nursery)
+
+
+async def _accept_loop(
+    listener: trio.SocketListener,
+    handler: Callable[[trio.SocketStream], Any],
+    slots: trio.Semaphore,
+    nursery: trio.Nursery,
+) -> None:
+    """Accept only when a slot is free: a connection beyond the cap stays in the backlog, not in our fds."""
+    async with listener:
+        while True:
+            await slots.acquire()
+            try:
+                stream = await listener.accept()
+            except OSError:  # out of descriptors, or the peer gave up: back off briefly, keep serving
+                slots.release()
+                await trio.sleep(0.1)
+                continue
+            except BaseException:
+                slots.release()
+                raise
+            nursery.start_soon(handler, stream)
 
 
 async def fetch(port: int, path: str = "/status", *, host: str = "127.0.0.1", timeout: float = 5.0) -> bytes:
