@@ -6,6 +6,7 @@ and the metrics endpoint. ``phalanx node run`` is a thin shell around :func:`run
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -143,7 +144,14 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
     key = load_or_create_key(config.key_path)
     peer_id = peer_id_of(key)
     checkpoint_path = config.data_dir / ckpt.FILENAME
-    saved = ckpt.load(checkpoint_path, dim=learner.dim)
+    loaded = ckpt.load_latest(checkpoint_path, dim=learner.dim)
+    saved = None if loaded is None else loaded.checkpoint
+    if loaded is not None and loaded.fell_back:  # said before anything else, in the log's JSON-lines form
+        print(
+            json.dumps({"event": "checkpoint-fallback", "path": str(loaded.path), "skipped": loaded.skipped}),
+            file=log,
+            flush=True,
+        )
     if saved is not None and saved.peer_id and saved.peer_id != peer_id:
         raise ConfigError(
             f"checkpoint {checkpoint_path} belongs to peer {saved.peer_id}, this key is {peer_id}"
