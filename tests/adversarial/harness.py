@@ -16,6 +16,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,14 @@ class Victim:
         return trio.current_time() - t0
 
 
+def _listening(v: Victim) -> bool:
+    return bool(v.of("listening"))
+
+
+def _past_round(v: Victim, r: int) -> bool:
+    return v.round >= r
+
+
 @asynccontextmanager
 async def honest_pair(workdir: Path, *, round_timeout: float = 2.0) -> AsyncIterator[tuple[Victim, Victim]]:
     """Two honest nodes, each the other's one neighbour, both past their first round."""
@@ -155,10 +164,10 @@ async def honest_pair(workdir: Path, *, round_timeout: float = 2.0) -> AsyncIter
                 stderr.close()
                 nursery.start_soon(v.follow)
             for v in victims:
-                await v.until(lambda v=v: bool(v.of("listening")), timeout=60)
+                await v.until(partial(_listening, v), timeout=60)
                 v.metrics_port = int(v.of("listening")[0]["metrics_port"])
             for v in victims:
-                await v.until(lambda v=v: v.round >= 2, timeout=60)
+                await v.until(partial(_past_round, v, 2), timeout=60)
             yield victims[0], victims[1]
         finally:
             for v in victims:

@@ -1,0 +1,100 @@
+"""The red team: every covered attack of issue 13 against a live network of real node processes, one table.
+
+    .venv/bin/python scripts/red_team.py [--attack NAME ...] [--no-decode]
+
+For each attack a fresh pair of honest nodes (each the other's neighbour) runs on 127.0.0.1; outsider
+hosts with fresh keys (never configured anywhere) attack the first one. The table shows, per attack: the
+rejections the victim logged and counted, the rounds it completed during the attack against the rounds
+its own rate just before predicts for that time, its longest pause between two rounds, its RSS before /
+at the peak / after, its descriptors before / at the peak, the attackers it struck and banned, and the
+verdict (the checks of ``tests/adversarial/attacks.py``). A first table times the decode of hostile
+bodies per MB under the default limits and D-PSGD's model-only limits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from phalanx.gossip.messages import decode
+from phalanx.gossip.wire import Limits, WireError
+from tests.adversarial.attacks import ATTACKS, Outcome, run_attack
+from tests.adversarial.bombs import BOMBS, sized
+from tests.adversarial.harness import DIM, honest_pair
+
+MLP_DIM = 50_890
+
+
+def decode_table() -> None:
+    """Seconds per MB to refuse each hostile body (best of three), for the MLP's limits."""
+    limits = [("default", Limits(dim=MLP_DIM))]
+    if hasattr(Limits, "model_only"):
+        limits.append(("model-only", Limits.model_only(MLP_DIM)))
+    print(f"{'limits':>10}  {'body':>13}  {'MB':>6}  {'ms':>9}  {'ms/MB':>9}  reason")
+    for label, lim in limits:
+        for name in BOMBS:
+            body = sized(name, lim.max_frame)
+            best, reason = float("inf"), "accepted"
+            for _ in range(1 if len(body) > 1_000_000 and label == "default" else 3):
+                t = time.perf_counter()
+                try:
+                    decode(body, lim)
+                except WireError as exc:
+                    reason = exc.reason
+                best = min(best, time.perf_counter() - t)
+            mb = len(body) / 1e6
+            print(f"{label:>10}  {name:>13}  {mb:6.2f}  {best * 1e3:9.2f}  {best * 1e3 / mb:9.2f}  {reason}")
+    print()
+
+
+def row(o: Outcome) -> str:
+    return (
+        f"{o.attack:>17}  {o.rejected_lines:>5}/{o.rejected_counted:<5}  "
+        f"{o.rounds_during:>5}/{o.rounds_expected:<6.0f}  {o.max_pause:6.2f}  "
+        f"{o.rss_before:5.0f}/{o.rss_peak:5.0f}/{o.rss_after:<5.0f}  {o.fds_before:>4}/{o.fds_peak:<5}  "
+        f"{o.attackers_struck}/{o.attackers_banned} of {o.attackers}  {o.verdict}"
+    )
+
+
+async def attack_table(names: list[str]) -> int:
+    print(
+        f"{'attack':>17}  {'rejected':>11}  {'rounds':>12}  {'pause':>6}  {'RSS MB':>17}  {'fds':>10}  "
+        f"{'struck/banned':>13}  verdict"
+    )
+    print(
+        f"{'':>17}  {'log/count':>11}  {'during/exp':>12}  {'max s':>6}  {'before/peak/after':>17}  "
+        f"{'before/peak':>10}"
+    )
+    failed = 0
+    for name in names:
+        with tempfile.TemporaryDirectory() as tmp:
+            async with honest_pair(Path(tmp)) as (victim, _neighbour):
+                outcome = await run_attack(ATTACKS[name], victim)
+        failed += bool(outcome.problems)
+        print(row(outcome), flush=True)
+    return failed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--attack", action="append", choices=list(ATTACKS), help="only these (repeatable)")
+    parser.add_argument("--no-decode", action="store_true", help="skip the decode-time table")
+    args = parser.parse_args()
+    logging.getLogger("libp2p").setLevel(logging.CRITICAL)  # refused streams are the point, not news
+    if not args.no_decode:
+        decode_table()
+    print(f"victims: pairs of honest nodes, blobs + logreg ({DIM} parameters), D-PSGD")
+    failed = trio.run(attack_table, args.attack or list(ATTACKS))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
