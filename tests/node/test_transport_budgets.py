@@ -5,15 +5,19 @@ peers that are counted rather than reported stream by stream. Each test plays th
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from phalanx.gossip.wire import FRAME_HEADER, Limits
 from phalanx.node.transport import (
+    BannedReports,
     Frame,
     MemoryNetwork,
     PeerBudget,
@@ -154,3 +158,23 @@ async def test_an_idle_stream_is_reset_and_frees_its_slot(autojump_clock: trio.a
         assert victim.stats()["inbound_streams"] == 0
         await attacker.send("victim", b"after")
         assert (await next_event(victim, Frame)).body == b"after"  # type: ignore[union-attr]
+
+
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.floats(0, 5)), max_size=60), st.floats(0.1, 2))
+def test_banned_reports_lose_nothing_and_say_little(notes: list[tuple[str, float]], interval: float) -> None:
+    """Every refused stream is reported exactly once (at once or by a later ``due``), and a peer is
+    reported at most once per interval."""
+    reports = BannedReports(interval)
+    said: list[tuple[str, float, int]] = []
+    now = 0.0
+    for peer, dt in notes:
+        now += dt
+        said += [(p, now, n) for p, n in reports.due(now)]
+        count = reports.note(peer, now)
+        if count:
+            said.append((peer, now, count))
+    said += [(p, now + interval, n) for p, n in reports.due(now + interval)]
+    assert sum(n for _, _, n in said) == len(notes) == reports.refused
+    for peer in "abc":
+        times = [t for p, t, _ in said if p == peer]
+        assert all(b - a >= interval for a, b in itertools.pairwise(times))
