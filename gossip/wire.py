@@ -37,8 +37,8 @@ class WireError(ValueError):
 
 #: Objects (scalars and containers) a message may hold besides its view: the envelope and a handful of fields.
 BASE_ITEMS = 64
-#: A view entry is three objects (peer id, active round, counter), one in each of the view's three arrays.
-ITEMS_PER_VIEW_ENTRY = 3
+#: A view entry is at most four objects (peer id, active round, counter, signature), one in each array.
+ITEMS_PER_VIEW_ENTRY = 4
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
