@@ -22,6 +22,7 @@ from phalanx.gossip import registry
 from phalanx.gossip.aggregator import Combiner, gossip_rule_names, rule_names
 from phalanx.gossip.byzantine import HonestView, attack_names
 from phalanx.gossip.events import PeerId
+from phalanx.gossip.identity import sim_keyring
 from phalanx.gossip.messages import ModelUpdate
 from phalanx.gossip.protocol import Protocol
 from phalanx.gossip.spec import AttackSpec, NodeContext, ProtocolSpec, WorldDefaults
@@ -337,6 +338,9 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
     delay = min(config.round_timeout / 2, 2 * config.latency + 1e-3)
     spec, protocol_config = plan.protocol, plan.protocol_config
     late = late_nodes(plan.churn)
+    # every simulated node has an ed25519 key (derived from the seed); one verifier, shared by all nodes,
+    # checks each distinct signed record once
+    signers, verifier = sim_keyring(peers, config.seed)
     protocols: dict[PeerId, Protocol] = {}
     for i in range(config.nodes):
         node = str(i)
@@ -351,6 +355,8 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
             schedule=schedule_of(node) if schedule_of else None,
             include_own=config.include_own,
             late=node in late,
+            signer=signers[node],
+            verifier=verifier,
         )
         attack = None
         if node in byz:
@@ -414,6 +420,7 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
             "train_steps": worker.steps_run,
             "bytes": engine.bytes_sent,
             "messages": engine.messages_sent,
+            "signatures_verified": verifier.checked,
         },
         protocols=protocols,
     )
