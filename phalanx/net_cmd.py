@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from phalanx.cli import positive_float, positive_int
-from phalanx.options import add_data_arguments, add_training_arguments, protocol_help
+from phalanx.options import add_data_arguments, add_training_arguments, protocol_help, topology_help
 
 
 def _byzantine(text: str) -> tuple[int, str]:
@@ -41,7 +41,7 @@ def register(sub: Any) -> None:
         "print a per-node table and write the same files as 'phalanx sim'.",
     )
     p.add_argument("--nodes", type=positive_int, default=4, help="number of node processes (default 4)")
-    p.add_argument("--topology", default="ring", help="a simulator topology spec (default ring)")
+    p.add_argument("--topology", default="ring", help=topology_help("ring"))
     p.add_argument("--rounds", type=positive_int, default=10, help="rounds every node runs (default 10)")
     p.add_argument(
         "--byzantine",

@@ -65,3 +65,15 @@ def protocol_help() -> LazyHelp:
         return f"the protocol (default dpsgd); {registry.help_text()}"
 
     return LazyHelp(make)
+
+
+def topology_help(default: str | None = None) -> LazyHelp:
+    """``--topology``'s help: the topologies of the registry (built-in and plug-ins), listed when shown."""
+
+    def make() -> str:
+        from phalanx.sim import topology
+
+        tail = f" (default {default})" if default else ""
+        return f"the communication graph{tail}: {topology.help_text()}"
+
+    return LazyHelp(make)

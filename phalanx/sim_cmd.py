@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from phalanx.cli import non_negative_float, non_negative_int, positive_float, positive_int
-from phalanx.options import protocol_help
+from phalanx.options import protocol_help, topology_help
 
 
 def _ids(text: str) -> list[int]:
@@ -48,13 +48,7 @@ FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--nodes", "nodes", positive_int, "number of nodes"),
     ("--rounds", "rounds", positive_int, "number of rounds"),
     ("--seed", "seed", int, "random seed: the same seed gives the same metrics"),
-    (
-        "--topology",
-        "topology",
-        str,
-        "ring, torus, grid, complete, star, erdos-renyi:P, regular:K, watts-strogatz:K:P, "
-        "barabasi-albert:M, exponential, dumbbell:B, file:PATH, dynamic-regular:K",
-    ),
+    ("--topology", "topology", str, topology_help()),
     ("--mixing", "mixing", str, "metropolis, uniform or max-degree"),
     ("--protocol", "protocol", str, protocol_help()),
     ("--rule", "rule", str, "aggregation rule (mean = D-PSGD mixing)"),
