@@ -1,7 +1,7 @@
 """Local training and evaluation on flat float32 parameter vectors.
 
 Every node, simulated or real, trains through this module. A model travels and aggregates as one flat
-float32 vector (DESIGN.md), so the learner keeps the module's parameters as *views into one flat tensor*
+float32 vector (docs/design.md), so the learner keeps the module's parameters as *views into one flat tensor*
 and its gradients as views into another: getting or setting the model is one copy, bit-exact, and SGD
 with momentum and weight decay is three vector operations on the flat buffers.
 

@@ -1,6 +1,7 @@
 """The trio runtime that drives one sans-I/O protocol object on a real node.
 
-Glue only (CONVENTIONS.md): transport events become protocol events, protocol actions become writes,
+Glue only (docs/design.md, "One protocol, two worlds"): transport events become protocol events,
+protocol actions become writes,
 timers and training. Everything happens on one trio thread, so the protocol is never entered twice at
 once; local training runs in a worker thread (``trio.to_thread.run_sync``) under a lock that also covers
 evaluation, because both use the learner's one model.
