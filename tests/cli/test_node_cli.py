@@ -30,7 +30,7 @@ def cli(argv: list[str]) -> int:
         (["--neighbour", "/ip4/127.0.0.1/tcp/1"], "needs /ip4/HOST/tcp/PORT/p2p/PEER_ID"),
         (["--neighbour", "garbage"], "bad peer multiaddr"),
         (["--listen", "nonsense"], "bad listen multiaddr"),
-        (["--round-timeout", "0"], "round-timeout must be > 0"),
+        (["--round-timeout", "0"], "round_timeout must be a finite number > 0, got 0"),
         (["--index", "3", "--nodes", "2"], "index 3 out of range for 2 nodes"),
         (["--rule-param", "novalue"], "--rule-param expects KEY=VALUE"),
         (["--topology-file", "t.txt"], "topology-file and address-book go together"),
