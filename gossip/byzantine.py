@@ -341,8 +341,8 @@ class ByzantineModest(Protocol):
         if self.attack == "silent":
             result = None
         else:
-            if role == "aggregator" and self.inner.last_inputs is not None:
-                honest = self.inner.last_inputs
+            if role == "aggregator" and self.inner.aggregator.last_inputs is not None:
+                honest = self.inner.aggregator.last_inputs
             else:
                 honest = torch.stack([message.params, self.inner.model])
             try:

@@ -177,8 +177,8 @@ def check_rule(
             except ValueError as exc:
                 where = (
                     f"a node of degree {deg} in {config.topology}"
-                    if spec.report == "every-node"
-                    else f"{deg} {spec.name} inputs"
+                    if spec.rule_inputs(protocol_config, 1) != spec.rule_inputs(protocol_config, 2)
+                    else f"{deg} received {spec.name} models"
                 )
                 raise ConfigError(f"rule {config.rule} cannot tolerate f={f} at {where}: {exc}") from None
     for deg in degrees:

@@ -150,7 +150,10 @@ class Metrics:
         total: dict[str, float] = {}
         protocols = engine.protocols
         for node in self.honest:
-            for key, value in protocols[node].stats().items():
+            protocol = protocols.get(node)
+            if protocol is None:
+                continue
+            for key, value in protocol.stats().items():
                 total[key] = total.get(key, 0) + value
         return dict(sorted(total.items()))
 

@@ -45,11 +45,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from phalanx.gossip.aggregator import Combiner
 from phalanx.gossip.events import (
     Action,
     CancelTimer,
     PeerId,
+    PenalisePeer,
     RoundCompleted,
     Send,
     SetTimer,
@@ -69,7 +69,8 @@ from phalanx.gossip.messages import (
 )
 from phalanx.gossip.modest import timers
 from phalanx.gossip.modest.config import ModestConfig
-from phalanx.gossip.modest.search import Candidate, Phase, Role, Search
+from phalanx.gossip.modest.roles import Added, Aggregator, RobustTrainer
+from phalanx.gossip.modest.search import Role, Searches
 from phalanx.gossip.protocol import LocalProtocolError, Protocol
 from phalanx.gossip.sampling import AGGREGATORS, TRAINERS, candidates, sample
 
@@ -108,28 +109,25 @@ class Modest(Protocol):
         self.round = -1  # newest round whose model this node has seen
         self.training: int | None = None  # round being trained
         self.started: int = -1  # newest round this node started (trained, or received as the last one)
-        self.aggregated = -1  # newest round k+1 this node aggregated
-        self._inbox: dict[int, dict[PeerId, torch.Tensor]] = {}  # trained models by their round k
-        self._aggregates: dict[PeerId, torch.Tensor] = {}  # robust trainer: aggregates of self._collecting
-        self._collecting = -1
-        self._searches: dict[int, Search] = {}
-        self._nonce = 0
+        self.aggregator = Aggregator(config)
+        rule = config.trainer_combine_rule
+        self.robust = RobustTrainer(config, rule) if rule else None
         self._last_sent = 0
-        self.last_inputs: torch.Tensor | None = None  # the trainers' models of the latest aggregation
-        self.aggregator = Combiner(config.aggregator_rule, config.aggregator_params, include_own=False)
-        self.trainer_combiner = (
-            Combiner(config.trainer_combine_rule, config.trainer_combine_params, include_own=False)
-            if config.trainer_combine_rule
-            else None
+        self.counters = {
+            "pings": 0,
+            "aggregations": 0,
+            "trainings": 0,
+            "abandoned": 0,
+            "rejected_nonfinite": 0,
+        }
+
+        self.searches = Searches(
+            node=node, config=config, deliver_local=self._deliver_local, counters=self.counters
         )
-        # Peers that missed a ping in a round, skipped by this node's later searches until it sees them
-        # active after that round (local, not gossiped: each node learns a crash at the cost of one timeout).
-        self._suspects: dict[PeerId, int] = {}
-        self.counters = {"pings": 0, "aggregations": 0, "trainings": 0, "abandoned": 0}
 
     def stats(self) -> dict[str, float]:
         out: dict[str, float] = dict(self.counters)
-        combiners = [self.aggregator] + ([self.trainer_combiner] if self.trainer_combiner else [])
+        combiners = [self.aggregator.combiner] + ([self.robust.combiner] if self.robust else [])
         out["rule_failures"] = sum(c.failures for c in combiners)
         out["dropped_nonfinite"] = sum(c.dropped_nonfinite for c in combiners)
         return out
@@ -142,67 +140,13 @@ class Modest(Protocol):
         return self.view.delta(since=since)
 
     def _search(self, k: int, role: Role, need: int, payload: Message, now: float) -> list[Action]:
-        self._nonce += 1
         tag = AGGREGATORS if role is Role.AGGREGATORS else TRAINERS
         pool = (
             p
             for p in candidates(self.view, k, inactivity=self.config.inactivity, role=tag)
-            if not self._suspected(p)
+            if not self.searches.suspected(p, self.view)
         )
-        search = Search(nonce=self._nonce, round=k, role=role, need=need, pool=pool, payload=payload)
-        self._searches[search.nonce] = search
-        return self._fill(search, now)
-
-    def _suspected(self, peer: PeerId) -> bool:
-        since = self._suspects.get(peer)
-        if since is None:
-            return False
-        rec = self.view.get(peer)
-        if rec is not None and rec.last_active > since:
-            del self._suspects[peer]
-            return False
-        return True
-
-    def _ping_one(self, search: Search, peer: PeerId, now: float) -> Send:
-        search.state[peer] = Candidate.WAITING
-        search.sent_at[peer] = now
-        self.counters["pings"] += 1
-        return Send(peer=peer, message=Ping(round=search.round, nonce=search.nonce, role=int(search.role)))
-
-    def _fill(self, search: Search, now: float) -> list[Action]:
-        """Top up pending candidates to what is still needed, then deliver if settled."""
-        actions: list[Action] = []
-        while search.live() < search.need:
-            peer = search.pull()
-            if peer is None:
-                break
-            if peer == self.node:
-                search.state[peer] = Candidate.ANSWERED
-                continue
-            actions.append(self._ping_one(search, peer, now))
-        chosen = search.chosen()
-        if chosen is None:
-            actions.append(SetTimer(name=timers.ping(search.nonce), deadline=now + self.config.ping_retry))
-            return actions
-        actions.append(CancelTimer(name=timers.ping(search.nonce)))
-        search.phase = Phase.WATCHING
-        for peer in chosen:
-            if peer in search.delivered or peer in search.has:
-                continue
-            search.delivered.add(peer)
-            if peer == self.node:
-                actions += self._deliver_local(search.payload, now)
-            else:
-                actions.append(Send(peer=peer, message=search.payload))
-        # Watch the round: if every chosen peer dies before finishing its part, the next candidates get
-        # the payload (a liveness guard MoDeST's paper leaves to timeouts at the receivers).
-        if search.progress or search.watches >= self.config.watch_limit or chosen == [self.node]:
-            del self._searches[search.nonce]
-        else:
-            actions.append(
-                SetTimer(name=timers.watch(search.nonce), deadline=now + self.config.progress_timeout)
-            )
-        return actions
+        return self.searches.begin(k, role, need, pool, payload, now)
 
     def _deliver_local(self, message: Message, now: float) -> list[Action]:
         if isinstance(message, TrainedModel):
@@ -241,7 +185,7 @@ class Modest(Protocol):
 
     def _stand_down(self) -> None:
         self.training = None
-        self._searches.clear()
+        self.searches.clear()
 
     def leave(self, now: float) -> list[Action]:
         """Leave the network: announce it and stop taking part (``join`` undoes it)."""
@@ -323,28 +267,14 @@ class Modest(Protocol):
             has = self.started >= k
             done = self.started > k or (has and self.training != k)
         else:  # an aggregator of round k: have I got the pinger's model of round k - 1, aggregated k?
-            done = self.aggregated >= k
-            has = done or peer in self._inbox.get(k - 1, {})
+            done = self.aggregator.aggregated >= k
+            has = done or self.aggregator.holds(peer, k - 1)
         return Pong(round=k, nonce=ping.nonce, has=has, done=done, latest=max(self.round, 0))
 
     def _on_pong(self, peer: PeerId, message: Pong, now: float) -> list[Action]:
         self.view.touch(peer, message.round, now_round=max(self.round, 0))
         self.round = max(self.round, message.latest)
-        search = self._searches.get(message.nonce)
-        if search is None or search.state.get(peer) is not Candidate.WAITING:
-            return []
-        if search.watches and message.latest > search.round:  # the network is past the watched round
-            del self._searches[search.nonce]
-            return [CancelTimer(name=timers.ping(search.nonce))]
-        search.state[peer] = Candidate.ANSWERED
-        if message.has:
-            search.has.add(peer)
-        if message.done:
-            search.progress = True
-            if search.watches:  # watching, and the round has moved on: nothing left to guard
-                del self._searches[search.nonce]
-                return [CancelTimer(name=timers.ping(search.nonce))]
-        return self._fill(search, now)
+        return self.searches.on_pong(peer, message, now)
 
     def on_timer(self, name: str, now: float) -> list[Action]:
         timer = timers.parse(name)
@@ -354,91 +284,72 @@ class Modest(Protocol):
         if kind is timers.Kind.AGGREGATE:
             return self._aggregate(arg, now)
         if kind is timers.Kind.COMBINE:
-            return self._combine(now) if arg == self._collecting and self._aggregates else []
-        search = self._searches.get(arg)
-        if search is None:
-            return []
-        actions: list[Action] = []
-        if kind is timers.Kind.PING:
-            for peer in search.waiting():
-                if now - search.sent_at[peer] >= self.config.ping_timeout - 1e-12:
-                    search.state[peer] = Candidate.FAILED
-                    self._suspects[peer] = search.round
-                else:
-                    actions.append(self._ping_one(search, peer, search.sent_at[peer]))
-        else:  # WATCH: ask the chosen peers again whether they finished their part
-            search.watches += 1
-            for peer in search.order:
-                if search.state[peer] is Candidate.ANSWERED and peer != self.node:
-                    actions.append(self._ping_one(search, peer, now))
-        return actions + self._fill(search, now)
+            return self._combine(now) if self.robust is not None and self.robust.pending(arg) else []
+        return self.searches.on_timer(timer, now)
 
     # ------------------------------------------------------------------ aggregator role
 
+    def _refuse(self, peer: PeerId, params: torch.Tensor) -> list[Action] | None:
+        """Admission of a model, the same in both worlds: a non-finite one is dropped, counted and struck
+        (the real node's wire refuses it too; the simulator has no wire)."""
+        if bool(torch.isfinite(params.sum())) or bool(torch.isfinite(params).all()):
+            return None
+        self.counters["rejected_nonfinite"] += 1
+        return [] if peer == self.node else [PenalisePeer(peer=peer, reason="non-finite model")]
+
     def _on_trained(self, peer: PeerId, message: TrainedModel, now: float) -> list[Action]:
+        refused = self._refuse(peer, message.params)
+        if refused is not None:
+            return refused
         k = message.round
         self.view.merge(message.view, now_round=max(self.round, 0))
         self.view.touch(peer, k, now_round=max(self.round, 0))
-        if k + 1 <= self.aggregated or k + 1 < self.round:
-            return []  # that round is already aggregated, or the network is past it (a late trainer)
-        box = self._inbox.setdefault(k, {})
-        first = not box
-        box[peer] = message.params
-        if len(box) >= self.config.needed_models:
+        added = self.aggregator.add(peer, k, message.params, network_round=self.round)
+        if added is Added.ENOUGH:
             return self._aggregate(k, now)
-        if first:
+        if added is Added.FIRST:
             return [SetTimer(name=timers.aggregate(k), deadline=now + self.config.aggregation_timeout)]
         return []
 
     def _aggregate(self, k: int, now: float) -> list[Action]:
-        box = self._inbox.pop(k, None)
-        if not box or k + 1 <= self.aggregated:
-            return []
-        for old in [r for r in self._inbox if r < k]:
-            del self._inbox[old]
-        model = self.aggregator.of_rows(box)
         actions: list[Action] = [CancelTimer(name=timers.aggregate(k))]
-        if model is None:  # every trained model was non-finite: nothing to hand on (counted)
-            return actions
-        self.aggregated = k + 1
+        model = self.aggregator.aggregate(k)
+        if model is None:
+            return [] if k + 1 <= self.aggregator.aggregated else actions
         self.round = max(self.round, k + 1)
         self.view.touch(self.node, k + 1, now_round=k + 1)
         self.counters["aggregations"] += 1
-        self.last_inputs = torch.stack([box[p] for p in sorted(box)])
         payload = AggregatedModel(round=k + 1, params=model, view=self._delta())
         return actions + self._search(k + 1, Role.TRAINERS, self.config.s, payload, now)
 
     # ------------------------------------------------------------------ trainer role
 
     def _on_aggregated(self, peer: PeerId, message: AggregatedModel, now: float) -> list[Action]:
+        refused = self._refuse(peer, message.params)
+        if refused is not None:
+            return refused
         k = message.round
         self.view.merge(message.view, now_round=max(self.round, 0))
         self.view.touch(peer, k, now_round=max(self.round, 0))
         if k <= self.started or k < self.round:
             return []  # already training this round (or a newer one), or a stale round
-        if self.trainer_combiner is None:
+        if self.robust is None:
             return self._start_training(k, message.params)
-        if k < self._collecting:
+        added = self.robust.add(peer, k, message.params)
+        if added is Added.STALE:
             return []
         actions: list[Action] = []
-        if k > self._collecting:
-            self._collecting = k
-            self._aggregates = {}
+        if added is Added.FIRST:
             actions.append(SetTimer(name=timers.combine(k), deadline=now + self.config.aggregation_timeout))
-        self._aggregates[peer] = message.params
-        if len(self._aggregates) >= self.config.quorum:
+        if added is Added.ENOUGH:
             actions.append(CancelTimer(name=timers.combine(k)))
             actions += self._combine(now)
         return actions
 
     def _combine(self, now: float) -> list[Action]:
-        k = self._collecting
-        received, self._aggregates = self._aggregates, {}
-        assert self.trainer_combiner is not None
-        model = self.trainer_combiner.of_rows(received)
-        if model is None:
-            return []
-        return self._start_training(k, model)
+        assert self.robust is not None
+        k, model = self.robust.combine()
+        return [] if model is None else self._start_training(k, model)
 
     def _start_training(self, k: int, params: torch.Tensor) -> list[Action]:
         """Take round ``k``'s model: report round ``k - 1``'s outcome, then train (unless the run is over)."""
