@@ -104,6 +104,11 @@ _LISTS = ("listen", "bootstrap", "neighbours")
 _TABLES = ("rule_params", "attack_params", "protocol_params")
 
 
+def default_of(key: str) -> Any:
+    """The default of setting ``key`` (for a command that passes it on to nodes, such as ``net up``)."""
+    return next(f for f in fields(NodeConfig) if f.name == key).default
+
+
 def help_of(key: str) -> str:
     """The help of setting ``key`` with its default, for its flag."""
     return fields_.help_with_default(next(f for f in fields(NodeConfig) if f.name == key))
