@@ -37,7 +37,8 @@ from phalanx.sim.faults import FaultSchedule, churn_trace, late_nodes
 from phalanx.sim.metrics import Metrics
 from phalanx.sim.mixing import mixing_matrix, neighbour_weights, spectral_gap
 from phalanx.sim.network import network_for
-from phalanx.sim.topology import TimeVarying, build_graph, is_time_varying
+from phalanx.sim.topology import build_graph, is_time_varying
+from phalanx.sim.topology import parse as parse_topology
 
 BEHAVIOUR_OF = {
     "dissensus": "dissensus",
@@ -433,15 +434,16 @@ def _schedules(
 ]:
     """Per node, its mixing weights of a round; and every node's weights of a round (for attackers)."""
     config = plan.config
-    k = int(config.topology.split(":")[1])
-    tv = TimeVarying(config.nodes, k, config.seed)
+    graph_at = parse_topology(config.topology).graph_of_round(config.nodes, config.seed)
+    if graph_at is None:
+        raise ConfigError(f"topology {config.topology!r} does not change with the rounds")
     cache: dict[int, dict[int, dict[int, float]]] = {}
 
     def weights_at(round_: int) -> dict[int, dict[int, float]]:
         if round_ not in cache:
             if len(cache) > 4:
                 cache.pop(min(cache))
-            cache[round_] = neighbour_weights(tv.graph(round_), config.mixing)
+            cache[round_] = neighbour_weights(graph_at(round_), config.mixing)
         return cache[round_]
 
     def for_node(node: PeerId) -> Callable[[int], Mapping[PeerId, float]]:
