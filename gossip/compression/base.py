@@ -141,17 +141,23 @@ class CodecState:
 
     Mutable on purpose: :meth:`Codec.encode` updates it. :meth:`to_fields` / :meth:`from_fields` turn it
     into plain msgpack fields (raw float32 bytes, no pickle) for a checkpoint's ``extra`` map.
+
+    ``feedback=False`` turns error feedback off (nothing is added or kept as residual): the choice when the
+    caller already carries the error itself, as difference coding against a replica does (CHOCO-gossip
+    sends ``C(x - x_hat)``, and ``x - x_hat`` is the residual).
     """
 
     residual: torch.Tensor | None = None
     warm: torch.Tensor | None = None
     encoded: int = 0
+    feedback: bool = True
 
     def to_fields(self) -> dict[str, Any]:
         return {
             "residual": b"" if self.residual is None else vector_to_bytes(self.residual),
             "warm": b"" if self.warm is None else vector_to_bytes(self.warm),
             "encoded": self.encoded,
+            "feedback": self.feedback,
         }
 
     @classmethod
@@ -160,7 +166,10 @@ class CodecState:
         if not isinstance(fields, dict):
             raise CodecError("bad-field", "a codec state must be a map")
         raw_r, raw_w, count = fields.get("residual", b""), fields.get("warm", b""), fields.get("encoded", 0)
+        feedback = fields.get("feedback", True)
         if not isinstance(raw_r, bytes) or not isinstance(raw_w, bytes) or type(count) is not int or count < 0:
+            raise CodecError("bad-field", "codec state fields have the wrong types")
+        if type(feedback) is not bool:
             raise CodecError("bad-field", "codec state fields have the wrong types")
         if len(raw_r) not in (0, 4 * dim):
             raise CodecError("bad-length", f"residual of {len(raw_r)} bytes for a model of {dim}")
@@ -170,6 +179,7 @@ class CodecState:
             residual=float32_from_bytes(raw_r, len(raw_r) // 4) if raw_r else None,
             warm=float32_from_bytes(raw_w, len(raw_w) // 4) if raw_w else None,
             encoded=count,
+            feedback=feedback,
         )
 
 

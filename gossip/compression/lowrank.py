@@ -104,7 +104,7 @@ class LowRankCodec:
             raise ValueError(f"vector of {vector.numel()} values for a layout of {dim}")
         if state.residual is not None and state.residual.shape != vector.shape:
             raise ValueError("residual does not fit this layout")
-        acc = vector if state.residual is None else vector + state.residual
+        acc = vector if state.residual is None or not state.feedback else vector + state.residual
         warm = state.warm
         if warm is None or warm.numel() != self.warm_size:
             warm = torch.randn(self.warm_size, generator=rng, dtype=torch.float32)
@@ -125,7 +125,7 @@ class LowRankCodec:
             new_warm[q_at : q_at + q.numel()] = q.view(-1)
             pieces += [p.view(-1), q.view(-1)]
             q_at += q.numel()
-        state.residual = residual
+        state.residual = residual if state.feedback else None
         state.warm = new_warm
         state.encoded += 1
         data = torch.cat(pieces).numpy().astype("<f4", copy=False).tobytes()

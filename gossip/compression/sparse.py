@@ -42,7 +42,7 @@ def k_for(fraction: float, dim: int) -> int:
 
 def _accumulate(vector: torch.Tensor, state: CodecState) -> torch.Tensor:
     """``vector + residual`` as a fresh tensor (a residual of another length is a programming error)."""
-    if state.residual is None:
+    if state.residual is None or not state.feedback:
         return vector.clone()
     if state.residual.shape != vector.shape:
         raise ValueError(f"residual of {state.residual.numel()} values for a vector of {vector.numel()}")
@@ -51,7 +51,7 @@ def _accumulate(vector: torch.Tensor, state: CodecState) -> torch.Tensor:
 
 def _keep_rest(acc: torch.Tensor, index: torch.Tensor, state: CodecState) -> None:
     acc[index] = 0.0
-    state.residual = acc
+    state.residual = acc if state.feedback else None
     state.encoded += 1
 
 

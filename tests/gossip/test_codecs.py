@@ -407,3 +407,28 @@ def test_truncated_payloads_are_rejected(spec: str, cut: int) -> None:
     enc = valid(spec)
     if enc.data:
         rejects(spec, dataclasses.replace(enc, data=enc.data[: cut % len(enc.data)]), "bad-length")
+
+
+@pytest.mark.parametrize("spec", EF_SPECS)
+def test_feedback_off_keeps_no_residual(spec: str) -> None:
+    c, g = codec(spec), gen(4)
+    x = torch.randn(SMALL.dim, generator=g)
+    state = CodecState(feedback=False)
+    first = c.decode(c.encode(x, state, gen(1)), SMALL.dim)
+    assert state.residual is None
+    again = c.decode(c.encode(x, state, gen(1)), SMALL.dim)
+    if spec != "lowrank:2":  # lowrank's warm start moves on; the sparse codecs are memoryless without feedback
+        assert torch.equal(first, again)
+
+
+@pytest.mark.parametrize("spec", ["topk:0.05", "randk:0.05", "int8:16"])
+def test_difference_coding_against_a_replica_converges(spec: str) -> None:
+    # The wiring docs/compression.md proposes: send C(x - x_hat), both sides add the decoded vector to the
+    # replica x_hat; x - x_hat is then the error memory, so the codec's own feedback is off.
+    c, g = codec(spec), gen(6)
+    x = torch.randn(SMALL.dim, generator=g)
+    replica = torch.zeros(SMALL.dim)
+    state = CodecState(feedback=False)
+    for _ in range(120):
+        replica += c.decode(c.encode(x - replica, state, g), SMALL.dim)
+    assert float((x - replica).norm() / x.norm()) < 1e-3
