@@ -69,6 +69,8 @@ class TopKCodec:
     def encode(self, vector: torch.Tensor, state: CodecState, rng: torch.Generator) -> Encoded:
         acc = _accumulate(check_vector(vector), state)
         dim = acc.numel()
+        if dim >= 2**32:
+            raise ValueError("topk indexes vectors of fewer than 2^32 values")
         k = k_for(self.fraction, dim)
         index = torch.topk(acc.abs(), k, sorted=False).indices.sort().values
         values = acc[index]
