@@ -173,7 +173,7 @@ def test_banned_reports_lose_nothing_and_say_little(notes: list[tuple[str, float
         count = reports.note(peer, now)
         if count:
             said.append((peer, now, count))
-    said += [(p, now + interval, n) for p, n in reports.due(now + interval)]
+    said += [(p, now + 2 * interval, n) for p, n in reports.due(now + 2 * interval)]
     assert sum(n for _, _, n in said) == len(notes) == reports.refused
     for peer in "abc":
         times = [t for p, t, _ in said if p == peer]
