@@ -144,10 +144,11 @@ _SCALAR, _FIXSTR, _STR, _BIN, _FIXARRAY, _ARRAY, _FIXMAP, _MAP, _BAD = range(9)
 
 def _lead_table() -> list[tuple[int, int]]:
     table = [(_BAD, 0)] * 256
+    one = (_SCALAR, 1)  # one shared tuple for every one-byte object: the scan tests it by identity
     for b in range(0x00, 0x80):
-        table[b] = (_SCALAR, 1)  # positive fixint
+        table[b] = one  # positive fixint
     for b in range(0xE0, 0x100):
-        table[b] = (_SCALAR, 1)  # negative fixint
+        table[b] = one  # negative fixint
     for b in range(0x80, 0x90):
         table[b] = (_FIXMAP, 0)
     for b in range(0x90, 0xA0):
@@ -155,7 +156,7 @@ def _lead_table() -> list[tuple[int, int]]:
     for b in range(0xA0, 0xC0):
         table[b] = (_FIXSTR, 0)
     for b in (0xC0, 0xC2, 0xC3):
-        table[b] = (_SCALAR, 1)  # nil, false, true
+        table[b] = one  # nil, false, true
     for b, size in ((0xCA, 5), (0xCB, 9), (0xCC, 2), (0xCD, 3), (0xCE, 5), (0xCF, 9)):
         table[b] = (_SCALAR, size)  # floats, unsigned ints
     for b, size in ((0xD0, 2), (0xD1, 3), (0xD2, 5), (0xD3, 9)):
@@ -164,10 +165,13 @@ def _lead_table() -> list[tuple[int, int]]:
     table[0xD9], table[0xDA], table[0xDB] = (_STR, 1), (_STR, 2), (_STR, 4)
     table[0xDC], table[0xDD] = (_ARRAY, 2), (_ARRAY, 4)
     table[0xDE], table[0xDF] = (_MAP, 2), (_MAP, 4)
+    for b in (0x80, 0x90, 0xA0):
+        table[b] = one  # the empty fixmap, fixarray and fixstr: one byte, nothing inside
     return table  # 0xC1 (never used) and every ext type (0xC7-0xC9, 0xD4-0xD8) stay _BAD
 
 
 _LEAD = _lead_table()
+_ONE_BYTE = _LEAD[0]  # the one tuple every one-byte object's entry is
 # Objects of one byte: fixints, nil, booleans, and the empty fixmap, fixarray and fixstr. Runs of them are
 # skipped by the regex engine (hostile bodies are made of them), not one Python step each.
 _ONE_BYTE_RUN = re.compile(rb"[\x00-\x7f\xe0-\xff\xc0\xc2\xc3\x80\x90\xa0]+")
@@ -198,7 +202,7 @@ def check_structure(body: bytes | bytearray | memoryview, limits: Limits) -> Non
         if pending[-1] == 0:
             pending.pop()
             continue
-        if pending[-1] > 1:
+        if pending[-1] > 1 and pos < end and lead[data[pos]] is _ONE_BYTE:
             run = _ONE_BYTE_RUN.match(data, pos, min(end, pos + pending[-1]))
             if run is not None:
                 pos = run.end()

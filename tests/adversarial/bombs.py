@@ -33,6 +33,14 @@ def nested_pairs(total: int = 2_000_000, width: int = 100_000) -> bytes:
     return _envelope("model", 1) + msgpack.packb("x") + b"\xdc" + outer.to_bytes(2, "big") + inner * outer
 
 
+def short_strings(total: int = 1_000_000, width: int = 100_000) -> bytes:
+    """Arrays of one-character strings: two bytes an object, none of them one byte long."""
+    width = min(width, total)
+    inner = b"\xdd" + width.to_bytes(4, "big") + b"\xa1a" * width
+    outer = max(1, total // width)
+    return _envelope("model", 1) + msgpack.packb("x") + b"\xdc" + outer.to_bytes(2, "big") + inner * outer
+
+
 def deep(depth: int = 100_000) -> bytes:
     """``[[[[...]]]]`` nested ``depth`` times."""
     return _envelope("model", 1) + msgpack.packb("x") + b"\x91" * depth + b"\x90"
@@ -49,9 +57,13 @@ def sized(name: str, max_bytes: int) -> bytes:
         return empty_lists(total=min(6_000_000, max_bytes - 64), width=min(100_000, (max_bytes - 64) // 2))
     if name == "nested-pairs":
         return nested_pairs(total=min(2_000_000, max_bytes - 64), width=min(100_000, (max_bytes - 64) // 4))
+    if name == "short-strings":
+        return short_strings(
+            total=min(1_000_000, (max_bytes - 64) // 2), width=min(100_000, (max_bytes - 64) // 4)
+        )
     if name == "deep":
         return deep(min(100_000, max_bytes - 64))
     return wide_claim()
 
 
-BOMBS = ("empty-lists", "nested-pairs", "deep", "wide-claim")
+BOMBS = ("empty-lists", "nested-pairs", "short-strings", "deep", "wide-claim")
