@@ -129,17 +129,36 @@ async def _read_exactly(read_some: ReadSome, n: int, *, stall: float) -> bytes |
 
 
 class Ledger:
-    """Each peer's use of its :class:`PeerBudget`: inbound streams open and body bytes being read."""
+    """Each peer's use of its :class:`PeerBudget`: inbound streams open and body bytes being read.
 
-    def __init__(self, budget: PeerBudget, limits: Limits) -> None:
+    With ``is_known`` and a ``stranger`` budget, peers that are neither neighbours nor members (``is_known``
+    says False) get the smaller ``stranger`` budget, so a fresh key buys less than a configured peer has.
+    """
+
+    def __init__(
+        self,
+        budget: PeerBudget,
+        limits: Limits,
+        *,
+        stranger: PeerBudget | None = None,
+        is_known: Callable[[str], bool] | None = None,
+    ) -> None:
         self.max_streams = budget.max_streams
         self.max_buffered = budget.max_buffered or 2 * limits.max_frame
+        strange = stranger or budget
+        self._stranger = (strange.max_streams, strange.max_buffered or 2 * limits.max_frame)
+        self._is_known = is_known
         self._streams: Counter[str] = Counter()
         self._buffered: Counter[str] = Counter()
 
+    def _budget(self, peer: str) -> tuple[int, int]:
+        if self._is_known is None or self._is_known(peer):
+            return self.max_streams, self.max_buffered
+        return self._stranger
+
     def open_stream(self, peer: str) -> bool:
         """Count a new inbound stream of ``peer``; False (and nothing counted) if it is one too many."""
-        if self._streams[peer] >= self.max_streams:
+        if self._streams[peer] >= self._budget(peer)[0]:
             return False
         self._streams[peer] += 1
         return True
@@ -151,7 +170,7 @@ class Ledger:
 
     def reserve(self, peer: str, n: int) -> bool:
         """Charge ``n`` body bytes to ``peer`` before reading them; False if that goes over its budget."""
-        if self._buffered[peer] + n > self.max_buffered:
+        if self._buffered[peer] + n > self._budget(peer)[1]:
             return False
         self._buffered[peer] += n
         return True
@@ -358,11 +377,17 @@ class MemoryNetwork:
     """A set of in-memory transports that reach each other by name (for tests and small experiments)."""
 
     def __init__(
-        self, *, limits: Limits, stall: float = STALL_TIMEOUT, budget: PeerBudget | None = None
+        self,
+        *,
+        limits: Limits,
+        stall: float = STALL_TIMEOUT,
+        budget: PeerBudget | None = None,
+        stranger_budget: PeerBudget | None = None,
     ) -> None:
         self.limits = limits
         self.stall = stall
         self.budget = budget or PeerBudget()
+        self.stranger_budget = stranger_budget
         self.nodes: dict[str, MemoryTransport] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -376,10 +401,16 @@ class MemoryNetwork:
                 nursery.cancel_scope.cancel()
 
     def transport(
-        self, name: str, *, is_banned: Callable[[str], bool] = lambda peer: False
+        self,
+        name: str,
+        *,
+        is_banned: Callable[[str], bool] = lambda peer: False,
+        is_known: Callable[[str], bool] | None = None,
     ) -> MemoryTransport:
+        """A transport named ``name``; ``is_known`` tells its neighbours and members from strangers (who get
+        the network's ``stranger_budget``)."""
         assert self._nursery is not None, "use MemoryNetwork.run()"
-        t = MemoryTransport(self, name, is_banned=is_banned)
+        t = MemoryTransport(self, name, is_banned=is_banned, is_known=is_known)
         self.nodes[name] = t
         self._nursery.start_soon(t._reports.run, t._inbox)
         return t
@@ -387,12 +418,19 @@ class MemoryNetwork:
 
 class MemoryTransport(Transport):
     def __init__(
-        self, network: MemoryNetwork, name: str, *, is_banned: Callable[[str], bool] = lambda peer: False
+        self,
+        network: MemoryNetwork,
+        name: str,
+        *,
+        is_banned: Callable[[str], bool] = lambda peer: False,
+        is_known: Callable[[str], bool] | None = None,
     ) -> None:
         self.peer_id = name
         self._net = network
         self._is_banned = is_banned
-        self._ledger = Ledger(network.budget, network.limits)
+        self._ledger = Ledger(
+            network.budget, network.limits, stranger=network.stranger_budget, is_known=is_known
+        )
         self._reports = BannedReports(network.budget.banned_report_interval)
         self._inbox = _Inbox()
         self._out: dict[str, trio.abc.SendStream] = {}
@@ -505,6 +543,8 @@ class Libp2pTransport(Transport):
         stall: float,
         send_timeout: float,
         budget: PeerBudget | None = None,
+        stranger_budget: PeerBudget | None = None,
+        is_known: Callable[[str], bool] | None = None,
     ) -> None:
         self.host = host
         self.peer_id = host.get_id().to_base58()
@@ -513,7 +553,7 @@ class Libp2pTransport(Transport):
         self._is_banned = is_banned
         self._stall = stall
         self._send_timeout = send_timeout
-        self._ledger = Ledger(self.budget, limits)
+        self._ledger = Ledger(self.budget, limits, stranger=stranger_budget, is_known=is_known)
         self._reports = BannedReports(self.budget.banned_report_interval)
         self._inbox = _Inbox()
         self._out: dict[str, Any] = {}
@@ -694,8 +734,13 @@ async def open_libp2p_transport(
     stall: float = STALL_TIMEOUT,
     send_timeout: float = SEND_TIMEOUT,
     budget: PeerBudget | None = None,
+    stranger_budget: PeerBudget | None = None,
+    is_known: Callable[[str], bool] | None = None,
 ) -> AsyncIterator[Libp2pTransport]:
-    """A running libp2p host (TCP, Noise, yamux) listening on ``listen``, wrapped as a transport."""
+    """A running libp2p host (TCP, Noise, yamux) listening on ``listen``, wrapped as a transport.
+
+    ``budget`` applies to every peer, or only to the peers ``is_known`` accepts (neighbours, members) when
+    a ``stranger_budget`` is given for the others."""
     import multiaddr
     from libp2p import new_host
 
@@ -705,7 +750,14 @@ async def open_libp2p_transport(
         raise ValueError(f"bad listen multiaddr in {list(listen)!r}: {exc}") from None
     host = new_host(key_pair=key_pair)
     transport = Libp2pTransport(
-        host, limits=limits, is_banned=is_banned, stall=stall, send_timeout=send_timeout, budget=budget
+        host,
+        limits=limits,
+        is_banned=is_banned,
+        stall=stall,
+        send_timeout=send_timeout,
+        budget=budget,
+        stranger_budget=stranger_budget,
+        is_known=is_known,
     )
     from libp2p.custom_types import TProtocol
 

@@ -178,3 +178,48 @@ def test_banned_reports_lose_nothing_and_say_little(notes: list[tuple[str, float
     for peer in "abc":
         times = [t for p, t, _ in said if p == peer]
         assert all(b - a >= interval for a, b in itertools.pairwise(times))
+
+
+@pytest.mark.parametrize("kind", ["memory", pytest.param("libp2p", marks=pytest.mark.network)])
+async def test_strangers_get_the_smaller_budget(kind: str) -> None:
+    """A peer that is neither neighbour nor member gets one stream; a known peer keeps the full budget."""
+    known: set[str] = set()
+    stranger = PeerBudget(max_streams=1, idle_timeout=BUDGET.idle_timeout)
+    async with contextlib.AsyncExitStack() as stack:
+        if kind == "memory":
+            net = MemoryNetwork(limits=LIMITS, stall=STALL, budget=BUDGET, stranger_budget=stranger)
+            await stack.enter_async_context(net.run())
+            victim = net.transport("victim", is_known=known.__contains__)
+            attacker, honest, name = net.transport("attacker"), net.transport("honest"), "victim"
+        else:
+            from libp2p.crypto.ed25519 import create_new_key_pair
+
+            victim = await stack.enter_async_context(
+                open_libp2p_transport(
+                    create_new_key_pair(),
+                    limits=LIMITS,
+                    budget=BUDGET,
+                    stranger_budget=stranger,
+                    is_known=known.__contains__,
+                )
+            )
+            attacker = await stack.enter_async_context(
+                open_libp2p_transport(create_new_key_pair(), limits=LIMITS)
+            )
+            honest = await stack.enter_async_context(
+                open_libp2p_transport(create_new_key_pair(), limits=LIMITS)
+            )
+            name = attacker.add_address(victim.listen_addresses()[0])
+            honest.add_address(victim.listen_addresses()[0])
+        known.add(honest.peer_id)
+        for sender in (attacker, honest):
+            for _ in range(2):
+                with contextlib.suppress(TransportError):
+                    await sender.send_raw(name, b"", close=False)
+        assert await next_event(victim, Rejected) == Rejected(attacker.peer_id, "too-many-streams")
+        await honest.send(name, b"known")  # a third stream of the known peer is still within its budget
+        while True:
+            event = await next_event(victim, Frame | Rejected)
+            assert not isinstance(event, Rejected), event
+            if event.peer == honest.peer_id:
+                break
