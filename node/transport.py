@@ -312,6 +312,10 @@ class Transport(ABC):
         """Remember where a peer listens; returns its peer id. In-memory transports take the peer id itself."""
         return address
 
+    def stats(self) -> dict[str, int]:
+        """Counters for operators: inbound streams open, body bytes being read, banned peers' streams refused."""
+        return {}
+
 
 class _Inbox:
     """One queue of events with a bound on frames waiting (control events never block their producer)."""
