@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "phalanx.net_cmd",
     "phalanx.sim_cmd",
     "phalanx.sweep_cmd",
+    "phalanx.compare_cmd",
 )
 
 
