@@ -146,6 +146,11 @@ def series(rows: Sequence[dict[str, Any]], metric: Metric, axis: Axis, label: st
 def line_figure(
     lines: Sequence[Series], *, metric: Metric, axis: Axis, title: str, base: Path, formats: Sequence[str]
 ) -> list[Path]:
+    return save(draw_lines(lines, metric=metric, axis=axis, title=title), base, formats)
+
+
+def draw_lines(lines: Sequence[Series], *, metric: Metric, axis: Axis, title: str) -> Figure:
+    """One figure of lines (with their bands); the title wraps to the figure's width."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8), layout="constrained")
     markers = len(lines) == 1 or max(len(s.xs) for s in lines) <= 30
     for i, s in enumerate(lines):
@@ -168,7 +173,7 @@ def line_figure(
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     ax.set_title(title, wrap=True)
-    return save(fig, base, formats)
+    return fig
 
 
 def plot_rows(
