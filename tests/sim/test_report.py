@@ -35,7 +35,7 @@ def test_out_dir_absent_or_empty_is_fine(tmp_path) -> None:
 
 def test_out_dir_not_empty_is_refused_unless_overwrite(tmp_path) -> None:
     (tmp_path / "metrics.jsonl").write_text("{}\n")
-    with pytest.raises(ConfigError, match="not empty \\(metrics.jsonl\\); pass --overwrite") as info:
+    with pytest.raises(ConfigError, match=r"not empty \(metrics\.jsonl\); pass --overwrite") as info:
         check_out_dir(tmp_path, overwrite=False)
     assert "\n" not in str(info.value)
     check_out_dir(tmp_path, overwrite=True)
@@ -92,7 +92,9 @@ def test_aggregate_summaries_keeps_each_seed() -> None:
 
 
 def test_table_shows_mean_plus_minus_std() -> None:
-    text = summary_table([{"name": "r", "acc_mean": 0.5, "acc_mean_std": 0.25, "bytes": 2e6, "bytes_std": 1e6}])
+    text = summary_table(
+        [{"name": "r", "acc_mean": 0.5, "acc_mean_std": 0.25, "bytes": 2e6, "bytes_std": 1e6}]
+    )
     assert "0.5000 ± 0.2500" in text and "2.0 ± 1.0" in text
 
 

@@ -11,7 +11,9 @@ import pytest
 from phalanx.cli import main
 from phalanx.sim.report import read_run
 
-ray = pytest.importorskip("ray", reason="the optional extra phalanx[ray] is not installed (pip install 'ray>=2.9')")
+ray = pytest.importorskip(
+    "ray", reason="the optional extra phalanx[ray] is not installed (pip install 'ray>=2.9')"
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
