@@ -14,6 +14,7 @@ worker processes; nothing from the gossip network travels this way.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -34,6 +35,20 @@ def import_ray() -> ModuleType:
     except ImportError:
         raise ConfigError(MISSING) from None
     return ray
+
+
+def check_reachable(address: str, *, timeout: float = 5.0) -> None:
+    """One TCP connection to ``HOST:PORT`` (or ``ray://HOST:PORT``) before Ray tries: Ray itself retries an
+    unreachable head for minutes. ``auto`` is left to Ray, which fails at once when no cluster runs here."""
+    if address == "auto":
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"--ray expects auto, local, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
 @dataclass(slots=True)
@@ -59,6 +74,7 @@ class RayPool:
         if self.address == "local":
             options.update(num_cpus=self.workers, include_dashboard=False)
         else:
+            check_reachable(self.address)
             options["address"] = self.address
         try:
             ray.init(**options)

@@ -70,3 +70,22 @@ def test_ray_without_the_ray_package_is_one_line(tmp_path, capsys, monkeypatch) 
     err = capsys.readouterr().err
     one_line(err, "phalanx sweep: error: --ray needs the ray package")
     assert "phalanx[ray]" in err
+
+
+def test_an_unreachable_or_malformed_ray_address_is_one_line_without_waiting() -> None:
+    import socket
+
+    from phalanx.sim.config import ConfigError
+    from phalanx.sim.ray_pool import check_reachable
+
+    with socket.socket() as probe:  # a port nothing listens on: bound, then closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(ConfigError, match=f"cannot reach the Ray cluster at 127.0.0.1:{port}"):
+        check_reachable(f"127.0.0.1:{port}")
+    with pytest.raises(ConfigError, match="expects auto, local, HOST:PORT"):
+        check_reachable("nonsense")
+    with socket.socket() as server:  # a listening port is reachable
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        check_reachable(f"ray://127.0.0.1:{server.getsockname()[1]}")
