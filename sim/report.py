@@ -51,6 +51,16 @@ def check_out_dir(path: Path, *, overwrite: bool) -> None:
         )
 
 
+def numbered(path: Path) -> Path:
+    """``path`` if it is absent or an empty folder, else the first of ``path-2``, ``path-3``, ... that is: for
+    default output folders (``runs/NAME``), so that a second run never lands on the first."""
+    candidate, n = path, 1
+    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -18,6 +18,7 @@ from phalanx.sim.report import (
     aggregate_summaries,
     check_out_dir,
     mean_std,
+    numbered,
     read_run,
     seed_dir,
     summary_table,
@@ -46,6 +47,17 @@ def test_out_dir_that_is_a_file_is_refused_even_with_overwrite(tmp_path) -> None
     path.write_text("x")
     with pytest.raises(ConfigError, match="not a folder"):
         check_out_dir(path, overwrite=True)
+
+
+def test_numbered_picks_the_first_free_folder(tmp_path) -> None:
+    base = tmp_path / "quickstart"
+    assert numbered(base) == base
+    base.mkdir()
+    assert numbered(base) == base  # empty: free
+    (base / "summary.json").write_text("{}")
+    (tmp_path / "quickstart-2").write_text("a file")
+    (tmp_path / "quickstart-3").mkdir()
+    assert numbered(base) == tmp_path / "quickstart-3"
 
 
 numbers = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
