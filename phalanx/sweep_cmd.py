@@ -109,6 +109,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     for key in grid:
         if key.partition(".")[0] not in FIELDS:
             raise ConfigError(f"sweep: unknown setting {key!r}")
+    if seeds and "seed" in grid:
+        raise ConfigError("sweep: seeds and a grid over seed both set the seed; use one of them")
     from phalanx.sim.report import check_out_dir
     from phalanx.sim.sweep import expand
 

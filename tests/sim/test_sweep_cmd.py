@@ -40,6 +40,12 @@ def test_bad_seeds_are_one_line(tmp_path, capsys, seeds) -> None:
     one_line(capsys.readouterr().err, "phalanx sweep: error: argument --seeds")
 
 
+def test_seeds_and_a_grid_over_seed_are_refused(tmp_path, capsys) -> None:
+    argv = ["sweep", *SMALL, "--seeds", "0,1", "--grid", "seed=0,1", "--out", str(tmp_path / "o")]
+    assert status(argv) == 2
+    one_line(capsys.readouterr().err, "phalanx sweep: error: sweep: seeds and a grid over seed")
+
+
 def test_seeds_from_the_config_file(tmp_path, capsys) -> None:
     config = tmp_path / "study.toml"
     config.write_text('seeds = [3, 4]\nrule = "median"\n[sweep]\nbyzantine_fraction = [0.0, 0.2]\n')
