@@ -253,7 +253,7 @@ def sweep(
     Identical runs are run once (:func:`run_key`). With ``out``, cell ``c`` is written to ``out/c`` (and
     ``out/c/seed-N`` with seeds). ``keys`` are settings copied from each cell's config into its
     :attr:`SweepResult.runs` entries (the heatmap's axes, when the grid does not vary them). ``on_done`` is
-    called after each simulation (for a progress bar)."""
+    called once per (cell, seed) as its run is done (for a progress bar)."""
     from phalanx.sim.experiment import plan
     from phalanx.sim.report import aggregate_rows, aggregate_summaries, seed_dir, to_toml, write_seed_group
 
@@ -291,8 +291,9 @@ def sweep(
             for c, k in owners[i]:
                 config = runs_of[c][k][1]
                 _write_files(folder(c, k), result, config, to_toml(config), same_as=first)
-        if on_done:
-            on_done()
+        for _ in owners[i]:
+            if on_done:
+                on_done()
 
     pool.map(run_job, jobs, done)
 

