@@ -119,30 +119,26 @@ def expand(base: dict[str, Any], grid: dict[str, Sequence[Any]]) -> list[tuple[d
 
 
 # Settings that cannot change a run, given the rest: (the setting, when it is idle). Only the run's name
-# is ignored always. Each entry is safe only as long as the simulator never reads the setting in that case.
-_IDLE: tuple[tuple[str, Callable[[dict[str, Any]], bool]], ...] = (
-    ("attack", lambda d: _no_attackers(d)),
-    ("attack_params", lambda d: _no_attackers(d)),
-    ("attacks", lambda d: _no_attackers(d)),
-    ("byzantine_placement", lambda d: _no_attackers(d)),
-    ("byzantine_target", lambda d: _no_attackers(d) or d.get("byzantine_placement") != "target"),
-    ("omniscient", lambda d: _no_attackers(d)),
-    ("crash_placement", lambda d: _no_planned_crashes(d) or bool(d.get("crash_nodes"))),
-    ("crash_round", lambda d: _no_planned_crashes(d)),
-    ("crash_rounds", lambda d: _no_planned_crashes(d)),
-    ("straggler_slowdown", lambda d: not d.get("straggler_fraction")),
-    ("partition_nodes", lambda d: not d.get("partition_rounds")),
+# is ignored always. Each entry is safe only as long as the simulator never reads the setting in that case
+# (tests/sim/test_sweep.py runs each pair to check it).
+_IDLE: tuple[tuple[str, Callable[[SimConfig], bool]], ...] = (
+    ("byzantine_fraction", lambda c: c.num_byzantine == 0 or bool(c.byzantine_nodes)),
+    ("attack", lambda c: c.num_byzantine == 0),
+    ("attack_params", lambda c: c.num_byzantine == 0),
+    ("attacks", lambda c: c.num_byzantine == 0),
+    ("byzantine_placement", lambda c: c.num_byzantine == 0 or bool(c.byzantine_nodes)),
+    (
+        "byzantine_target",
+        lambda c: c.num_byzantine == 0 or bool(c.byzantine_nodes) or c.byzantine_placement != "target",
+    ),
+    ("omniscient", lambda c: c.num_byzantine == 0),
+    ("crash_fraction", lambda c: c.num_crashed == 0 or bool(c.crash_nodes)),
+    ("crash_placement", lambda c: c.num_crashed == 0 or bool(c.crash_nodes)),
+    ("crash_round", lambda c: c.num_crashed == 0),
+    ("crash_rounds", lambda c: c.num_crashed == 0),
+    ("straggler_slowdown", lambda c: c.straggler_fraction == 0),
+    ("partition_nodes", lambda c: not c.partition_rounds),
 )
-
-
-def _no_attackers(d: dict[str, Any]) -> bool:
-    return (
-        not d.get("byzantine_nodes") and round(float(d.get("byzantine_fraction", 0)) * int(d["nodes"])) == 0
-    )
-
-
-def _no_planned_crashes(d: dict[str, Any]) -> bool:
-    return not d.get("crash_nodes") and round(float(d.get("crash_fraction", 0)) * int(d["nodes"])) == 0
 
 
 def run_key(config: SimConfig) -> str:
@@ -150,9 +146,9 @@ def run_key(config: SimConfig) -> str:
     settings that have nothing to act on (:data:`_IDLE`), as canonical JSON."""
     data = config.to_dict()
     data.pop("name", None)
-    idle = [key for key, when in _IDLE if key in data and when(data)]
-    for key in idle:
-        data.pop(key)
+    for key, idle in _IDLE:
+        if key in data and idle(config):
+            data.pop(key)
     return json.dumps(data, sort_keys=True, default=str)
 
 

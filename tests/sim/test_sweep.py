@@ -28,6 +28,8 @@ def strip(rows):
         {"crash_placement": "hubs", "crash_round": 2},
         {"straggler_slowdown": 9.0},
         {"partition_nodes": [0, 1]},
+        {"byzantine_fraction": 0.05, "attack": "ipm"},  # 0.05 x 8 nodes rounds to no attacker
+        {"crash_fraction": 0.05, "crash_placement": "hubs"},
     ],
 )
 def test_settings_with_nothing_to_act_on_share_the_key_and_the_run(change) -> None:
@@ -50,6 +52,15 @@ def test_settings_with_nothing_to_act_on_share_the_key_and_the_run(change) -> No
 def test_settings_that_act_give_another_key(change) -> None:
     with_attackers = SimConfig(**BASE, byzantine_fraction=0.25)
     assert run_key(with_attackers) != run_key(with_attackers.replace(**change))
+
+
+def test_explicit_attackers_make_placement_idle_and_explicit_crashes_make_crash_placement_idle() -> None:
+    base = SimConfig(**BASE, byzantine_nodes=(1, 2), crash_nodes=(3,), crash_round=1)
+    other = base.replace(
+        byzantine_placement="hubs", byzantine_fraction=0.5, crash_placement="hubs", crash_fraction=0.5
+    )
+    assert run_key(base) == run_key(other)
+    assert strip(run(plan(base)).rows) == strip(run(plan(other)).rows)
 
 
 def test_worst_case_heatmap_takes_the_worst_node_not_the_mean() -> None:
