@@ -222,7 +222,8 @@ def plot_compare(
 
 
 def plot_run(result: Result, out: Path, *, formats: Sequence[str] = FORMATS) -> list[Path]:
-    paths = plot_rows(result.rows, out, result.plan.config.name, formats=formats)
+    config = result.plan.config
+    paths = plot_rows(result.rows, out, f"{config.name} (seed {config.seed})", formats=formats)
     return paths + plot_topology(result, out / "topology", formats=formats)
 
 
