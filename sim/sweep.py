@@ -20,6 +20,7 @@ else (attacks, topologies, seeds) per rule and Byzantine fraction.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import json
 import os
@@ -281,7 +282,7 @@ def sweep(
         return seed_dir(base, runs_of[c][k][0]) if seeds else base
 
     def done(i: int, result: JobResult) -> None:
-        results[i] = result
+        results[i] = dataclasses.replace(result, files={})  # written below; figures weigh MBs per run
         if out is not None:
             first = jobs[i].config["name"]
             for c, k in owners[i]:
