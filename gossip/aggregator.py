@@ -11,9 +11,16 @@ into that call:
 - any other rule is a robust statistic of the rows ``[own, *received]`` (of ``received`` only with
   ``include_own=False``).
 
-Rows that are not finite are dropped first (the wire layer already rejects them; the simulator, which
-skips the wire, relies on this). A rule that cannot run on the rows at hand (too few rows for its ``f``,
-say, after crashes) leaves the node's own vector unchanged and counts it in ``failures``.
+Rows that are not finite are dropped first and counted in ``dropped_nonfinite`` (the wire layer already
+rejects them on a real node; this is the one place both worlds drop them). A rule that cannot run on the
+rows at hand (too few rows for its ``f``, say, after crashes) leaves the node's own vector unchanged and
+counts it in ``failures``.
+
+:meth:`Combiner.of_rows` is the same policy for a protocol that combines received models without a model
+of its own (a MoDeST aggregator): non-finite rows dropped and counted; a rule that cannot run on what is
+left falls back to the coordinate-wise median of those rows (a rule that never fails on one or more rows)
+and counts the failure. Every protocol applies its rule through this class, so the policy and the
+counters are the same everywhere.
 """
 
 from __future__ import annotations
@@ -146,3 +153,25 @@ class Combiner:
         except ValueError:
             self.failures += 1
             return own
+
+    def of_rows(self, received: Mapping[PeerId, Tensor]) -> Tensor | None:
+        """The rule over the received rows alone (no own row); ``None`` when no finite row is left."""
+        if not received:
+            return None
+        peers = sorted(received)
+        rows = torch.stack([received[p] for p in peers])
+        mask = _finite_mask(rows)
+        if not bool(mask.all()):
+            self.dropped_nonfinite += int((~mask).sum())
+            rows = rows[mask]
+            if rows.shape[0] == 0:
+                return None
+        if self._fn is None:
+            return rows.mean(dim=0)
+        try:
+            if self._gossip:
+                raise ValueError(f"{self.rule} needs the node's own model")
+            return self._fn(rows, **self.params)
+        except ValueError:
+            self.failures += 1
+            return rows.median(dim=0).values

@@ -21,23 +21,27 @@ messages for ``delay`` seconds (a timer) while honest messages arrive, then send
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from phalanx.gossip.events import (
     Action,
+    EvaluationDone,
     MessageReceived,
     PeerId,
     Send,
     SetTimer,
     TrainingDone,
 )
-from phalanx.gossip.messages import ModelUpdate
+from phalanx.gossip.messages import AggregatedModel, Message, ModelUpdate, TrainedModel
 from phalanx.gossip.protocol import Protocol
+
+if TYPE_CHECKING:
+    from phalanx.gossip.modest.node import Modest
 
 BEHAVIOURS = ("attack", "dissensus", "equivocation", "silent", "label-flip")
 _TIMER = "byzantine/"
@@ -140,6 +144,21 @@ class Byzantine(Protocol):
     def on_peer_down(self, peer: PeerId, now: float) -> list[Action]:
         return self._rewrite(self.inner.on_peer_down(peer, now), now)
 
+    def on_evaluation_done(self, event: EvaluationDone, now: float) -> list[Action]:
+        return self._rewrite(self.inner.on_evaluation_done(event, now), now)
+
+    def leave(self, now: float) -> list[Action]:
+        return self._rewrite(self.inner.leave(now), now)
+
+    def join(self, now: float) -> list[Action]:
+        return self._rewrite(self.inner.join(now), now)
+
+    def resume(self, now: float) -> list[Action]:
+        return self._rewrite(self.inner.resume(now), now)
+
+    def stats(self) -> dict[str, float]:
+        return {**self.inner.stats(), "attack_messages": self.sent, "attack_failures": self.failures}
+
     def _rewrite(self, actions: list[Action], now: float) -> list[Action]:
         if self.behaviour == "label-flip":
             return actions
@@ -231,3 +250,106 @@ class Byzantine(Protocol):
         except ValueError:
             self.failures += 1
             return honest
+
+
+class ByzantineModest(Protocol):
+    """A Byzantine MoDeST node: an honest :class:`~phalanx.gossip.modest.node.Modest` inside, whose outgoing
+    models are replaced.
+
+    ``roles`` says when it attacks: as a ``"trainer"`` (the :class:`TrainedModel` it sends) and/or as an
+    ``"aggregator"`` (the :class:`AggregatedModel` it sends). The attack vector comes from an attack of
+    :mod:`phalanx.aggregation` applied to the honest vectors the node holds: as an aggregator, the trainers'
+    models it just aggregated; as a trainer, its own trained model and the round's model. ``"silent"``
+    sends no models at all (it still answers pings, so it is drawn and wastes the slot).
+
+    A Byzantine aggregator should be *rushing* (built with ``ModestConfig(rushing=True)``): it aggregates
+    and sends as soon as the first trained model arrives, so its aggregate reaches the trainers first.
+    The wrapper never edits the inner node's config.
+    """
+
+    def __init__(
+        self,
+        inner: Modest,
+        *,
+        attack: str,
+        attack_params: Mapping[str, Any] | None = None,
+        roles: Sequence[str] = ("trainer", "aggregator"),
+    ) -> None:
+        bad = set(roles) - {"trainer", "aggregator"}
+        if bad or not roles:
+            raise ValueError(f"roles must be trainer and/or aggregator, got {tuple(roles)}")
+        self.inner = inner
+        self.attack = attack
+        self.params = dict(attack_params or {})
+        self.roles = frozenset(roles)
+        self._cache: tuple[object, Message | None] | None = None
+        self.sent = 0
+        self.failures = 0
+
+    def start(self, now: float) -> list[Action]:
+        return self._rewrite(self.inner.start(now))
+
+    def on_message(self, peer: PeerId, message: object, now: float) -> list[Action]:
+        return self._rewrite(self.inner.on_message(peer, message, now))
+
+    def on_timer(self, name: str, now: float) -> list[Action]:
+        return self._rewrite(self.inner.on_timer(name, now))
+
+    def on_training_done(self, event: TrainingDone, now: float) -> list[Action]:
+        return self._rewrite(self.inner.on_training_done(event, now))
+
+    def on_peer_up(self, peer: PeerId, now: float) -> list[Action]:
+        return self._rewrite(self.inner.on_peer_up(peer, now))
+
+    def on_peer_down(self, peer: PeerId, now: float) -> list[Action]:
+        return self._rewrite(self.inner.on_peer_down(peer, now))
+
+    def on_evaluation_done(self, event: EvaluationDone, now: float) -> list[Action]:
+        return self._rewrite(self.inner.on_evaluation_done(event, now))
+
+    def resume(self, now: float) -> list[Action]:
+        return self._rewrite(self.inner.resume(now))
+
+    def leave(self, now: float) -> list[Action]:
+        return self._rewrite(self.inner.leave(now))
+
+    def join(self, now: float) -> list[Action]:
+        return self._rewrite(self.inner.join(now))
+
+    def stats(self) -> dict[str, float]:
+        return {**self.inner.stats(), "attack_messages": self.sent, "attack_failures": self.failures}
+
+    def _rewrite(self, actions: list[Action]) -> list[Action]:
+        out: list[Action] = []
+        for action in actions:
+            if isinstance(action, Send) and isinstance(action.message, TrainedModel | AggregatedModel):
+                replaced = self._replace(action.message)
+                if replaced is None:
+                    continue
+                self.sent += 1
+                action = Send(peer=action.peer, message=replaced)
+            out.append(action)
+        return out
+
+    def _replace(self, message: TrainedModel | AggregatedModel) -> Message | None:
+        role = "trainer" if isinstance(message, TrainedModel) else "aggregator"
+        if role not in self.roles:
+            return message
+        if self._cache is not None and self._cache[0] is message:
+            return self._cache[1]
+        result: Message | None
+        if self.attack == "silent":
+            result = None
+        else:
+            if role == "aggregator" and self.inner.aggregator.last_inputs is not None:
+                honest = self.inner.aggregator.last_inputs
+            else:
+                honest = torch.stack([message.params, self.inner.model])
+            try:
+                vector = run_attack(self.attack, honest, self.params)
+            except (KeyError, TypeError, ValueError):  # an attack that needs what this node cannot know
+                self.failures += 1
+                vector = message.params
+            result = replace(message, params=vector.to(torch.float32).contiguous())
+        self._cache = (message, result)
+        return result

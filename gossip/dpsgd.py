@@ -17,7 +17,10 @@ Momentum and SAM (DFedSAM) are local-optimiser settings of the learner that runs
 only decides what gets trained, sent and mixed.
 
 Messages for a later exchange (a faster neighbour is ahead) are kept until their exchange comes, up to
-``max_ahead`` rounds ahead; a message for an exchange that is already over is dropped, never mixed in;
+``max_ahead`` rounds ahead. A node that fell further behind (a stall, a decode bomb, a long pause)
+resynchronises: once a majority of its neighbours sent models of rounds beyond that window, it jumps to the
+lowest of their rounds and mixes their models of that round, as a rejoining node does (one neighbour's round
+alone never moves it). A message for an exchange that is already over is dropped, never mixed in;
 a second message from the same peer for the same exchange is dropped (the first one counts). Messages
 from peers that are not neighbours in that round are dropped and reported with ``PenalisePeer``.
 
@@ -28,7 +31,7 @@ object sent to many neighbours, no copies).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -47,6 +50,7 @@ from phalanx.gossip.events import (
 )
 from phalanx.gossip.messages import ModelUpdate
 from phalanx.gossip.protocol import LocalProtocolError, Protocol
+from phalanx.gossip.spec import NodeContext, NoParams, ProtocolSpec, RunSettings, WorldDefaults
 
 Weights = Mapping[PeerId, float]
 
@@ -120,6 +124,7 @@ class DPSGDStats:
     duplicates: int = 0
     strangers: int = 0
     timeouts: int = 0
+    resyncs: int = 0
 
 
 class DPSGD(Protocol):
@@ -142,7 +147,7 @@ class DPSGD(Protocol):
         self.round = start_round
         self.step = 0
         self.phase = "idle"  # idle -> train -> gossip (-> train ...) -> done; sync after resume()
-        self.stats = DPSGDStats()
+        self.counters = DPSGDStats()
         self._inbox: dict[tuple[int, int], dict[PeerId, torch.Tensor]] = {}
         self._down: set[PeerId] = set()
         self._static = (
@@ -151,6 +156,7 @@ class DPSGD(Protocol):
         self._weights_cache: tuple[int, Weights] | None = None
         self._static_peers = tuple(self._static)
         self._timer: tuple[int, int, str] = (-1, -1, "")  # (round, step, name) of the last timer_name
+        self._far: dict[PeerId, tuple[int, torch.Tensor]] = {}  # neighbours' models beyond max_ahead
 
     # ------------------------------------------------------------------ helpers
 
@@ -207,10 +213,10 @@ class DPSGD(Protocol):
         got = self._inbox.pop(key, {})
         actions: list[Action] = [] if timed_out else [CancelTimer(name=self.timer_name)]
         if timed_out:
-            self.stats.timeouts += 1
+            self.counters.timeouts += 1
         weights = self.weights_at(self.round)
         self.params = self.combiner(self.params, got, weights)
-        self.stats.mixed += len(got)
+        self.counters.mixed += len(got)
         if self.step + 1 < self.config.gossip_steps:
             self.step += 1
             actions.extend(self._exchange(now))
@@ -245,7 +251,7 @@ class DPSGD(Protocol):
 
     def on_message(self, peer: PeerId, message: object, now: float) -> list[Action]:
         if not isinstance(message, ModelUpdate):
-            self.stats.strangers += 1
+            self.counters.strangers += 1
             return [PenalisePeer(peer=peer, reason=f"unexpected message {type(message).__name__}")]
         if self.phase == "sync":
             if message.step != 0 or peer not in self.weights_at(message.round) or message.round < self.round:
@@ -253,7 +259,7 @@ class DPSGD(Protocol):
             # Back from an absence: join the round the neighbours are in.
             self.round = message.round
             self._inbox = {(message.round, 0): {peer: message.params}}
-            self.stats.received += 1
+            self.counters.received += 1
             return self._begin_training()
         # Every message of every neighbour comes through here: plain int comparisons, no tuples.
         round_, step, current, phase = message.round, message.step, self.round, self.phase
@@ -262,15 +268,17 @@ class DPSGD(Protocol):
             or (round_ == current and phase == "gossip" and step < self.step)
             or phase == "done"
         ):
-            self.stats.late += 1  # for an exchange that is over
+            self.counters.late += 1  # for an exchange that is over
             return []
         config = self.config
         if round_ > current + config.max_ahead or step >= config.gossip_steps:
-            self.stats.too_early += 1
+            self.counters.too_early += 1
+            if step == 0 and round_ > current + config.max_ahead:
+                return self._resync(peer, round_, message.params, now)
             return []
         weights = self._static if config.schedule is None else self.weights_at(round_)
         if peer not in weights:
-            self.stats.strangers += 1
+            self.counters.strangers += 1
             return [PenalisePeer(peer=peer, reason="model from a peer that is not a neighbour in that round")]
         params = message.params
         if params.numel() != self._dim:  # both are 1-D (ModelUpdate checks its own)
@@ -280,13 +288,33 @@ class DPSGD(Protocol):
         if box is None:
             box = self._inbox[key] = {}
         elif peer in box:
-            self.stats.duplicates += 1
+            self.counters.duplicates += 1
             return []
         box[peer] = params
-        self.stats.received += 1
+        self.counters.received += 1
         if phase == "gossip" and round_ == current and step == self.step and self._box_complete(box, weights):
             return self._finish_exchange(now, timed_out=False)
         return []
+
+    def _resync(self, peer: PeerId, round_: int, params: torch.Tensor, now: float) -> list[Action]:
+        """A neighbour is far ahead; with a majority of the neighbours there, jump to the lowest of their
+        rounds and mix their models of that round (see the module docstring)."""
+        neighbours = self.weights_at(self.round)
+        if peer not in neighbours or params.numel() != self._dim:
+            return []
+        self._far[peer] = (round_, params)
+        horizon = self.round + self.config.max_ahead
+        for stale in [p for p, (r, _) in self._far.items() if p not in neighbours or r <= horizon]:
+            del self._far[stale]  # no longer a neighbour, or no longer far ahead: never a step back
+        if 2 * len(self._far) <= len(neighbours):
+            return []
+        target = min(r for r, _ in self._far.values())
+        actions: list[Action] = [CancelTimer(name=self.timer_name)] if self.phase == "gossip" else []
+        self.round, self.step = target, 0
+        self._inbox = {(target, 0): {p: v for p, (r, v) in self._far.items() if r == target}}
+        self._far.clear()
+        self.counters.resyncs += 1
+        return actions + self._begin_training()
 
     def on_timer(self, name: str, now: float) -> list[Action]:
         if self.phase != "gossip" or name != self.timer_name:
@@ -317,3 +345,56 @@ class DPSGD(Protocol):
     def pending(self) -> int:
         """Messages held for exchanges that have not happened yet."""
         return sum(len(box) for box in self._inbox.values())
+
+    def stats(self) -> dict[str, float]:
+        s = self.counters
+        return {
+            "received": s.received,
+            "mixed": s.mixed,
+            "rejected_late": s.late,
+            "rejected_too_early": s.too_early,
+            "rejected_duplicate": s.duplicates,
+            "rejected_stranger": s.strangers,
+            "timeouts": s.timeouts,
+            "resyncs": s.resyncs,
+            "rule_failures": self.combiner.failures,
+            "dropped_nonfinite": self.combiner.dropped_nonfinite,
+        }
+
+
+# ---------------------------------------------------------------- registry entry
+
+
+def _configure(settings: RunSettings, params: NoParams, world: WorldDefaults) -> DPSGDConfig:
+    """The run-wide part of every node's config; :func:`_build` adds the node's neighbours."""
+    return DPSGDConfig(
+        neighbours=(),
+        rule=settings.rule,
+        rule_params=settings.rule_params,
+        local_steps=settings.local_steps,
+        gossip_steps=settings.gossip_steps,
+        round_timeout=settings.round_timeout,
+        rounds=settings.rounds,
+    )
+
+
+def _build(ctx: NodeContext, config: DPSGDConfig) -> DPSGD:
+    node_config = replace(
+        config,
+        neighbours=ctx.neighbours,
+        weights=ctx.weights,
+        schedule=ctx.schedule,
+        include_own=ctx.include_own,
+    )
+    return DPSGD(node_config, ctx.params, start_round=ctx.start_round)
+
+
+SPEC = ProtocolSpec(
+    name="dpsgd",
+    summary="D-PSGD: train, exchange with the graph's neighbours, combine with the rule (DFedSAM with sam_rho)",
+    configure=_configure,
+    build=_build,
+    rule_inputs=lambda config, degree: degree,
+    report="every-node",
+    resumable=True,
+)

@@ -16,22 +16,39 @@ list, and the graph changes every round. (It is a random relabelling of a circul
 draw among all s-regular graphs; what EL-Oracle needs — fresh, regular, independent of the data — holds.)
 
 Models travel as :class:`~phalanx.gossip.messages.ModelUpdate`. A model of a round the node has finished
-is dropped; one of a later round waits in the inbox.
+is dropped; one of a later round waits in the inbox (up to ``max_ahead`` rounds ahead; further ones are
+dropped and counted), and a second model from the same peer for the same round is dropped.
+
+**The rule.** The paper averages the node's own model with the ones it received. ``rule`` (any rule of
+:mod:`phalanx.aggregation`, through :class:`~phalanx.gossip.aggregator.Combiner`, with uniform weights)
+replaces that average: ``mean`` is the paper's EL, a robust rule filters what Byzantine senders push.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
 
-from phalanx.gossip.events import Action, PeerId, RoundCompleted, Send, SetTimer, Train, TrainingDone
+from phalanx.gossip.aggregator import Combiner
+from phalanx.gossip.events import (
+    Action,
+    PeerId,
+    PenalisePeer,
+    RoundCompleted,
+    Send,
+    SetTimer,
+    Train,
+    TrainingDone,
+)
 from phalanx.gossip.messages import ModelUpdate
 from phalanx.gossip.protocol import Protocol
+from phalanx.gossip.spec import NodeContext, ProtocolSpec, RunSettings, WorldDefaults
 
 VARIANTS = ("local", "oracle")
 
@@ -44,6 +61,9 @@ class EpidemicConfig:
     round_timeout: float = 1.0
     rounds: int = 0
     seed: int = 0  # the oracle graph's seed, the same on every node
+    rule: str = "mean"
+    rule_params: Mapping[str, Any] = field(default_factory=dict)
+    max_ahead: int = 2
 
     def __post_init__(self) -> None:
         if self.s < 1:
@@ -92,6 +112,8 @@ class Epidemic(Protocol):
         self.round = 0
         self.trained: torch.Tensor | None = None  # this round's own trained model, once done
         self.inbox: dict[int, dict[PeerId, torch.Tensor]] = {}
+        self.combiner = Combiner(config.rule, config.rule_params, include_own=True)
+        self.counters = {"received": 0, "rejected_late": 0, "rejected_too_early": 0, "rejected_duplicate": 0}
 
     def targets(self, k: int) -> tuple[PeerId, ...]:
         """The peers this node sends its round-``k`` model to."""
@@ -118,9 +140,20 @@ class Epidemic(Protocol):
         return self.config.variant == "oracle" and len(self.inbox.get(self.round, ())) >= self.config.s
 
     def on_message(self, peer: PeerId, message: object, now: float) -> list[Action]:
-        if not isinstance(message, ModelUpdate) or message.round < self.round:
+        if not isinstance(message, ModelUpdate):
+            return [PenalisePeer(peer=peer, reason=f"unexpected message {type(message).__name__}")]
+        if message.round < self.round:
+            self.counters["rejected_late"] += 1
             return []
-        self.inbox.setdefault(message.round, {})[peer] = message.params
+        if message.round > self.round + self.config.max_ahead:
+            self.counters["rejected_too_early"] += 1
+            return []
+        box = self.inbox.setdefault(message.round, {})
+        if peer in box:
+            self.counters["rejected_duplicate"] += 1
+            return []
+        box[peer] = message.params
+        self.counters["received"] += 1
         if message.round == self.round and self.trained is not None and self._complete():
             return self._finish()
         return []
@@ -134,8 +167,8 @@ class Epidemic(Protocol):
         assert self.trained is not None
         k = self.round
         received = self.inbox.pop(k, {})
-        rows = [self.trained] + [received[p] for p in sorted(received)]
-        self.model = torch.stack(rows).mean(dim=0)
+        weight = 1.0 / (len(received) + 1)
+        self.model = self.combiner(self.trained, received, {p: weight for p in received})
         self.trained = None
         self.round = k + 1
         actions: list[Action] = [
@@ -144,3 +177,67 @@ class Epidemic(Protocol):
         if self.config.rounds and self.round >= self.config.rounds:
             return actions
         return [*actions, Train(round=self.round, params=self.model, steps=self.config.local_steps)]
+
+    def stats(self) -> dict[str, float]:
+        return {
+            **self.counters,
+            "rule_failures": self.combiner.failures,
+            "dropped_nonfinite": self.combiner.dropped_nonfinite,
+        }
+
+
+# ---------------------------------------------------------------- registry entries
+
+EL_S = 7  # the paper's default sample size
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpidemicParams:
+    s: int | None = field(
+        default=None,
+        metadata={"help": f"peers each node sends to per round (default {EL_S}, at most the peers it knows)"},
+    )
+
+
+def _configurer(variant: str):  # type: ignore[no-untyped-def]
+    def configure(settings: RunSettings, params: EpidemicParams, world: WorldDefaults) -> EpidemicConfig:
+        s = params.s
+        if s is None:
+            s = EL_S if world.max_sample is None else min(EL_S, max(1, world.max_sample))
+        elif world.max_sample is not None and s > world.max_sample:
+            raise ValueError(f"s = {s} exceeds the {world.max_sample} other peers")
+        return EpidemicConfig(
+            s=s,
+            variant=variant,
+            local_steps=settings.local_steps,
+            round_timeout=settings.round_timeout,
+            rounds=settings.rounds,
+            seed=settings.seed,
+            rule=settings.rule,
+            rule_params=settings.rule_params,
+        )
+
+    return configure
+
+
+def _build(ctx: NodeContext, config: EpidemicConfig) -> Epidemic:
+    peers = tuple(sorted({ctx.node, *ctx.peers, *ctx.neighbours}))
+    return Epidemic(node=ctx.node, params=ctx.params, peers=peers, config=config, rng=ctx.rng)
+
+
+SPEC_LOCAL = ProtocolSpec(
+    name="el-local",
+    summary="Epidemic Learning, EL-Local: send to s random peers each round, combine what arrived",
+    params=EpidemicParams,
+    configure=_configurer("local"),
+    build=_build,
+    rule_inputs=lambda config, degree: config.s,
+)
+SPEC_ORACLE = ProtocolSpec(
+    name="el-oracle",
+    summary="Epidemic Learning, EL-Oracle: a fresh random s-regular graph each round",
+    params=EpidemicParams,
+    configure=_configurer("oracle"),
+    build=_build,
+    rule_inputs=lambda config, degree: config.s,
+)

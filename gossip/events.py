@@ -70,7 +70,23 @@ class PeerDown:
     peer: PeerId
 
 
-Event = MessageReceived | TimerFired | TrainingDone | PeerUp | PeerDown
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvaluationDone:
+    """The answer to :class:`Evaluate`: the model's accuracy on the node's own local samples.
+
+    ``per_class[c]`` is the accuracy on the local samples of class ``c`` (NaN for a class the node holds
+    no sample of); ``samples`` is how many samples were used.
+    """
+
+    tag: str
+    round: int
+    accuracy: float
+    loss: float
+    per_class: tuple[float, ...]
+    samples: int
+
+
+Event = MessageReceived | TimerFired | TrainingDone | PeerUp | PeerDown | EvaluationDone
 
 
 # ---------------------------------------------------------------- actions (protocol -> runner)
@@ -117,7 +133,13 @@ class CancelTimer:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RoundCompleted:
-    """The node finished ``round`` with model ``params``: the runner evaluates, checkpoints, logs."""
+    """The node holds the outcome of ``round``: ``params`` is the model every later round builds on.
+
+    One meaning for every protocol: D-PSGD and Epidemic Learning report their combined model at the end of
+    round ``round``; MoDeST reports round ``k``'s aggregate when a trainer of round ``k + 1`` receives it
+    (or combines it, in the robust variant). The runner evaluates it, checkpoints it as "``round + 1``
+    rounds done" and logs it. ``received``/``accepted`` count the models the round's rule combined.
+    """
 
     round: int
     params: torch.Tensor
@@ -136,4 +158,23 @@ class PenalisePeer:
     reason: str
 
 
-Action = Send | Train | SetTimer | CancelTimer | RoundCompleted | PenalisePeer
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Evaluate:
+    """Evaluate ``params`` on the node's own local samples; answer with :class:`EvaluationDone` (same ``tag``).
+
+    For filters that judge a received model by how it does on local data (Bristle's per-class integrator).
+    ``samples`` caps how many local samples are used (0: the runner's default).
+    """
+
+    tag: str
+    round: int
+    params: torch.Tensor
+    samples: int = 0
+
+    def __post_init__(self) -> None:
+        _check_vector("Evaluate.params", self.params)
+        if self.samples < 0:
+            raise ValueError(f"Evaluate.samples must be >= 0, got {self.samples}")
+
+
+Action = Send | Train | SetTimer | CancelTimer | RoundCompleted | PenalisePeer | Evaluate

@@ -2,7 +2,14 @@
 
 A protocol is a plain state machine (the h11 style): ``start(now)`` and ``handle(event, now)`` return the
 actions to carry out. The runner (simulator or node runtime) owns the clock, the network, the timers and
-the training worker; the protocol owns the rules.
+the training worker; the protocol owns the rules, including admission (which sender may send what for
+which round) and the failure policy of its aggregation rule.
+
+Lifecycle beyond ``start``: ``leave(now)`` (the node is about to go away and may announce it),
+``resume(now)`` (the runner brings it back after an absence in which events meant for it were lost) and
+``join(now)`` (come back after ``leave``). They are part of the interface with defaults that do nothing,
+so every wrapper forwards them by construction. ``stats()`` returns the protocol's counters (rule failures,
+dropped rows, rejected messages by reason); both runners export them.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from abc import ABC, abstractmethod
 
 from phalanx.gossip.events import (
     Action,
+    EvaluationDone,
     Event,
     MessageReceived,
     PeerDown,
@@ -63,6 +71,8 @@ class Protocol(ABC):
             return self.on_peer_up(event.peer, now)
         if isinstance(event, PeerDown):
             return self.on_peer_down(event.peer, now)
+        if isinstance(event, EvaluationDone):
+            return self.on_evaluation_done(event, now)
         raise LocalProtocolError(f"unknown event {event!r}")
 
     @abstractmethod
@@ -79,3 +89,25 @@ class Protocol(ABC):
 
     def on_peer_down(self, peer: PeerId, now: float) -> list[Action]:
         return []
+
+    def on_evaluation_done(self, event: EvaluationDone, now: float) -> list[Action]:
+        """The answer to an :class:`~phalanx.gossip.events.Evaluate` this protocol asked for."""
+        return []
+
+    # ------------------------------------------------------------------ lifecycle (defaults: nothing to do)
+
+    def leave(self, now: float) -> list[Action]:
+        """The node is about to leave the network: announce it if the protocol does."""
+        return []
+
+    def join(self, now: float) -> list[Action]:
+        """Come back after :meth:`leave`."""
+        return []
+
+    def resume(self, now: float) -> list[Action]:
+        """The runner brings the node back after an absence (a crash, churn): resynchronise."""
+        return []
+
+    def stats(self) -> dict[str, float]:
+        """Counters for operators (exported by the simulator's metrics and the node's ``/metrics``)."""
+        return {}

@@ -18,33 +18,23 @@ import numpy as np
 import torch
 import trio
 
+from phalanx.gossip import registry
 from phalanx.gossip.aggregator import rule_names
-from phalanx.gossip.byzantine import BEHAVIOURS, Byzantine, attack_names
-from phalanx.gossip.dpsgd import DPSGD
+from phalanx.gossip.byzantine import BEHAVIOURS, attack_names
+from phalanx.gossip.identity import PeerIdKeys, Signer, Verifier
 from phalanx.gossip.protocol import Protocol
-from phalanx.gossip.settings import (
-    EL_S,
-    KNOWN_KEYS,
-    SettingsError,
-    check_keys,
-    dpsgd_config,
-    epidemic_config,
-    modest_byzantine_roles,
-    modest_config,
-)
+from phalanx.gossip.spec import AttackSpec, NodeContext, SettingsError, WorldDefaults
 from phalanx.gossip.wire import Limits
 from phalanx.node import checkpoint as ckpt
 from phalanx.node.bans import BanList
 from phalanx.node.config import ConfigError, NodeConfig, neighbours_from_files
 from phalanx.node.datasets import load_dataset
-from phalanx.node.identity import load_or_create_key, peer_id_of
+from phalanx.node.identity import load_or_create_key, peer_id_of, signer_of
 from phalanx.node.learner import Learner, TrainConfig, derive_seed
 from phalanx.node.metrics import Metrics, serve
 from phalanx.node.partition import shard_of
 from phalanx.node.runtime import NodeRuntime, RuntimeSettings
 from phalanx.node.transport import Libp2pTransport, TransportError, open_libp2p_transport
-
-PROTOCOLS = ("dpsgd", "modest", "el-local", "el-oracle")
 
 
 def byzantine_behaviour(spec: str) -> tuple[str, str]:
@@ -62,14 +52,12 @@ def byzantine_behaviour(spec: str) -> tuple[str, str]:
 
 
 def check(config: NodeConfig) -> None:
-    if config.protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol {config.protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
     if config.rule not in rule_names():
         raise ConfigError(
             f"unknown aggregation rule {config.rule!r}; choose one of: {', '.join(rule_names())}"
         )
     try:
-        check_keys(config.protocol, config.protocol_params, KNOWN_KEYS[config.protocol])
+        registry.get(config.protocol).config(config)  # unknown protocol or protocol params: one line
     except SettingsError as exc:
         raise ConfigError(str(exc)) from None
     byzantine_behaviour(config.byzantine)
@@ -101,57 +89,41 @@ def _peer_multiaddr(text: str) -> None:
 
 
 def build_protocol(
-    config: NodeConfig, me: str, neighbours: tuple[str, ...], params: torch.Tensor, start_round: int
+    config: NodeConfig,
+    me: str,
+    neighbours: tuple[str, ...],
+    params: torch.Tensor,
+    start_round: int,
+    signer: Signer | None = None,
 ) -> Protocol:
-    """The protocol object for this node. For the sampling protocols (MoDeST, Epidemic Learning) the
-    neighbours are the initial membership: every peer this node may sample."""
-    rng = np.random.default_rng(derive_seed(config.seed, "protocol", config.index))
+    """The protocol object for this node, from its registry entry. For the sampling protocols (MoDeST,
+    Epidemic Learning) the neighbours are the initial membership: every peer this node may sample."""
+    spec = registry.get(config.protocol)
     behaviour, attack = byzantine_behaviour(config.byzantine)
-    try:
-        if config.protocol == "dpsgd":
-            settings = dpsgd_config(config, neighbours=neighbours)
-            protocol: Protocol = DPSGD(settings, params, start_round=start_round)
-        elif config.protocol in ("el-local", "el-oracle"):
-            from phalanx.gossip.epidemic import Epidemic
-
-            el = epidemic_config(
-                config,
-                variant=config.protocol.removeprefix("el-"),
-                s_default=min(EL_S, max(1, len(neighbours))),  # this node samples among its neighbours
-            )
-            protocol = Epidemic(
-                node=me, params=params, peers=tuple(sorted({me, *neighbours})), config=el, rng=rng
-            )
-        else:
-            from phalanx.gossip.modest import ByzantineModest, Modest
-
-            settings_m = modest_config(config)  # ModestConfig's own ping and progress timeouts
-            modest = Modest(
-                node=me, params=params, peers=tuple(sorted({me, *neighbours})), config=settings_m, rng=rng
-            )
-            if behaviour and behaviour != "label-flip":
-                try:
-                    return ByzantineModest(
-                        modest,
-                        attack=attack or behaviour,
-                        attack_params=config.attack_params,
-                        roles=modest_byzantine_roles(config.protocol_params),
-                    )
-                except ValueError as exc:
-                    raise ConfigError(f"modest: {exc}") from None
-            return modest
-    except SettingsError as exc:  # it names the protocol and the key
-        raise ConfigError(str(exc)) from None
+    ctx = NodeContext(
+        node=me,
+        params=params,
+        neighbours=neighbours,
+        peers=tuple(sorted({me, *neighbours})),
+        rng=np.random.default_rng(derive_seed(config.seed, "protocol", config.index)),
+        start_round=start_round,
+        signer=signer,
+        verifier=Verifier(PeerIdKeys()),  # a libp2p ed25519 peer id is its public key
+    )
+    attack_spec = None
     if behaviour:
-        protocol = Byzantine(
-            protocol,
+        attack_spec = AttackSpec(
             behaviour=behaviour,
             attack=attack,
-            attack_params=config.attack_params,
+            params=config.attack_params,
             delay=config.attack_delay,
             rng=np.random.default_rng(derive_seed(config.seed, "byzantine", config.index)),
         )
-    return protocol
+    try:
+        protocol_config = spec.config(config, WorldDefaults(max_sample=len(neighbours)))
+        return spec.build_node(ctx, protocol_config, attack_spec)
+    except SettingsError as exc:  # it names the protocol and the key
+        raise ConfigError(str(exc)) from None
 
 
 def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
@@ -190,9 +162,9 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
         learner.state.params.copy_(saved.params)
         learner.state.momentum.copy_(saved.momentum)
         learner.state.steps = saved.steps
-        # D-PSGD resumes at the checkpoint's round; MoDeST and Epidemic Learning have no start round yet, so
-        # they resume the model, optimiser state and counters and count rounds from 0 again.
-        start_round = saved.round if config.protocol == "dpsgd" else 0
+        # A resumable protocol (D-PSGD) restarts at the checkpoint's round; the others resume the model,
+        # optimiser state and counters and count rounds from 0 again.
+        start_round = saved.round if registry.get(config.protocol).resumable else 0
         metrics.restore(saved.counters)
 
     limits = Limits(dim=learner.dim)
@@ -210,7 +182,9 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
             stall=config.stall_timeout,
         ) as transport:
             neighbours = tuple(transport.add_address(a) for a in neighbour_addrs)
-            protocol = build_protocol(config, peer_id, neighbours, learner.get_vector(), start_round)
+            protocol = build_protocol(
+                config, peer_id, neighbours, learner.get_vector(), start_round, signer_of(key, peer_id)
+            )
             settings = RuntimeSettings(
                 rounds=config.rounds,
                 eval_every=config.eval_every,

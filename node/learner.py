@@ -1,7 +1,7 @@
 """Local training and evaluation on flat float32 parameter vectors.
 
 Every node, simulated or real, trains through this module. A model travels and aggregates as one flat
-float32 vector (DESIGN.md), so the learner keeps the module's parameters as *views into one flat tensor*
+float32 vector (docs/design.md), so the learner keeps the module's parameters as *views into one flat tensor*
 and its gradients as views into another: getting or setting the model is one copy, bit-exact, and SGD
 with momentum and weight decay is three vector operations on the flat buffers.
 
@@ -20,6 +20,7 @@ with the same batches, and the same seed gives the same result.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ from torch import nn
 
 from phalanx.node.datasets import Dataset
 from phalanx.node.models import build_model
+from phalanx.node.train_settings import setting
 
 
 class LearnerError(ValueError):
@@ -39,11 +41,11 @@ class LearnerError(ValueError):
 class TrainConfig:
     """Local optimiser settings: SGD with momentum and weight decay, optionally SAM with radius ``sam_rho``."""
 
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 32
-    sam_rho: float = 0.0
+    lr: float = setting("lr")  # defaults, bounds and help: phalanx.node.train_settings (shared)
+    momentum: float = setting("momentum")
+    weight_decay: float = setting("weight_decay")
+    batch_size: int = setting("batch_size")
+    sam_rho: float = setting("sam_rho")
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -197,6 +199,30 @@ class Trainer:
         n = max(1, len(x))
         return correct / n, loss_sum / n
 
+    @torch.no_grad()
+    def evaluate_per_class(
+        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, num_classes: int
+    ) -> tuple[float, float, tuple[float, ...]]:
+        """Accuracy, mean loss, and the accuracy on each class's samples (NaN for a class with none)."""
+        self.check_vector(params)
+        self.flat.copy_(params)
+        self.module.eval()
+        try:
+            logits = self.module(x) if len(x) else torch.zeros((0, num_classes))
+        finally:
+            self.module.train()
+        n = len(x)
+        if n == 0:
+            return math.nan, math.nan, tuple(math.nan for _ in range(num_classes))
+        loss = float(nn.functional.cross_entropy(logits, y))
+        hit = (logits.argmax(dim=1) == y).to(torch.float64)
+        counts = torch.bincount(y, minlength=num_classes).to(torch.float64)
+        correct = torch.bincount(y, weights=hit, minlength=num_classes)
+        per_class = tuple(
+            float(c / k) if k > 0 else math.nan for c, k in zip(correct.tolist(), counts.tolist())
+        )
+        return float(hit.mean()), loss, per_class
+
 
 def flip_labels(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Label flipping (data poisoning): class c becomes num_classes - 1 - c."""
@@ -247,3 +273,13 @@ class Learner:
 
     def evaluate(self) -> tuple[float, float]:
         return self.trainer.evaluate(self.state.params, self.dataset.test_x, self.dataset.test_y)
+
+    def evaluate_local(
+        self, params: torch.Tensor, samples: int = 0
+    ) -> tuple[float, float, tuple[float, ...], int]:
+        """``params`` on this node's own samples (the first ``samples`` of its shard; 0: all of them)."""
+        n = len(self.y) if samples <= 0 else min(samples, len(self.y))
+        acc, loss, per_class = self.trainer.evaluate_per_class(
+            params, self.x[:n], self.y[:n], self.dataset.num_classes
+        )
+        return acc, loss, per_class, n

@@ -39,6 +39,11 @@ class Metrics:
     finished: bool = False
     listen: list[str] = field(default_factory=list)
     rejected: Counter[str] = field(default_factory=Counter)
+    # the protocol's own counters (rule failures, dropped rows, rejections by reason): Protocol.stats
+    protocol_stats: Callable[[], dict[str, float]] | None = None
+
+    def protocol_counters(self) -> dict[str, float]:
+        return dict(sorted(self.protocol_stats().items())) if self.protocol_stats is not None else {}
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] += 1
@@ -89,6 +94,7 @@ class Metrics:
             "byzantine": self.byzantine or None,
             "finished": self.finished,
             "listen": self.listen,
+            "protocol_counters": self.protocol_counters(),
         }
 
     def prometheus(self) -> str:
@@ -121,6 +127,12 @@ class Metrics:
         ]
         for reason, count in sorted(self.rejected.items()):
             out.append(f'phalanx_messages_rejected_total{{reason="{reason}"}} {count}')
+        out += [
+            "# HELP phalanx_protocol_counter The protocol's own counters (rule failures, dropped rows, ...).",
+            "# TYPE phalanx_protocol_counter gauge",
+        ]
+        for name, value in self.protocol_counters().items():
+            out.append(f'phalanx_protocol_counter{{name="{name}"}} {value}')
         return "\n".join(out) + "\n"
 
 

@@ -1,6 +1,6 @@
 """The trio runtime that drives one sans-I/O protocol object on a real node.
 
-Glue only (CONVENTIONS.md): transport events become protocol events, protocol actions become writes,
+Glue only (docs/design.md): transport events become protocol events, protocol actions become writes,
 timers and training. Everything happens on one trio thread, so the protocol is never entered twice at
 once; local training runs in a worker thread (``trio.to_thread.run_sync``) under a lock that also covers
 evaluation, because both use the learner's one model.
@@ -34,6 +34,8 @@ import trio
 from phalanx.gossip.events import (
     Action,
     CancelTimer,
+    Evaluate,
+    EvaluationDone,
     Event,
     MessageReceived,
     PeerDown,
@@ -68,6 +70,7 @@ class RuntimeSettings:
     protocol_name: str = ""
     byzantine: str = ""
     send_retry: float = 3.0  # seconds to keep retrying a failed send
+    eval_samples: int = 200  # local samples an Evaluate action uses when it names no number
 
 
 class NodeRuntime:
@@ -106,6 +109,7 @@ class NodeRuntime:
         self._t0 = time.monotonic()
         self.metrics.round = start_round
         self.metrics.protocol = settings.protocol_name
+        self.metrics.protocol_stats = protocol.stats
         self.metrics.byzantine = settings.byzantine
 
     # ------------------------------------------------------------------ logging
@@ -182,6 +186,8 @@ class NodeRuntime:
                 self._rounds_out.send_nowait((action, state.momentum.clone(), state.steps))
             elif isinstance(action, PenalisePeer):
                 self._reject(action.peer, PENALISED, action.reason)
+            elif isinstance(action, Evaluate):
+                self._nursery.start_soon(self._evaluate, action)
 
     # ------------------------------------------------------------------ actions
 
@@ -215,6 +221,19 @@ class NodeRuntime:
 
             params, loss = await trio.to_thread.run_sync(work)
         self.dispatch(TrainingDone(round=action.round, params=params, loss=loss))
+
+    async def _evaluate(self, action: Evaluate) -> None:
+        """The protocol asked how a model does on this node's own samples (Bristle-style filters)."""
+        async with self._learner_lock:
+            learner = self.learner
+            acc, loss, per_class, n = await trio.to_thread.run_sync(
+                lambda: learner.evaluate_local(action.params, action.samples or self.settings.eval_samples)
+            )
+        self.dispatch(
+            EvaluationDone(
+                tag=action.tag, round=action.round, accuracy=acc, loss=loss, per_class=per_class, samples=n
+            )
+        )
 
     def _cancel_timer(self, name: str) -> None:
         scope = self._timers.pop(name, None)

@@ -5,21 +5,53 @@
     python scripts/modest_checks.py byzantine    # Byzantine aggregators: plain vs robust MoDeST
     python scripts/modest_checks.py el           # EL-Local, EL-Oracle vs D-PSGD on an s-regular graph
 
-Every run is a simulation on the embedded MNIST (MLP 784-64-10) by default, deterministic from --seed.
-Accuracy of a round is the mean test accuracy of up to 3 (``--eval-models``) models reported for that round (MoDeST: the
-models its trainers start from; D-PSGD and EL: nodes' models after averaging).
+Every run is a simulation on the embedded MNIST (MLP 784-64-10) by default, deterministic from --seed, through
+the one simulation pipeline (``phalanx.sim.experiment``) that ``phalanx sim`` runs. Accuracy of a round is the
+mean test accuracy of up to 3 (``--eval-models``) models reported for that round (MoDeST: round k's aggregate as
+the trainers of round k + 1 receive it; D-PSGD and EL: nodes' models after combining).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
+import time
+from dataclasses import dataclass, replace
 
 import torch
 
+from phalanx.sim import experiment
 from phalanx.sim.config import SimConfig
-from phalanx.sim.sampling_runs import SimRun, crash_at, simulate
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    round: int
+    live: int
+    reporters: int
+    acc: float | None
+    time: float
+    bytes: int
+
+
+@dataclass(slots=True)
+class SimRun:
+    rows: list[Row]
+    bytes_sent: int
+    wall: float
+
+    def first_reaching(self, target: float) -> Row | None:
+        return next((r for r in self.rows if r.acc is not None and r.acc >= target), None)
+
+
+def simulate(config: SimConfig, *, eval_every: int, eval_models: int = 3) -> SimRun:
+    start = time.perf_counter()
+    result = experiment.run(experiment.plan(replace(config, eval_every=eval_every, eval_nodes=eval_models)))
+    rows = [
+        Row(r["round"], r["live"], r["honest_reported"], r["acc_mean"], r["virtual_time"], r["bytes"])
+        for r in result.rows
+    ]
+    return SimRun(rows, result.engine_stats["bytes"], time.perf_counter() - start)
 
 
 def base(args: argparse.Namespace, **changes: object) -> SimConfig:
@@ -52,7 +84,7 @@ def report(name: str, run: SimRun, target: float) -> tuple[int | None, int | Non
     print(
         f"{name:<22} rounds {len(run.rows):>4}  final acc {fmt(final_acc(run))}  "
         f"reached {target:.2f} at round {fmt(hit.round if hit else None, 'd') if hit else '-':>4}  "
-        f"MB by then {fmt(hit.bytes / 1e6 if hit else None, '.1f'):>8}  total MB {run.engine.bytes_sent / 1e6:.1f}  "
+        f"MB by then {fmt(hit.bytes / 1e6 if hit else None, '.1f'):>8}  total MB {run.bytes_sent / 1e6:.1f}  "
         f"wall {run.wall:.0f}s"
     )
     return (hit.round if hit else None), (hit.bytes if hit else None)
@@ -95,9 +127,10 @@ def dropout(args: argparse.Namespace) -> int:
         args,
         protocol="modest",
         protocol_params={"s": args.s, "a": args.a, "success_fraction": args.success_fraction},
+        crash_fraction=args.fraction,
+        crash_round=args.crash_round,
     )
-    hook = crash_at(args.crash_round, args.fraction, nodes=args.nodes, seed=args.seed)
-    run = simulate(config, eval_every=1, on_round=hook)
+    run = simulate(config, eval_every=1)
     print(
         f"\nMoDeST, {args.nodes} nodes, s={args.s}, a={args.a}: {args.fraction:.0%} crash when round "
         f"{args.crash_round} starts"

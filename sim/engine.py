@@ -17,7 +17,13 @@ come back:
   dropout, the shared mask generator move on) and its ``TrainingDone`` dropped, where it was skipped;
 - ``SetTimer``/``CancelTimer`` -> timers keyed by (node, name), a newer one replacing the older;
 - ``RoundCompleted`` -> observers are told (metrics, fault schedules);
+- ``Evaluate`` -> the worker evaluates the model on the node's own samples, and ``EvaluationDone`` follows
+  at the same virtual instant (after the events already due then);
 - ``PenalisePeer`` -> counted.
+
+Faults go through the protocol's lifecycle: :meth:`Engine.leave` lets the node announce its departure
+(``Protocol.leave``) before it goes; :meth:`Engine.rejoin` brings it back and calls ``Protocol.resume``;
+:meth:`Engine.crash` takes it away silently.
 
 Everything random comes from the generators the caller passes in, and ties in time are broken by
 insertion order, so a run is a pure function of its seed.
@@ -42,6 +48,8 @@ import torch
 from phalanx.gossip.events import (
     Action,
     CancelTimer,
+    Evaluate,
+    EvaluationDone,
     Event,
     MessageReceived,
     PeerDown,
@@ -59,7 +67,7 @@ from phalanx.gossip.messages import Message, ModelUpdate, encoded_size
 from phalanx.gossip.protocol import Protocol
 from phalanx.sim.network import Network
 
-_DELIVER, _TIMER, _TRAINED, _CALL, _TRAINED_READY = 0, 1, 2, 3, 4
+_DELIVER, _TIMER, _TRAINED, _CALL, _TRAINED_READY, _EVALUATE = 0, 1, 2, 3, 4, 5
 
 
 class Worker(TypingProtocol):
@@ -71,6 +79,12 @@ class Worker(TypingProtocol):
 
     def train(self, node: PeerId, round: int, params: torch.Tensor, steps: int) -> tuple[torch.Tensor, float]:
         """Train from ``params`` (never modified); return a new vector and the mean loss."""
+        ...
+
+    def evaluate(
+        self, node: PeerId, params: torch.Tensor, samples: int
+    ) -> tuple[float, float, tuple[float, ...], int]:
+        """Accuracy, loss, per-class accuracy and sample count of ``params`` on ``node``'s own samples."""
         ...
 
 
@@ -143,7 +157,10 @@ class Engine:
         self.alive_version += 1
 
     def leave(self, node: PeerId, neighbours: tuple[PeerId, ...]) -> None:
-        """``node`` leaves and ``neighbours`` get ``PeerDown`` (a closed connection)."""
+        """``node`` announces its departure (``Protocol.leave``), leaves, and ``neighbours`` get ``PeerDown``."""
+        if node not in self.alive:
+            return
+        self._apply(node, self.protocols[node].leave(self.now))
         self.alive.discard(node)
         self.alive_version += 1
         for peer in neighbours:
@@ -151,11 +168,8 @@ class Engine:
                 self._dispatch(peer, PeerDown(peer=node))
 
     def rejoin(self, node: PeerId, neighbours: tuple[PeerId, ...]) -> None:
-        """``node`` comes back with the state it had; ``neighbours`` and the node get ``PeerUp``.
-
-        A protocol may define ``resume(now) -> list[Action]`` to catch up after being away; the engine
-        calls it if present.
-        """
+        """``node`` comes back with the state it had; ``neighbours`` and the node get ``PeerUp``, and the
+        protocol's ``resume`` lets it catch up after being away."""
         if node in self.alive:
             return
         self.alive.add(node)
@@ -164,9 +178,7 @@ class Engine:
             if peer in self.alive and peer != node:
                 self._dispatch(peer, PeerUp(peer=node))
                 self._dispatch(node, PeerUp(peer=peer))
-        resume = getattr(self.protocols[node], "resume", None)
-        if resume is not None:
-            self._apply(node, resume(self.now))
+        self._apply(node, self.protocols[node].resume(self.now))
 
     # ------------------------------------------------------------------ the loop
 
@@ -228,6 +240,16 @@ class Engine:
             elif kind == _TRAINED:
                 self._train_due(time, seq, node, payload)
                 continue
+            elif kind == _EVALUATE:
+                acc, loss, per_class, n = self.worker.evaluate(node, payload.params, payload.samples)
+                event = EvaluationDone(
+                    tag=payload.tag,
+                    round=payload.round,
+                    accuracy=acc,
+                    loss=loss,
+                    per_class=per_class,
+                    samples=n,
+                )
             else:  # _TRAINED_READY: trained before a stop(), handled now
                 event = payload
             self._dispatch(node, event)
@@ -289,6 +311,8 @@ class Engine:
                     obs.on_round(self, node, action, now)
             elif isinstance(action, PenalisePeer):
                 self.penalties += 1
+            elif isinstance(action, Evaluate):
+                self._push(now, _EVALUATE, node, action)
 
     def _send(self, node: PeerId, peers: list[PeerId], message: Message, now: float) -> None:
         """``message`` from ``node`` to each of ``peers`` in turn: counted once per peer, sized once."""

@@ -1,8 +1,10 @@
-"""One simulation run, from a validated config to per-round metrics.
+"""One simulation run, from a validated config to per-round metrics: the one pipeline of every protocol.
 
-:func:`plan` checks everything that can be checked without training (names, graph, roles, the rule's
-tolerance at every honest node's degree) and fixes the roles of the nodes; :func:`run` builds the
-nodes, wires attackers and faults into the engine, and returns the metrics rows.
+:func:`plan` checks everything that can be checked without training (names, graph, roles, the protocol's
+parameters, the rule's tolerance at the inputs it will see) and fixes the roles of the nodes; :func:`run`
+builds every node through the protocol's registry entry (:mod:`phalanx.gossip.registry`), wires attackers,
+faults and churn into the engine, attaches the metrics observer the protocol's reporting style needs, and
+returns the metrics rows.
 """
 
 from __future__ import annotations
@@ -16,25 +18,27 @@ import networkx as nx
 import numpy as np
 import torch
 
+from phalanx.gossip import registry
 from phalanx.gossip.aggregator import Combiner, gossip_rule_names, rule_names
-from phalanx.gossip.byzantine import Byzantine, HonestView, attack_names
+from phalanx.gossip.byzantine import HonestView, attack_names
 from phalanx.gossip.events import PeerId
+from phalanx.gossip.identity import sim_keyring
 from phalanx.gossip.messages import ModelUpdate
 from phalanx.gossip.protocol import Protocol
-from phalanx.gossip.settings import KNOWN_KEYS, check_keys
+from phalanx.gossip.spec import AttackSpec, NodeContext, ProtocolSpec, WorldDefaults
 from phalanx.node.datasets import Dataset, load_dataset
 from phalanx.node.learner import TrainConfig, Trainer, derive_seed
 from phalanx.node.models import MODEL_NAMES
 from phalanx.node.partition import parse_partition, partition
+from phalanx.sim.churn import ChurnError, Trace
 from phalanx.sim.config import ConfigError, SimConfig, settings_errors
 from phalanx.sim.engine import Engine
-from phalanx.sim.faults import FaultSchedule
+from phalanx.sim.faults import FaultSchedule, churn_trace, late_nodes
 from phalanx.sim.metrics import Metrics
 from phalanx.sim.mixing import mixing_matrix, neighbour_weights, spectral_gap
 from phalanx.sim.network import network_for
-from phalanx.sim.protocols import PROTOCOLS, RULE_INPUTS, NodeView
-from phalanx.sim.sampling_builders import CHURN_KEYS
-from phalanx.sim.topology import TimeVarying, build_graph, is_time_varying
+from phalanx.sim.topology import build_graph, is_time_varying
+from phalanx.sim.topology import parse as parse_topology
 
 BEHAVIOUR_OF = {
     "dissensus": "dissensus",
@@ -42,6 +46,22 @@ BEHAVIOUR_OF = {
     "silent": "silent",
     "label-flip": "label-flip",
 }
+
+
+def world_defaults(config: SimConfig) -> WorldDefaults:
+    """What the simulator tells a protocol about its world: timeouts derived from the virtual network."""
+    return WorldDefaults(
+        ping_timeout=max(0.05, 5 * config.latency),
+        progress_timeout=config.round_timeout + 2 * config.local_steps * config.step_time,
+        max_sample=config.nodes - 1,
+    )
+
+
+def protocol_of(config: SimConfig) -> tuple[ProtocolSpec, Any]:
+    """The protocol's registry entry and its config for this run; one ConfigError line on a bad setting."""
+    with settings_errors():
+        spec = registry.get(config.protocol)
+        return spec, spec.config(config, world_defaults(config))
 
 
 @dataclass(slots=True, kw_only=True)
@@ -58,6 +78,9 @@ class Plan:
     dataset: Dataset
     shards: list[np.ndarray]
     eval_nodes: tuple[int, ...]
+    protocol: ProtocolSpec
+    protocol_config: Any  # what the protocol's spec made of the settings (its ``configure``)
+    churn: Trace = field(default_factory=dict)
 
     @property
     def honest(self) -> list[int]:
@@ -114,16 +137,35 @@ def place_crashes(
     return tuple(_pick(rng, honest, k))
 
 
-def check_rule(config: SimConfig, graph: nx.Graph, byzantine: frozenset[int]) -> None:
-    """Run the rule once on zero vectors of every honest degree: a rule that cannot tolerate its ``f``
-    with deg + 1 inputs fails here, before training, instead of in round 0."""
+def check_rule(
+    config: SimConfig,
+    graph: nx.Graph,
+    byzantine: frozenset[int],
+    spec: ProtocolSpec | None = None,
+    protocol_config: Any = None,
+) -> None:
+    """Run the rule once on zero vectors of every number of inputs it will see (what the protocol's
+    ``rule_inputs`` says for every honest degree): a rule that cannot tolerate its ``f`` fails here, before
+    training, instead of in round 0. A protocol that applies no rule refuses any rule but ``mean``."""
     if config.rule not in rule_names():
         raise ConfigError(f"unknown rule {config.rule!r}; choose one of: {', '.join(rule_names())}")
-    combiner = Combiner(config.rule, config.rule_params, include_own=config.include_own)
+    if spec is None:
+        spec, protocol_config = protocol_of(config)
+    own_row = spec.own_row
+    combiner = Combiner(config.rule, config.rule_params, include_own=config.include_own and own_row)
     gossip = config.rule in gossip_rule_names()
-    degrees = sorted({graph.degree[i] for i in graph if i not in byzantine})
-    if config.protocol in RULE_INPUTS:  # a sampling protocol: its rule combines a sample, not neighbours
-        degrees = [RULE_INPUTS[config.protocol](config) - 1]
+    if gossip and not own_row and config.rule != "mean":
+        raise ConfigError(
+            f"rule {config.rule} needs the node's own model, which {spec.name}'s rule does not see; "
+            "choose a rule that combines received models alone"
+        )
+    inputs = {spec.rule_inputs(protocol_config, graph.degree[i]) for i in graph if i not in byzantine}
+    if None in inputs:
+        if config.rule != "mean" or config.rule_params:
+            raise ConfigError(f"protocol {spec.name} applies no aggregation rule; leave rule = mean")
+        return
+    degrees = sorted(int(n) for n in inputs if n is not None)
+    with_own = config.include_own and own_row
     f = combiner.params.get("f")
     try:
         from phalanx.aggregation.validation import REQUIREMENTS, requirement
@@ -132,11 +174,14 @@ def check_rule(config: SimConfig, graph: nx.Graph, byzantine: frozenset[int]) ->
     if isinstance(f, int) and requirement is not None and config.rule in REQUIREMENTS:
         for deg in degrees:
             try:
-                requirement(config.rule, deg if gossip or not config.include_own else deg + 1, f)
+                requirement(config.rule, deg if gossip or not with_own else deg + 1, f)
             except ValueError as exc:
-                raise ConfigError(
-                    f"rule {config.rule} cannot tolerate f={f} at a node of degree {deg} in {config.topology}: {exc}"
-                ) from None
+                where = (
+                    f"a node of degree {deg} in {config.topology}"
+                    if spec.rule_inputs(protocol_config, 1) != spec.rule_inputs(protocol_config, 2)
+                    else f"{deg} received {spec.name} models"
+                )
+                raise ConfigError(f"rule {config.rule} cannot tolerate f={f} at {where}: {exc}") from None
     for deg in degrees:
         own = torch.zeros(4)
         received = {str(j): torch.zeros(4) for j in range(deg)}
@@ -146,29 +191,23 @@ def check_rule(config: SimConfig, graph: nx.Graph, byzantine: frozenset[int]) ->
                 combiner(own, received, weights)
             else:
                 assert combiner._fn is not None
-                combiner._fn(torch.zeros(deg + int(config.include_own), 4), **combiner.params)
+                combiner._fn(torch.zeros(deg + int(with_own), 4), **combiner.params)
         except (ValueError, TypeError) as exc:
             raise ConfigError(
                 f"rule {config.rule} with {combiner.params} cannot run at a node of degree {deg} "
-                f"({deg + int(config.include_own)} inputs): {exc}".splitlines()[0]
+                f"({deg + int(with_own)} inputs): {exc}".splitlines()[0]
             ) from None
 
 
 def plan(config: SimConfig) -> Plan:
     """Check the config and fix every random choice that does not need training."""
-    if config.protocol not in PROTOCOLS:
-        raise ConfigError(
-            f"unknown protocol {config.protocol!r}; choose one of: {', '.join(sorted(PROTOCOLS))}"
-        )
-    if config.protocol in KNOWN_KEYS:  # a protocol param nobody reads is refused before anything trains
-        with settings_errors():
-            extra = CHURN_KEYS if config.protocol == "modest" else frozenset()
-            check_keys(config.protocol, config.protocol_params, KNOWN_KEYS[config.protocol], extra)
+    spec, protocol_config = protocol_of(config)  # unknown protocols and protocol params refused here
     if config.model not in MODEL_NAMES:
         raise ConfigError(f"unknown model {config.model!r}; choose one of: {', '.join(MODEL_NAMES)}")
     attacks = attack_names()
-    if config.num_byzantine and config.attack not in attacks:
-        raise ConfigError(f"unknown attack {config.attack!r}; choose one of: {', '.join(attacks)}")
+    for name in ({config.attack} if config.num_byzantine else set()) | set(config.attacks.values()):
+        if name not in attacks:
+            raise ConfigError(f"unknown attack {name!r}; choose one of: {', '.join(attacks)}")
     parse_partition(config.partition)
     rng = np.random.default_rng(derive_seed(config.seed, "plan"))
     graph = build_graph(config.topology, config.nodes, seed=config.seed)
@@ -177,13 +216,19 @@ def plan(config: SimConfig) -> Plan:
     byzantine = place_byzantine(config, graph, rng)
     if len(byzantine) >= config.nodes:
         raise ConfigError("every node would be Byzantine")
-    check_rule(config, graph, byzantine)
+    check_rule(config, graph, byzantine, spec, protocol_config)
     dataset = load_dataset(config.dataset)
     shards = partition(dataset.train_y.numpy(), config.nodes, config.partition, seed=config.seed)
     crashed = place_crashes(config, graph, byzantine, shards, rng)
     honest = [i for i in range(config.nodes) if i not in byzantine]
     stragglers = frozenset(_pick(rng, honest, round(config.straggler_fraction * len(honest))))
     eval_nodes = tuple(honest) if not config.eval_nodes else tuple(_pick(rng, honest, config.eval_nodes))
+    if spec.report == "sampled":
+        eval_nodes = tuple(honest)  # any honest node may be sampled; eval_nodes caps how many are evaluated
+    try:
+        churn = churn_trace(config, derive_seed(config.seed, "churn"))
+    except ChurnError as exc:
+        raise ConfigError(str(exc)) from None
     return Plan(
         config=config,
         graph=graph,
@@ -195,6 +240,9 @@ def plan(config: SimConfig) -> Plan:
         dataset=dataset,
         shards=shards,
         eval_nodes=eval_nodes,
+        protocol=spec,
+        protocol_config=protocol_config,
+        churn=churn,
     )
 
 
@@ -205,6 +253,7 @@ class Result:
     crashed_ids: set[int] = field(default_factory=set)
     wall_time: float = 0.0
     engine_stats: dict[str, Any] = field(default_factory=dict)
+    protocols: dict[PeerId, Protocol] = field(default_factory=dict)  # every node's protocol, after the run
 
 
 def _omniscient_hook(
@@ -273,7 +322,7 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
     from phalanx.sim.training import SimWorker
 
     byz = frozenset(str(i) for i in plan.byzantine)
-    flipped = byz if config.attack == "label-flip" else frozenset()
+    flipped = frozenset(n for n in byz if config.attack_of(int(n)) == "label-flip")
     worker = SimWorker(
         trainer,
         plan.dataset,
@@ -288,33 +337,42 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
     holder: dict[str, Engine] = {}
     hook = _omniscient_hook(holder, plan, byz, weights_at) if config.omniscient else None
     delay = min(config.round_timeout / 2, 2 * config.latency + 1e-3)
+    spec, protocol_config = plan.protocol, plan.protocol_config
+    late = late_nodes(plan.churn)
+    # every simulated node has an ed25519 key (derived from the seed); one verifier, shared by all nodes,
+    # checks each distinct signed record once
+    signers, verifier = sim_keyring(peers, config.seed)
     protocols: dict[PeerId, Protocol] = {}
     for i in range(config.nodes):
         node = str(i)
-        view = NodeView(
+        node_rng = np.random.default_rng(derive_seed(config.seed, "node", i))
+        ctx = NodeContext(
             node=node,
+            params=trainer.initial,
             neighbours=tuple(str(j) for j in plan.graph[i]),
             weights={str(j): w for j, w in plan.weights[i].items()},
             peers=peers,
-            graph=plan.graph,
-            initial=trainer.initial,
+            rng=node_rng,
             schedule=schedule_of(node) if schedule_of else None,
-            byzantine=byz,
+            include_own=config.include_own,
+            late=node in late,
+            signer=signers[node],
+            verifier=verifier,
         )
-        node_rng = np.random.default_rng(derive_seed(config.seed, "node", i))
-        proto = PROTOCOLS[config.protocol](view, config, node_rng)
+        attack = None
         if node in byz:
-            proto = Byzantine(
-                proto,
-                behaviour=BEHAVIOUR_OF.get(config.attack, "attack"),
-                attack=config.attack,
-                attack_params=config.attack_params,
+            name = config.attack_of(i)
+            attack = AttackSpec(
+                behaviour=BEHAVIOUR_OF.get(name, "attack"),
+                attack="" if name in BEHAVIOUR_OF else name,
+                params=config.attack_params,
                 delay=delay,
                 omniscient=hook,
                 colluders=byz - {node},
                 rng=node_rng,
             )
-        protocols[node] = proto
+        with settings_errors():
+            protocols[node] = spec.build_node(ctx, protocol_config, attack)
     honest = [str(i) for i in plan.honest]
     test_x, test_y = plan.dataset.test_x, plan.dataset.test_y
     if config.eval_samples and config.eval_samples < len(test_y):
@@ -327,9 +385,13 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
         evaluate=lambda p: trainer.evaluate(p, test_x, test_y),
         start=start,
         on_row=progress,
+        sampled=spec.report == "sampled",
+        eval_cap=config.eval_nodes,
     )
     network = network_for(plan.graph, config)
-    faults = FaultSchedule(plan, rng=np.random.default_rng(derive_seed(config.seed, "faults")))
+    faults = FaultSchedule(
+        plan, rng=np.random.default_rng(derive_seed(config.seed, "faults")), trace=plan.churn
+    )
     engine = Engine(
         protocols,
         network=network,
@@ -339,6 +401,7 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
     )
     holder["engine"] = engine
     metrics.engine = engine
+    faults.install(engine)
     engine.run()
     metrics.finish()
     # Break the run's reference cycles (metrics -> engine -> observers -> metrics; hook -> holder -> engine):
@@ -356,7 +419,11 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
             "lost": network.lost,
             "penalties": engine.penalties,
             "train_steps": worker.steps_run,
+            "bytes": engine.bytes_sent,
+            "messages": engine.messages_sent,
+            "signatures_verified": verifier.checked,
         },
+        protocols=protocols,
     )
 
 
@@ -367,15 +434,16 @@ def _schedules(
 ]:
     """Per node, its mixing weights of a round; and every node's weights of a round (for attackers)."""
     config = plan.config
-    k = int(config.topology.split(":")[1])
-    tv = TimeVarying(config.nodes, k, config.seed)
+    graph_at = parse_topology(config.topology).graph_of_round(config.nodes, config.seed)
+    if graph_at is None:
+        raise ConfigError(f"topology {config.topology!r} does not change with the rounds")
     cache: dict[int, dict[int, dict[int, float]]] = {}
 
     def weights_at(round_: int) -> dict[int, dict[int, float]]:
         if round_ not in cache:
             if len(cache) > 4:
                 cache.pop(min(cache))
-            cache[round_] = neighbour_weights(tv.graph(round_), config.mixing)
+            cache[round_] = neighbour_weights(graph_at(round_), config.mixing)
         return cache[round_]
 
     def for_node(node: PeerId) -> Callable[[int], Mapping[PeerId, float]]:

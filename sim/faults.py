@@ -3,12 +3,20 @@
 The schedule watches rounds finish (an engine observer) and applies round r's faults when the first node
 enters round r (the *leading* round), so faults hit a running system, not a paused one:
 
-- crash: the planned nodes stop silently at ``crash_round``; neighbours notice only by their timeouts;
+- crash: the planned nodes stop silently at ``crash_round`` (or their own round in ``crash_rounds``);
+  neighbours notice only by their timeouts;
 - churn: at every round each live honest node leaves with probability ``churn_leave`` (neighbours get
   ``PeerDown``) and each departed one comes back with probability ``churn_rejoin`` (``PeerUp``; the
   protocol's ``resume`` lets it catch up);
 - partition: during ``partition_rounds = [start, end)`` the nodes ``partition_nodes`` (default
   ``0 .. n/2-1``) and the rest cannot talk.
+
+Churn in virtual time (any protocol): a trace of ``(seconds, "join" | "leave" | "crash")`` per node, from
+``churn_trace`` (a CSV file) or generated from the rates ``churn_leave_rate``/``churn_crash_rate``/
+``churn_rejoin_rate`` (per virtual second) and ``churn_late`` (see :mod:`phalanx.sim.churn`), is carried out
+by :meth:`FaultSchedule.install` with the engine's clock: ``leave`` lets the protocol announce it
+(``Protocol.leave``), ``crash`` is silent, ``join`` brings the node back (``Protocol.resume``). A node whose
+first event is a join starts outside the network (built ``late``).
 
 Message loss, latency and bandwidth are the network's (:mod:`phalanx.sim.network`); stragglers are the
 worker's slowdown.
@@ -16,19 +24,48 @@ worker's slowdown.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from phalanx.gossip.events import PeerId
+from phalanx.sim.churn import Trace, churn_from_rates, read_churn_csv
 
 if TYPE_CHECKING:
+    from phalanx.sim.config import SimConfig
     from phalanx.sim.engine import Engine
     from phalanx.sim.experiment import Plan
 
 
+def churn_trace(config: SimConfig, seed: int) -> Trace:
+    """The run's churn trace in virtual time: the config's CSV file, or one generated from its rates."""
+    if config.churn_trace:
+        return read_churn_csv(config.churn_trace, nodes=config.nodes)
+    rates = (config.churn_leave_rate, config.churn_crash_rate, config.churn_rejoin_rate, config.churn_late)
+    if not any(rates):
+        return {}
+    horizon = config.churn_horizon or config.rounds * (
+        config.round_timeout + config.local_steps * config.step_time
+    )
+    return churn_from_rates(
+        config.nodes,
+        leave=config.churn_leave_rate,
+        crash=config.churn_crash_rate,
+        rejoin=config.churn_rejoin_rate,
+        late=config.churn_late,
+        horizon=horizon,
+        seed=seed,
+    )
+
+
+def late_nodes(trace: Trace) -> frozenset[PeerId]:
+    """Nodes whose first event is a join: they start outside the network."""
+    return frozenset(node for node, events in trace.items() if events and events[0][1] == "join")
+
+
 class FaultSchedule:
-    def __init__(self, plan: Plan, *, rng: np.random.Generator) -> None:
+    def __init__(self, plan: Plan, *, rng: np.random.Generator, trace: Trace | None = None) -> None:
         self.plan = plan
         self.config = plan.config
         self.rng = rng
@@ -37,6 +74,24 @@ class FaultSchedule:
         self.away: set[PeerId] = set()
         self.neighbours = {str(i): tuple(str(j) for j in plan.graph[i]) for i in plan.graph}
         self.log: list[tuple[int, str, str]] = []
+        self.trace: Trace = trace or {}
+
+    def install(self, engine: Engine) -> None:
+        """Take the late nodes away before the run starts and schedule every churn event of the trace."""
+        for node in sorted(late_nodes(self.trace), key=int):
+            engine.crash(node)
+        for node, events in sorted(self.trace.items(), key=lambda item: int(item[0])):
+            for t, event in events:
+                engine.call_at(t, partial(self._churn, node, event))
+
+    def _churn(self, node: PeerId, event: str, engine: Engine) -> None:
+        if event == "join":
+            engine.rejoin(node, self.neighbours[node])
+        elif event == "leave":
+            engine.leave(node, self.neighbours[node])
+        else:
+            engine.crash(node)
+        self.log.append((self.leading, event, node))
 
     def on_round(self, engine: Engine, node: PeerId, action: Any, now: float) -> None:
         entering = action.round + 1
@@ -46,8 +101,8 @@ class FaultSchedule:
 
     def apply(self, engine: Engine, round_: int) -> None:
         config = self.config
-        if round_ == config.crash_round and self.plan.crashed:
-            for i in self.plan.crashed:
+        for i in self.plan.crashed:
+            if config.crash_round_of(i) == round_:
                 node = str(i)
                 engine.crash(node)
                 self.crashed.add(node)

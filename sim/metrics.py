@@ -8,6 +8,15 @@ small as the spread itself (the subtraction cancels a factor of about two, not t
 float32 vectors (three cheap passes per report) are accurate where raw sums of models that agree to five
 digits would need float64. A round is written out when every live honest node has finished
 it (or at the end of the run), in round order.
+
+A *sampled* protocol (MoDeST: only a round's sample reports it; ``ProtocolSpec.report == "sampled"``) never
+has every live node report a round, so with ``sampled=True`` a round is written out as soon as a report of
+a later round arrives, and at most ``eval_cap`` of its reported models are evaluated.
+
+Evaluated rows (and the last one) carry ``counters``: the sum over the honest nodes of their protocol's
+``stats()`` (rule failures, non-finite rows dropped, rejected messages by reason, ...), the same counters a
+real node exports; summing them over 1,000 nodes every round would cost more than a MoDeST round's protocol
+work, so the other rows leave them out.
 """
 
 from __future__ import annotations
@@ -51,6 +60,8 @@ class Metrics:
         evaluate: Callable[[torch.Tensor], tuple[float, float]],
         start: float,
         on_row: Callable[[dict[str, Any]], None] | None = None,
+        sampled: bool = False,
+        eval_cap: int = 0,
     ) -> None:
         self.honest = frozenset(honest)
         self.eval_nodes = eval_nodes
@@ -66,6 +77,9 @@ class Metrics:
         self._live_version = -1
         self._next = 0
         self._scratch: torch.Tensor | None = None
+        self.sampled = sampled
+        self.eval_cap = eval_cap  # sampled: the most reported models evaluated per round (0: all)
+        self._latest = -1  # the newest round any honest node reported
 
     def is_eval_round(self, r: int) -> bool:
         return (r + 1) % self.eval_every == 0 or r == self.rounds - 1 or r == 0
@@ -100,14 +114,23 @@ class Metrics:
                 sq = float(torch.linalg.vector_norm(x.double() - p.ref.double())) ** 2
             p.sq += sq
         p.at = (engine.bytes_sent, engine.messages_sent, now)
-        if node in self.eval_nodes and self.is_eval_round(action.round):
+        if (
+            node in self.eval_nodes
+            and self.is_eval_round(action.round)
+            and not (self.eval_cap and len(p.models) >= self.eval_cap)
+        ):
             p.models[node] = x
+        if action.round > self._latest:
+            self._latest = action.round
         self._flush(engine, final=False)
 
     def _flush(self, engine: Engine, *, final: bool) -> None:
         while self._next in self._pending:
             p = self._pending[self._next]
-            if not final:
+            if not final and self.sampled:
+                if self._next >= self._latest:
+                    return  # its sample may still be reporting: written when a later round reports
+            elif not final:
                 if self._live_version != engine.alive_version:
                     self._live = self.honest & engine.alive
                     self._live_version = engine.alive_version
@@ -123,6 +146,18 @@ class Metrics:
         for r in sorted(self._pending):
             self._next = r
             self._flush(self.engine, final=True)
+
+    def counters(self, engine: Engine) -> dict[str, float]:
+        """The honest nodes' protocol counters, summed."""
+        total: dict[str, float] = {}
+        protocols = engine.protocols
+        for node in self.honest:
+            protocol = protocols.get(node)
+            if protocol is None:
+                continue
+            for key, value in protocol.stats().items():
+                total[key] = total.get(key, 0) + value
+        return dict(sorted(total.items()))
 
     def _emit(self, engine: Engine, r: int, p: _Pending) -> None:
         row: dict[str, Any] = {"round": r}
@@ -163,6 +198,8 @@ class Metrics:
             virtual_time=round(p.at[2], 6),
             wall_time=round(time.perf_counter() - self.start, 3),
         )
+        if p.models or r == self.rounds - 1:
+            row["counters"] = self.counters(engine)
         self.rows.append(row)
         if self.on_row is not None:
             self.on_row(row)

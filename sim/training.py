@@ -51,6 +51,8 @@ class SimWorker:
         # flipped for label-flipping nodes); the sampler yields the node's batch as indices into them.
         self.data: dict[PeerId, tuple[torch.Tensor, torch.Tensor, ShardSampler]] = {}
         self.steps_run = 0
+        self.num_classes = dataset.num_classes
+        self.eval_samples = 200  # the default size of a node's local evaluation set (an Evaluate action's)
         flipped_y = flip_labels(dataset.train_y, dataset.num_classes) if flipped else dataset.train_y
         for i, shard in enumerate(shards):
             node = str(i)
@@ -84,3 +86,13 @@ class SimWorker:
         loss = self.trainer.train(state, x, y, sampler, steps)
         self.steps_run += steps
         return state.params, loss
+
+    def evaluate(
+        self, node: PeerId, params: torch.Tensor, samples: int
+    ) -> tuple[float, float, tuple[float, ...], int]:
+        """``params`` on ``node``'s own samples (the first ``samples`` of its shard, the labels it trains on)."""
+        x, y, sampler = self.data[node]
+        n = min(samples or self.eval_samples, len(sampler.shard))
+        idx = torch.from_numpy(sampler.shard[:n])
+        acc, loss, per_class = self.trainer.evaluate_per_class(params, x[idx], y[idx], self.num_classes)
+        return acc, loss, per_class, n

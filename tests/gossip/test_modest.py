@@ -32,13 +32,14 @@ def test_rounds_complete_and_models_flow_from_trainers_to_aggregators():
     d.run(100)
     rounds = d.rounds()
     assert sorted(rounds) == list(range(12))
+    # round k's outcome is its aggregate, the model round k + 1 trains from (training adds 1: it is k + 1),
+    # reported by the trainers of round k + 1 (RoundCompleted means "holds round k's outcome" everywhere)
     for k, models in rounds.items():
-        assert len(models) == 4 and all(torch.equal(m, torch.full((3,), float(k))) for m in models)
-    # the round-k trainers are exactly the sample every node computes
+        assert len(models) == 4 and all(torch.equal(m, torch.full((3,), float(k + 1))) for m in models)
     view = View("observer", PEERS)  # the initial view: nobody joined or left, so samples never changed
     for k in range(12):
-        trainers = {n for _, n, rc in d.completed if rc.round == k}
-        assert trainers == set(sample(view, k, 4, inactivity=1000, role=TRAINERS))
+        reporters = {n for _, n, rc in d.completed if rc.round == k}
+        assert reporters == set(sample(view, k + 1, 4, inactivity=1000, role=TRAINERS))
     # idle nodes did nothing but answer pings
     busy = {n for _, n, _ in d.completed} | {p for p, _, m in d.sent if not isinstance(m, Pong)}
     for node in set(PEERS) - busy:
@@ -78,15 +79,20 @@ def test_success_fraction_and_timeout_let_an_aggregator_proceed():
     assert max(d.rounds()) == 5
 
 
+def aggregator_of(k: int) -> str:
+    return sample(View("observer", PEERS), k, 1, inactivity=1000, role=AGGREGATORS)[0]
+
+
 def test_a_newer_rounds_model_abandons_training():
     node = PEERS[0]
     m = network(ModestConfig(s=4, a=1))[node]
-    acts = m.on_message("n05", AggregatedModel(round=3, params=torch.ones(3)), 0.0)
+    acts = m.on_message(aggregator_of(3), AggregatedModel(round=3, params=torch.ones(3)), 0.0)
     assert any(isinstance(a, Train) and a.round == 3 for a in acts)
-    acts = m.on_message("n06", AggregatedModel(round=5, params=torch.full((3,), 5.0)), 0.1)
+    acts = m.on_message(aggregator_of(5), AggregatedModel(round=5, params=torch.full((3,), 5.0)), 0.1)
     assert any(isinstance(a, Train) and a.round == 5 for a in acts)
     assert m.on_training_done(TrainingDone(round=3, params=torch.ones(3)), 0.2) == []
-    assert m.on_message("n07", AggregatedModel(round=4, params=torch.ones(3)), 0.3) == []  # older: ignored
+    older = AggregatedModel(round=4, params=torch.ones(3))
+    assert m.on_message(aggregator_of(4), older, 0.3) == []  # older: ignored
     out = m.on_training_done(TrainingDone(round=5, params=torch.ones(3)), 0.4)
     assert any(isinstance(a, Send) and isinstance(a.message, Ping) for a in out) or any(
         isinstance(a, Send) and isinstance(a.message, TrainedModel) for a in out
@@ -148,6 +154,6 @@ def test_byzantine_aggregators_poison_plain_modest_but_not_the_robust_variant(ro
     poisoned = [k for k, p in honest_rounds if float(p[0]) < 0]
     if robust:
         assert max(d.rounds()) == 24
-        assert not poisoned and all(torch.equal(p, torch.full((3,), float(k))) for k, p in honest_rounds)
+        assert not poisoned and all(torch.equal(p, torch.full((3,), float(k + 1))) for k, p in honest_rounds)
     else:
         assert poisoned

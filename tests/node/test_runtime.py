@@ -127,3 +127,33 @@ async def test_stale_replayed_and_invalid_messages_are_dropped_and_counted() -> 
         "malformed",
         "wrong-dimension",
     }
+
+
+async def test_the_runtime_answers_evaluate_on_the_nodes_own_samples_and_exports_protocol_counters() -> None:
+    from tests.gossip.judge import Judge
+
+    learner = _learner(2, 0)
+    limits = Limits(dim=learner.dim)
+    net = MemoryNetwork(limits=limits)
+    metrics = Metrics()
+    judge = Judge(learner.get_vector(), samples=30)
+    judge.stats = lambda: {"rule_failures": 2.0}  # type: ignore[method-assign]
+    async with net.run():
+        runtime = NodeRuntime(
+            protocol=judge,
+            transport=net.transport("me"),
+            learner=learner,
+            limits=limits,
+            metrics=metrics,
+            bans=BanList(),
+            log=io.StringIO(),
+            settings=RuntimeSettings(rounds=1, linger=0.0),
+        )
+        with trio.fail_after(10):
+            await runtime.run()
+    (answer,) = judge.answers
+    acc, loss, per_class, n = learner.evaluate_local(learner.get_vector(), 30)
+    assert (answer.accuracy, answer.loss, answer.samples, answer.per_class) == (acc, loss, 30, per_class)
+    assert n == 30
+    assert metrics.status()["protocol_counters"] == {"rule_failures": 2.0}
+    assert 'phalanx_protocol_counter{name="rule_failures"} 2.0' in metrics.prometheus()

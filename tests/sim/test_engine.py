@@ -10,14 +10,15 @@ import torch
 from phalanx.gossip.dpsgd import DPSGD, DPSGDConfig
 from phalanx.gossip.events import Send
 from phalanx.gossip.messages import ModelUpdate, encoded_size
+from phalanx.gossip.spec import NodeContext
 from phalanx.node.datasets import load_dataset
 from phalanx.node.learner import TrainConfig, Trainer
 from phalanx.node.partition import partition
 from phalanx.sim.config import SimConfig
 from phalanx.sim.engine import _TRAINED_READY, Engine
+from phalanx.sim.experiment import protocol_of
 from phalanx.sim.mixing import neighbour_weights
 from phalanx.sim.network import Network
-from phalanx.sim.protocols import PROTOCOLS, NodeView
 from phalanx.sim.topology import build_graph
 from phalanx.sim.training import SimWorker
 
@@ -52,18 +53,18 @@ def run_ring(
     graph = build_graph("ring", n, seed=0)
     weights = neighbour_weights(graph, "metropolis")
     peers = tuple(str(i) for i in range(n))
+    spec, protocol_config = protocol_of(config)
     protocols = {
-        str(i): PROTOCOLS["dpsgd"](
-            NodeView(
+        str(i): spec.build_node(
+            NodeContext(
                 node=str(i),
+                params=trainer.initial,
                 neighbours=tuple(str(j) for j in graph[i]),
                 weights={str(j): w for j, w in weights[i].items()},
                 peers=peers,
-                graph=graph,
-                initial=trainer.initial,
+                rng=np.random.default_rng(i),
             ),
-            config,
-            np.random.default_rng(i),
+            protocol_config,
         )
         for i in range(n)
     }

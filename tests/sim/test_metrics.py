@@ -12,7 +12,7 @@ from phalanx.sim.metrics import Metrics
 
 
 def _engine(nodes: list[str]) -> SimpleNamespace:
-    return SimpleNamespace(alive=set(nodes), alive_version=0, bytes_sent=0, messages_sent=0)
+    return SimpleNamespace(alive=set(nodes), alive_version=0, bytes_sent=0, messages_sent=0, protocols={})
 
 
 def _collector(nodes: list[str], *, rounds: int) -> tuple[SimpleNamespace, Metrics]:
