@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from phalanx.cli import positive_int
+from phalanx.cli import positive_int, seed_list, seeds_setting
 from phalanx.sim_cmd import add_config_arguments
 
 
@@ -69,27 +69,6 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=run_sweep)
 
 
-def seed_list(text: str) -> list[int]:
-    """``0,1,2`` as a list of distinct whole numbers."""
-    try:
-        seeds = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"expected distinct comma-separated seeds, got {text!r}")
-    return seeds
-
-
-def _seeds_setting(value: Any) -> list[int]:
-    from phalanx.sim.config import ConfigError
-
-    if not isinstance(value, list) or not value or not all(type(v) is int for v in value):
-        raise ConfigError("seeds must be a non-empty list of whole numbers")
-    if len(set(value)) != len(value):
-        raise ConfigError("seeds lists a seed twice")
-    return list(value)
-
-
 def run_sweep(args: argparse.Namespace) -> int:
     from phalanx.sim.config import FIELDS, ConfigError, parse_value
     from phalanx.sim_cmd import settings_from_args
@@ -97,7 +76,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     # Only flags actually given override the preset and the file (tables merge key by key).
     base = settings_from_args(args)
     table = base.pop("sweep", {})
-    seeds = args.seeds or (_seeds_setting(base.pop("seeds")) if "seeds" in base else [])
+    seeds = args.seeds or (seeds_setting(base.pop("seeds")) if "seeds" in base else [])
     base.pop("seeds", None)
     if not isinstance(table, dict):
         raise ConfigError("[sweep] must be a table of key = [values]")
