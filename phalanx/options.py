@@ -17,7 +17,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--dataset",
         default="mnist",
-        help="mnist (embedded, 8,000/2,000), blobs, or idx:PATH (default: mnist)",
+        help="mnist (embedded, 8,000/2,000), blobs, idx:PATH, cifar10:PATH, cifar100:PATH, npz:PATH, "
+        "csv:PATH[:label=COL], or a loader as module:function; add :norm=train|none|MEAN/STD "
+        "(docs/data.md) (default: mnist)",
     )
     group.add_argument("--partition", default="iid", help="iid, dirichlet:ALPHA or shards:K (default: iid)")
 
@@ -25,7 +27,10 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model and local training")
     group.add_argument(
-        "--model", default="mlp", help="logreg, mlp (784-64-10), cnn or cnn-dropout (default: mlp)"
+        "--model",
+        default="mlp",
+        help="logreg, mlp (784-64-10), cnn, cnn-dropout, or a factory as module:attr "
+        "(e.g. examples.resnet8:resnet8) (default: mlp)",
     )
     group.add_argument("--lr", type=positive_float, default=0.05, help="learning rate (default: 0.05)")
     group.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum (default: 0.9)")

@@ -92,3 +92,31 @@ def test_resnet8_learns_in_the_simulator_with_16_nodes(tmp_path, monkeypatch):
         "--eval-every", "10", "--eval-samples", "100", "--eval-nodes", "4",
     )  # fmt: skip
     assert summary["acc_mean"] > 0.3  # chance is 0.1
+
+
+def test_train_on_cifar_batches_from_disk_with_a_custom_model(tmp_path, monkeypatch, capsys):
+    from tests.node.test_disk_datasets import write_cifar10_python
+
+    write_cifar10_python(tmp_path / "cifar-10-batches-py", per_batch=16)
+    monkeypatch.chdir(ROOT)
+    args = ["train", "--dataset", f"cifar10:{tmp_path}", "--model", "examples.cnn_batchnorm:SmallCNN"]
+    assert main([*args, "--steps", "4", "--eval-every", "4", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "dataset cifar10:" in out and "80 training samples, 16 test samples" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["train", "--model", "nopkg_phalanx:net"], "no module named 'nopkg_phalanx'"),
+        (["train", "--model", "examples.resnet8:resnet9"], "examples.resnet8 has no attribute 'resnet9'"),
+        (["train", "--dataset", "examples.cnn_batchnorm:nothing"], "has no attribute 'nothing'"),
+        (["train", "--dataset", "cifar10:/nonexistent/phalanx"], "/nonexistent/phalanx: not a directory"),
+        (["sim", "--model", "nopkg_phalanx:net", "--no-progress"], "no module named 'nopkg_phalanx'"),
+    ],
+)
+def test_unresolvable_specs_are_one_line_and_exit_2(args, needle, monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(ROOT)
+    assert main([*args, *(["--out", str(tmp_path)] if args[0] == "sim" else [])]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
