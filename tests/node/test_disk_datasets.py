@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from phalanx.node.datasets import DatasetError, from_arrays, load_dataset
-from phalanx.node.formats import BatchUnpickler
+from phalanx.node.datasets import DatasetError, _labels, channel_stats, from_arrays, load_dataset
+from phalanx.node.formats import BatchUnpickler, read_cifar_binary
 from phalanx.node.partition import partition
 
 RNG = np.random.default_rng(0)
@@ -296,3 +298,39 @@ def test_partitions_work_on_every_format(tmp_path, spec):
         shards = partition(ds.train_y.numpy(), 8, spec, seed=1)
         covered = np.sort(np.concatenate(shards))
         assert np.array_equal(covered, np.arange(len(ds.train_y))), ds_spec
+
+
+@given(
+    shape=st.tuples(st.integers(1, 40), st.integers(1, 4), st.integers(1, 5)),
+    chunk=st.integers(1, 50),
+    seed=st.integers(0, 1000),
+)
+def test_chunked_channel_stats_equal_numpys(shape, chunk, seed):
+    x = np.random.default_rng(seed).normal(3.0, 2.0, shape).astype(np.float32)
+    mean, std = channel_stats(x, chunk=chunk)
+    np.testing.assert_allclose(mean, x.astype(np.float64).mean(axis=(0, 2)), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(std, x.astype(np.float64).std(axis=(0, 2)), rtol=1e-10, atol=1e-12)
+
+
+@given(st.lists(st.sampled_from(["cat", "dog", "emu", "yak", "10", "2"]), min_size=2, max_size=30))
+def test_class_names_are_numbered_in_sorted_order(names):
+    train, test = np.array(names[: len(names) // 2 + 1]), np.array(names[len(names) // 2 + 1 :] or ["cat"])
+    ytr, yte, classes = _labels(train, test, "t")
+    seen = sorted(set(train.tolist()) | set(test.tolist()))
+    if all(n.isdigit() for n in seen):
+        assert classes == max(int(n) for n in seen) + 1 and ytr.tolist() == [int(n) for n in train]
+    else:
+        assert classes == len(seen)
+        assert [seen[i] for i in ytr] == train.tolist() and [seen[i] for i in yte] == test.tolist()
+
+
+@given(n=st.integers(1, 6), fine=st.booleans(), seed=st.integers(0, 100))
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_cifar_binary_records_round_trip(tmp_path, n, fine, seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 100, (n, 2), dtype=np.uint8)
+    pixels = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+    path = tmp_path / f"r{seed}_{n}.bin"
+    path.write_bytes(np.concatenate([labels, pixels], axis=1).tobytes())
+    x, y = read_cifar_binary(path, label_bytes=2, label_index=int(fine))
+    assert np.array_equal(x.reshape(n, -1), pixels) and np.array_equal(y, labels[:, int(fine)])
