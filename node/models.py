@@ -108,6 +108,18 @@ def call_factory(
         ) from None
     if not isinstance(module, nn.Module):
         raise ModelError(f"{name}: returned a {type(module).__name__}, not an nn.Module")
+    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in module.parameters()):
+        # Lazy layers (nn.LazyLinear, ...) take their shapes from a first forward pass; eval mode so that it
+        # moves no running statistics.
+        module.eval()
+        try:
+            with torch.no_grad():
+                module(torch.zeros(1, *feature_shape))
+        except Exception as exc:
+            raise ModelError(
+                f"{name}: a first forward pass on {tuple(feature_shape)} failed: {exc}".splitlines()[0]
+            ) from None
+        module.train()
     return module
 
 

@@ -198,6 +198,9 @@ def test_non_float32_models_are_refused_clearly():
 def test_factories_get_the_keywords_they_declare():
     model = build_model("tests.node.test_model_state:Net", (8,), 4, seed=3)
     assert isinstance(model, Net) and model.seed == 3 and model.body[2].out_features == 4
+    assert (
+        Trainer("tests.node.test_model_state:Net", BLOBS, TrainConfig()).dim == 8 * 8 + 8 + 8 * 4 + 4
+    )  # lazy
     trainer = Trainer(lambda **kw: bn_net(kw["input_shape"], kw["num_classes"]), BLOBS, TrainConfig())
     assert trainer.dim > trainer.num_params
 
@@ -228,3 +231,55 @@ def test_dataset_by_import_path():
         load_dataset("tests.node.test_model_state:nope")
     with pytest.raises(DatasetError, match="returned int; expected a phalanx Dataset"):
         load_dataset("tests.node.test_model_state:not_a_module")
+
+
+async def test_real_runtimes_send_average_and_checkpoint_batchnorm_statistics(tmp_path):
+    import io
+
+    import trio
+
+    from phalanx.gossip.dpsgd import DPSGD, DPSGDConfig
+    from phalanx.gossip.wire import Limits
+    from phalanx.node.bans import BanList
+    from phalanx.node.metrics import Metrics
+    from phalanx.node.partition import shard_of
+    from phalanx.node.runtime import NodeRuntime, RuntimeSettings
+    from phalanx.node.transport import MemoryNetwork
+
+    n, rounds = 3, 4
+    learners = [
+        Learner(
+            dataset=BLOBS, shard=shard_of(BLOBS.train_y.numpy(), n, i, "iid", seed=0), model=SPEC, index=i
+        )
+        for i in range(n)
+    ]
+    limits = Limits(dim=learners[0].dim)
+    net = MemoryNetwork(limits=limits)
+    names = [f"n{i}" for i in range(n)]
+    async with net.run(), trio.open_nursery() as nursery:
+        for i in range(n):
+            protocol = DPSGD(
+                DPSGDConfig(neighbours=(names[i - 1], names[(i + 1) % n]), rounds=rounds, round_timeout=5),
+                learners[i].get_vector(),
+            )
+            runtime = NodeRuntime(
+                protocol=protocol,
+                transport=net.transport(names[i]),
+                learner=learners[i],
+                limits=limits,
+                metrics=Metrics(),
+                bans=BanList(),
+                log=io.StringIO(),
+                settings=RuntimeSettings(
+                    rounds=rounds, linger=0.2, checkpoint_path=tmp_path / names[i] / "c.bin"
+                ),
+            )
+            nursery.start_soon(runtime.run)
+    p = learners[0].trainer.num_params
+    initial = learners[0].trainer.initial
+    for i in range(n):
+        saved = ckpt.load(tmp_path / names[i] / "c.bin", dim=learners[i].dim)
+        assert saved is not None and saved.round == rounds
+        # The running statistics moved, and the counter is every node's (equal) count, averaged.
+        assert not torch.equal(saved.params[p:-1], initial[p:-1])
+        assert saved.params[-1].item() == rounds
