@@ -91,7 +91,7 @@ def test_resnet8_learns_in_the_simulator_with_16_nodes(tmp_path, monkeypatch):
         "--batch-size", "16", "--model", "examples.resnet8:resnet8", "--dataset", "examples.cnn_batchnorm:synthetic",
         "--eval-every", "10", "--eval-samples", "100", "--eval-nodes", "4",
     )  # fmt: skip
-    assert summary["acc_mean"] > 0.3  # chance is 0.1
+    assert summary["acc_mean"] > 0.6  # chance is 0.1; 0.8775 with this seed on one thread
 
 
 def test_train_on_cifar_batches_from_disk_with_a_custom_model(tmp_path, monkeypatch, capsys):
