@@ -199,7 +199,7 @@ class Trainer:
             offset += n
         # (buffer, its slice of flat or local) for buffers that cannot be views: not float32 or not contiguous
         self._casts: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for target, group in ((self.flat, shared), (self.local, kept)):
+        for target, group, offset in ((self.flat, shared, self.num_params), (self.local, kept, 0)):
             for name, b in group:
                 n = b.numel()
                 view = target[offset : offset + n]
@@ -210,7 +210,6 @@ class Trainer:
                 else:
                     self._casts.append((b, view.view(b.shape)))
                 offset += n
-            offset = 0
         self.has_buffers = bool(buffers)
         self.initial = self.flat.clone()
         self.initial_local = self.local.clone()
