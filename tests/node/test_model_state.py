@@ -6,6 +6,8 @@ import copy
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from phalanx.node import checkpoint as ckpt
@@ -283,3 +285,43 @@ async def test_real_runtimes_send_average_and_checkpoint_batchnorm_statistics(tm
         # The running statistics moved, and the counter is every node's (equal) count, averaged.
         assert not torch.equal(saved.params[p:-1], initial[p:-1])
         assert saved.params[-1].item() == rounds
+
+
+def torch_datasets():
+    """A pair of torch Datasets by import path: tests.node.test_model_state:torch_datasets."""
+    from torch.utils.data import TensorDataset
+
+    return TensorDataset(BLOBS.train_x, BLOBS.train_y), TensorDataset(BLOBS.test_x, BLOBS.test_y)
+
+
+def test_dataset_from_a_pair_of_torch_datasets():
+    ds = load_dataset("tests.node.test_model_state:torch_datasets")
+    assert torch.equal(ds.test_x, BLOBS.test_x) and torch.equal(ds.train_y, BLOBS.train_y)
+
+
+@given(
+    policy=st.sampled_from(["average", "local", "float=average,int=local", "float=local,int=average"]),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=20, deadline=None)
+def test_module_state_round_trips_through_vector_and_local_buffers(policy, seed):
+    trainer = Trainer(SPEC, BLOBS, TrainConfig(buffers=policy))
+    gen = torch.Generator().manual_seed(seed)
+    v = torch.randn(trainer.dim, generator=gen)
+    local = torch.randn(trainer.local_dim, generator=gen)
+    counter = torch.randint(0, 2**20, (1,), generator=gen).float()
+    (v if "num_batches_tracked" in " ".join(trainer.buffer_names["average"]) else local)[-1:] = counter
+    trainer.load(v, local)
+    bn = _bn_modules(trainer)[0]
+    assert int(bn.num_batches_tracked) == int(counter)
+    # What the module holds, read back through the same layout, is the input bit for bit.
+    state = trainer.new_state()
+    trainer._save_casts()
+    state.params.copy_(trainer.flat)
+    state.buffers.copy_(trainer.local)
+    assert torch.equal(state.params.view(torch.int32), v.view(torch.int32))
+    assert torch.equal(state.buffers.view(torch.int32), local.view(torch.int32))
+    module_state = {k: t for k, t in trainer.module.state_dict().items() if "running" in k}
+    placed = torch.cat([v[trainer.num_params :], local])
+    for t in module_state.values():
+        assert any(torch.equal(t, placed[i : i + 16]) for i in range(0, len(placed) - 15))
