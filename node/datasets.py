@@ -404,10 +404,13 @@ def load_import(spec: str, *, norm: str = "none") -> Dataset:
     try:
         fn = resolve(spec)
     except ImportPathError as exc:
-        raise DatasetError(str(exc)) from None
+        raise DatasetError(str(exc)) from exc
     if not callable(fn):
         raise DatasetError(f"{spec}: is a {type(fn).__name__}, not a function returning a dataset")
-    data = fn()
+    try:
+        data = fn()
+    except Exception as exc:  # the user's code: one line here, the traceback with PHALANX_DEBUG=1
+        raise DatasetError(f"{spec}: failed: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
     if isinstance(data, Dataset):
         return data
     if (

@@ -40,10 +40,10 @@ def resolve(spec: str) -> Any:
             raise ImportPathError(
                 f"{spec}: no module named {exc.name!r} (from {cwd} or PYTHONPATH)"
             ) from None
-        raise ImportPathError(f"{spec}: importing {module_name} failed: {exc}") from None
+        raise ImportPathError(f"{spec}: importing {module_name} failed: {exc}") from exc
     except Exception as exc:
         message = f"{spec}: importing {module_name} failed: {type(exc).__name__}: {exc}"
-        raise ImportPathError(message.splitlines()[0]) from None
+        raise ImportPathError(message.splitlines()[0]) from exc  # the traceback with PHALANX_DEBUG=1
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)

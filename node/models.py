@@ -60,7 +60,7 @@ def resolve_factory(spec: str) -> Callable[..., Any]:
     try:
         factory = resolve(spec)
     except ImportPathError as exc:
-        raise ModelError(str(exc)) from None
+        raise ModelError(str(exc)) from exc
     if not callable(factory):
         raise ModelError(f"{spec}: is a {type(factory).__name__}, not a model factory")
     return factory  # type: ignore[no-any-return]
@@ -105,7 +105,7 @@ def call_factory(
     except Exception as exc:
         raise ModelError(
             f"{name}: building the model failed: {type(exc).__name__}: {exc}".splitlines()[0]
-        ) from None
+        ) from exc  # the user's code: one line here, the traceback with PHALANX_DEBUG=1
     if not isinstance(module, nn.Module):
         raise ModelError(f"{name}: returned a {type(module).__name__}, not an nn.Module")
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in module.parameters()):

@@ -325,3 +325,16 @@ def test_module_state_round_trips_through_vector_and_local_buffers(policy, seed)
     placed = torch.cat([v[trainer.num_params :], local])
     for t in module_state.values():
         assert any(torch.equal(t, placed[i : i + 16]) for i in range(0, len(placed) - 15))
+
+
+def broken():
+    return 1 / 0
+
+
+def test_failures_inside_user_code_are_one_line_naming_the_spec():
+    with pytest.raises(
+        DatasetError, match=r"test_model_state:broken: failed: ZeroDivisionError: division by zero"
+    ):
+        load_dataset("tests.node.test_model_state:broken")
+    with pytest.raises(ModelError, match=r"broken: building the model failed: ZeroDivisionError"):
+        build_model("tests.node.test_model_state:broken", (8,), 4)
