@@ -5,6 +5,13 @@ float32 vector (docs/design.md), so the learner keeps the module's parameters as
 and its gradients as views into another: getting or setting the model is one copy, bit-exact, and SGD
 with momentum and weight decay is three vector operations on the flat buffers.
 
+The vector holds the whole model state, not only the parameters: after the parameters come the module's
+persistent buffers (BatchNorm running mean and variance, its batch counter) under the default buffer
+policy ``average``, so they travel, aggregate and checkpoint with the model. Buffers of any other dtype
+(the int64 counter) ride as float32 (exact below 2**24) and are rounded when written back. Under ``local``
+they never leave the node: each node keeps its own in :attr:`NodeState.buffers`. The policy is chosen per
+buffer kind (``float=average,int=local``); see :func:`parse_buffer_policy`. Parameters must be float32.
+
 Two layers:
 
 - :class:`Trainer` holds one module and its flat buffers and trains *any* node's state through it. A
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +45,31 @@ class LearnerError(ValueError):
     """A training setting or vector that cannot be used."""
 
 
+BUFFER_POLICIES = ("average", "local")
+BUFFER_KINDS = ("float", "int")
+
+
+def parse_buffer_policy(spec: str) -> dict[str, str]:
+    """The policy of each buffer kind: ``float`` (running statistics) and ``int`` (counters, masks).
+
+    ``average`` puts the buffers into the model vector after the parameters, so every aggregation rule
+    treats them as parameters; ``local`` keeps them on the node (checkpointed, never sent). ``spec`` is one
+    policy for both kinds, or ``KIND=POLICY`` pairs separated by commas (``float=average,int=local``;
+    an unnamed kind is ``average``).
+    """
+    if spec in BUFFER_POLICIES:
+        return dict.fromkeys(BUFFER_KINDS, spec)
+    policy = dict.fromkeys(BUFFER_KINDS, "average")
+    for part in spec.split(","):
+        kind, eq, value = part.partition("=")
+        if not eq or kind.strip() not in BUFFER_KINDS or value.strip() not in BUFFER_POLICIES:
+            raise LearnerError(
+                f"buffer policy must be average, local or KIND=POLICY pairs (kinds: float, int), got {spec!r}"
+            )
+        policy[kind.strip()] = value.strip()
+    return policy
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrainConfig:
     """Local optimiser settings: SGD with momentum and weight decay, optionally SAM with radius ``sam_rho``."""
@@ -46,8 +79,11 @@ class TrainConfig:
     weight_decay: float = setting("weight_decay")
     batch_size: int = setting("batch_size")
     sam_rho: float = setting("sam_rho")
+    # the buffer policy (parse_buffer_policy); not yet a setting of the node's and simulator's configs
+    buffers: str = "average"
 
     def __post_init__(self) -> None:
+        parse_buffer_policy(self.buffers)
         if not self.lr > 0:
             raise LearnerError(f"learning rate must be > 0, got {self.lr}")
         if not 0 <= self.momentum < 1:
@@ -69,6 +105,7 @@ class TrainConfig:
             weight_decay=settings.weight_decay,
             batch_size=settings.batch_size,
             sam_rho=settings.sam_rho,
+            buffers=getattr(settings, "buffers", "average"),
         )
 
 
@@ -85,6 +122,8 @@ class NodeState:
     params: torch.Tensor
     momentum: torch.Tensor
     steps: int = 0
+    # the buffers kept local by the buffer policy, as float32 (empty when none are)
+    buffers: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
 
 
 @dataclass(slots=True)
@@ -107,19 +146,52 @@ class BatchSampler:
 
 
 class Trainer:
-    """One model architecture with flat parameter and gradient buffers; trains and evaluates vectors."""
+    """One model architecture with flat state and gradient buffers; trains and evaluates vectors.
 
-    def __init__(self, model: str, dataset: Dataset, config: TrainConfig, *, init_seed: int = 0) -> None:
+    ``flat`` is the model vector: the parameters (``flat[:num_params]``, the module's parameters are views
+    into it) then the buffers the policy averages. ``local`` holds the buffers it keeps local. float32
+    buffers are views into these; other dtypes are copied in and out around each use.
+    """
+
+    def __init__(
+        self,
+        model: str | Callable[..., nn.Module],
+        dataset: Dataset,
+        config: TrainConfig,
+        *,
+        init_seed: int = 0,
+    ) -> None:
         torch.manual_seed(init_seed)
         self.module: nn.Module = build_model(
             model, dataset.feature_shape, dataset.num_classes, seed=derive_seed(init_seed, "dropout")
         )
-        self.model_name = model
+        self.model_name = model if isinstance(model, str) else getattr(model, "__qualname__", "model")
         self.config = config
-        params = list(self.module.parameters())
-        self.dim = sum(p.numel() for p in params)
+        named = list(self.module.named_parameters())
+        for name, p in named:
+            if p.dtype != torch.float32:
+                raise LearnerError(
+                    f"parameter {name} is {p.dtype}; phalanx trains float32 models (build the model with "
+                    "dtype float32, or call .float() on it in the factory)"
+                )
+        params = [p for _, p in named]
+        self.num_params = sum(p.numel() for p in params)
+        policy = parse_buffer_policy(config.buffers)
+        persistent = set(self.module.state_dict(keep_vars=True))
+        buffers = [(n, b) for n, b in self.module.named_buffers() if n in persistent]
+        shared = [
+            (n, b) for n, b in buffers if policy["float" if b.is_floating_point() else "int"] == "average"
+        ]
+        averaged = {n for n, _ in shared}
+        kept = [(n, b) for n, b in buffers if n not in averaged]
+        self.dim = self.num_params + sum(b.numel() for _, b in shared)
+        self.local_dim = sum(b.numel() for _, b in kept)
+        self.buffer_names = {"average": [n for n, _ in shared], "local": [n for n, _ in kept]}
         self.flat = torch.zeros(self.dim, dtype=torch.float32)
-        self.grad = torch.zeros(self.dim, dtype=torch.float32)
+        self.grad = torch.zeros(self.num_params, dtype=torch.float32)
+        self.local = torch.zeros(self.local_dim, dtype=torch.float32)
+        # The parameters without the buffers; the very tensor ``flat`` when there are no buffers to carry.
+        self.weights = self.flat if self.dim == self.num_params else self.flat[: self.num_params]
         offset = 0
         for p in params:
             n = p.numel()
@@ -127,17 +199,49 @@ class Trainer:
             p.data = self.flat[offset : offset + n].view_as(p)
             p.grad = self.grad[offset : offset + n].view_as(p)
             offset += n
+        # (buffer, its slice of flat or local) for buffers that cannot be views: not float32 or not contiguous
+        self._casts: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for target, group, offset in ((self.flat, shared, self.num_params), (self.local, kept, 0)):
+            for name, b in group:
+                n = b.numel()
+                view = target[offset : offset + n]
+                view.copy_(b.detach().reshape(-1))
+                if b.dtype == torch.float32 and b.is_contiguous():
+                    owner_name, _, leaf = name.rpartition(".")
+                    setattr(self.module.get_submodule(owner_name), leaf, view.view_as(b))
+                else:
+                    self._casts.append((b, view.view(b.shape)))
+                offset += n
+        self.has_buffers = bool(buffers)
         self.initial = self.flat.clone()
+        self.initial_local = self.local.clone()
         self._loss = nn.CrossEntropyLoss()
 
     def new_state(self) -> NodeState:
-        return NodeState(params=self.initial.clone(), momentum=torch.zeros(self.dim))
+        return NodeState(
+            params=self.initial.clone(), momentum=torch.zeros(self.dim), buffers=self.initial_local.clone()
+        )
 
     def check_vector(self, vector: torch.Tensor) -> None:
         if vector.dtype != torch.float32 or vector.shape != (self.dim,):
             raise LearnerError(
                 f"model vector must be float32 of shape ({self.dim},), got {vector.dtype} {tuple(vector.shape)}"
             )
+
+    def load(self, params: torch.Tensor, buffers: torch.Tensor | None = None) -> None:
+        """Put a model vector (and local buffers, when given) into the module."""
+        self.flat.copy_(params)
+        if buffers is not None and self.local_dim:
+            self.local.copy_(buffers)
+        self._load_casts()
+
+    def _load_casts(self) -> None:
+        for b, view in self._casts:
+            b.copy_(view.round() if not b.is_floating_point() else view)
+
+    def _save_casts(self) -> None:
+        for b, view in self._casts:
+            view.copy_(b)
 
     def _forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.grad.zero_()
@@ -148,22 +252,40 @@ class Trainer:
     def step(self, state: NodeState, x: torch.Tensor, y: torch.Tensor) -> float:
         """One SGD step (with SAM when rho > 0) on a batch, updating ``state`` in place; returns the loss."""
         cfg = self.config
-        self.flat.copy_(state.params)
+        if self.has_buffers:
+            self.load(state.params, state.buffers)
+        else:
+            self.flat.copy_(state.params)
         loss = self._forward_backward(x, y)
+        w = self.weights
         if cfg.sam_rho > 0:
-            # SAM (Foret et al., 2021): take the gradient at w + rho * g / ||g||, apply it at w.
+            # SAM (Foret et al., 2021): take the gradient at w + rho * g / ||g||, apply it at w. The second
+            # pass must not move the running statistics again: they are restored after it.
+            kept = None
+            if self.has_buffers:
+                self._save_casts()
+                kept = (self.flat[self.num_params :].clone(), self.local.clone())
             norm = torch.linalg.vector_norm(self.grad)
             eps = self.grad * (cfg.sam_rho / (norm + 1e-12))
-            self.flat.add_(eps)
+            w.add_(eps)
             self._forward_backward(x, y)
-            self.flat.sub_(eps)
+            w.sub_(eps)
+            if kept is not None:
+                self.flat[self.num_params :].copy_(kept[0])
+                self.local.copy_(kept[1])
+                self._load_casts()
         g = self.grad
         if cfg.weight_decay:
-            g = g.add(self.flat, alpha=cfg.weight_decay)
+            g = g.add(w, alpha=cfg.weight_decay)
         if cfg.momentum:
-            state.momentum.mul_(cfg.momentum).add_(g)
-            g = state.momentum
-        self.flat.sub_(g, alpha=cfg.lr)
+            m = state.momentum if w is self.flat else state.momentum[: self.num_params]
+            m.mul_(cfg.momentum).add_(g)
+            g = m
+        w.sub_(g, alpha=cfg.lr)
+        if self.has_buffers:
+            self._save_casts()
+            if self.local_dim:
+                state.buffers.copy_(self.local)
         state.params.copy_(self.flat)
         state.steps += 1
         return loss
@@ -183,11 +305,18 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(
-        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, batch: int = 2000
+        self,
+        params: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        batch: int = 2000,
+        buffers: torch.Tensor | None = None,
     ) -> tuple[float, float]:
-        """Accuracy in [0, 1] and mean cross-entropy loss of ``params`` on (x, y)."""
+        """Accuracy in [0, 1] and mean cross-entropy loss of ``params`` on (x, y); ``buffers``: the local
+        buffers to evaluate with (None: those the module holds, the last node's it trained)."""
         self.check_vector(params)
-        self.flat.copy_(params)
+        self.load(params, buffers)
         correct, loss_sum = 0, 0.0
         self.module.eval()
         for start in range(0, len(x), batch):
@@ -201,11 +330,17 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate_per_class(
-        self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, num_classes: int
+        self,
+        params: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        num_classes: int,
+        *,
+        buffers: torch.Tensor | None = None,
     ) -> tuple[float, float, tuple[float, ...]]:
         """Accuracy, mean loss, and the accuracy on each class's samples (NaN for a class with none)."""
         self.check_vector(params)
-        self.flat.copy_(params)
+        self.load(params, buffers)
         self.module.eval()
         try:
             logits = self.module(x) if len(x) else torch.zeros((0, num_classes))
@@ -237,7 +372,7 @@ class Learner:
         *,
         dataset: Dataset,
         shard: np.ndarray,
-        model: str = "mlp",
+        model: str | Callable[..., nn.Module] = "mlp",
         config: TrainConfig | None = None,
         seed: int = 0,
         index: int = 0,
@@ -272,7 +407,24 @@ class Learner:
         return self.trainer.train(self.state, self.x, self.y, self.sampler, steps)
 
     def evaluate(self) -> tuple[float, float]:
-        return self.trainer.evaluate(self.state.params, self.dataset.test_x, self.dataset.test_y)
+        return self.trainer.evaluate(
+            self.state.params, self.dataset.test_x, self.dataset.test_y, buffers=self.state.buffers
+        )
+
+    def local_buffers(self) -> dict[str, bytes]:
+        """The buffers the policy keeps local, for a checkpoint's ``extra`` (empty when there are none)."""
+        if not self.trainer.local_dim:
+            return {}
+        return {"local_buffers": self.state.buffers.numpy().astype("<f4").tobytes()}
+
+    def restore_local_buffers(self, extra: dict[str, Any]) -> None:
+        """Take back the local buffers a checkpoint's ``extra`` holds (see :meth:`local_buffers`)."""
+        raw = extra.get("local_buffers")
+        if not self.trainer.local_dim:
+            return
+        if not isinstance(raw, bytes) or len(raw) != 4 * self.trainer.local_dim:
+            raise LearnerError(f"checkpoint holds no local buffers of {self.trainer.local_dim} values")
+        self.state.buffers.copy_(torch.from_numpy(np.frombuffer(raw, dtype="<f4").astype(np.float32)))
 
     def evaluate_local(
         self, params: torch.Tensor, samples: int = 0
@@ -280,6 +432,6 @@ class Learner:
         """``params`` on this node's own samples (the first ``samples`` of its shard; 0: all of them)."""
         n = len(self.y) if samples <= 0 else min(samples, len(self.y))
         acc, loss, per_class = self.trainer.evaluate_per_class(
-            params, self.x[:n], self.y[:n], self.dataset.num_classes
+            params, self.x[:n], self.y[:n], self.dataset.num_classes, buffers=self.state.buffers
         )
         return acc, loss, per_class, n

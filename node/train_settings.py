@@ -14,9 +14,21 @@ from typing import Any
 
 TRAINING: dict[str, tuple[Any, dict[str, Any]]] = {
     "seed": (0, {"help": "random seed: the same seed gives the same run"}),
-    "dataset": ("mnist", {"help": "mnist (embedded, 8,000/2,000), blobs, or idx:PATH"}),
+    "dataset": (
+        "mnist",
+        {
+            "help": "mnist (embedded, 8,000/2,000), blobs, idx:PATH, cifar10:PATH, cifar100:PATH, npz:PATH, "
+            "csv:PATH[:label=COL], or a loader as module:function; add :norm=train|none|MEAN/STD (docs/data.md)"
+        },
+    ),
     "partition": ("iid", {"help": "iid, dirichlet:ALPHA or shards:K"}),
-    "model": ("mlp", {"help": "logreg, mlp (784-64-10), cnn or cnn-dropout"}),
+    "model": (
+        "mlp",
+        {
+            "help": "logreg, mlp (784-64-10), cnn, cnn-dropout, or a factory as module:attr "
+            "(e.g. examples.resnet8:resnet8)"
+        },
+    ),
     "lr": (0.05, {"help": "learning rate", "gt": 0, "finite": True}),
     "momentum": (0.9, {"help": "SGD momentum", "min": 0, "lt": 1}),
     "weight_decay": (0.0, {"help": "L2 weight decay", "min": 0, "finite": True}),

@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "phalanx.net_cmd",
     "phalanx.sim_cmd",
     "phalanx.sweep_cmd",
+    "phalanx.compare_cmd",
 )
 
 
@@ -67,6 +68,27 @@ def positive_float(text: str) -> float:
 
 def non_negative_float(text: str) -> float:
     return float(_number(text, float, low=0, strict=False))
+
+
+def seed_list(text: str) -> list[int]:
+    """``0,1,2`` as a list of distinct whole numbers."""
+    try:
+        seeds = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct comma-separated seeds, got {text!r}")
+    return seeds
+
+
+def seeds_setting(value: Any) -> list[int]:
+    from phalanx.sim.config import ConfigError
+
+    if not isinstance(value, list) or not value or not all(type(v) is int for v in value):
+        raise ConfigError("seeds must be a non-empty list of whole numbers")
+    if len(set(value)) != len(value):
+        raise ConfigError("seeds lists a seed twice")
+    return list(value)
 
 
 def build_parser() -> Parser:

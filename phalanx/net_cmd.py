@@ -61,6 +61,9 @@ def register(sub: Any) -> None:
         help="SIGKILL NODE once it completed ROUND",
     )
     p.add_argument("--out", type=Path, help="run directory (default runs/net-<time>)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="write into a non-empty --out (files of the same name are replaced)"
+    )
     p.add_argument("--timeout", type=positive_float, default=600.0, help="give up after this many seconds")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     add_data_arguments(p)
@@ -185,7 +188,10 @@ def run_net(args: argparse.Namespace) -> int:
 
     config = sim_config(args)
     checked = plan(config)  # the same checks as 'phalanx sim': topology, rule vs degree, attack names
+    from phalanx.sim.report import check_out_dir
+
     out = args.out or Path("runs") / f"net-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_out_dir(out, overwrite=args.overwrite)
     spec = NetSpec(
         n=args.nodes,
         edges=sorted(tuple(sorted(e)) for e in checked.graph.edges()),

@@ -7,7 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from phalanx.cli import non_negative_float, non_negative_int, positive_float, positive_int
+from phalanx.cli import (
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    seed_list,
+    seeds_setting,
+)
 from phalanx.options import protocol_help, topology_help
 
 
@@ -166,7 +173,9 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def config_from_args(args: argparse.Namespace) -> Any:
     from phalanx.sim.config import from_mapping
 
-    return from_mapping(settings_from_args(args))
+    settings = settings_from_args(args)
+    settings.pop("seeds", None)  # a study setting (see run_sim), not one of a single run
+    return from_mapping(settings)
 
 
 def register(sub: Any) -> None:
@@ -174,7 +183,21 @@ def register(sub: Any) -> None:
         "sim", help="simulate a network of nodes: topology, protocol, rule, attacks, faults"
     )
     add_config_arguments(parser)
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/NAME)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: runs/NAME, numbered if taken)"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out (files of the same name are replaced)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=seed_list,
+        default=None,
+        help="run once per seed (0,1,2) and report mean and standard deviation; a top-level "
+        "'seeds = [...]' in the config file does the same",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_sim)
@@ -189,31 +212,53 @@ def run_sim(args: argparse.Namespace) -> int:
         for name in preset_names():
             print(f"{name:16s} {preset_description(name)}")
         return 0
+    settings = settings_from_args(args)
+    seeds = args.seeds or (seeds_setting(settings["seeds"]) if "seeds" in settings else [])
     config = config_from_args(args)
     from tqdm import tqdm
 
     from phalanx.sim.experiment import plan, run
-    from phalanx.sim.report import summary_table, write_run
+    from phalanx.sim.report import (
+        check_out_dir,
+        numbered,
+        seed_dir,
+        summary_table,
+        write_run,
+        write_seed_dirs,
+    )
 
     checked = plan(config)  # every config error surfaces here, before training
-    out = args.out or Path("runs") / config.name
+    out = args.out or numbered(Path("runs") / config.name)
+    check_out_dir(out, overwrite=args.overwrite)
     print(
         f"sim: {config.nodes} nodes, {config.topology} (spectral gap {checked.spectral_gap:.4f}), "
         f"{config.protocol} + {config.rule}, {len(checked.byzantine)} Byzantine ({config.attack if checked.byzantine else '-'}), "
         f"{len(checked.crashed)} crashing, {config.rounds} rounds on {config.dataset}",
         flush=True,
     )
-    with tqdm(
-        total=config.rounds, unit="round", disable=args.no_progress or None, file=sys.stderr, leave=False
-    ) as bar:
+    for seed in seeds or [None]:
+        one = checked if seed is None else plan(config.replace(seed=seed))
+        with tqdm(
+            total=config.rounds,
+            unit="round",
+            disable=args.no_progress or None,
+            file=sys.stderr,
+            leave=False,
+            desc=None if seed is None else f"seed {seed}",
+        ) as bar:
 
-        def progress(row: dict[str, Any]) -> None:
-            bar.update(1)
-            if row.get("acc_mean") is not None:
-                bar.set_postfix(acc=f"{row['acc_mean']:.3f}")
+            def progress(row: dict[str, Any]) -> None:
+                bar.update(1)
+                if row.get("acc_mean") is not None:
+                    bar.set_postfix(acc=f"{row['acc_mean']:.3f}")
 
-        result = run(checked, progress=progress)
-    info = write_run(result, out, plots=not args.no_plots)
+            result = run(one, progress=progress)
+        if seed is None:
+            info = write_run(result, out, plots=not args.no_plots)
+        else:
+            write_run(result, seed_dir(out, seed), plots=not args.no_plots)
+    if seeds:
+        info = write_seed_dirs(out, seeds, plots=not args.no_plots)
     print(summary_table([info]))
     print(f"wrote {out}/ (config.toml, metrics.jsonl, summary.json{'' if args.no_plots else ', plots'})")
     return 0

@@ -28,7 +28,7 @@ from phalanx.gossip.protocol import Protocol
 from phalanx.gossip.spec import AttackSpec, NodeContext, ProtocolSpec, WorldDefaults
 from phalanx.node.datasets import Dataset, load_dataset
 from phalanx.node.learner import TrainConfig, Trainer, derive_seed
-from phalanx.node.models import MODEL_NAMES
+from phalanx.node.models import check_model
 from phalanx.node.partition import parse_partition, partition
 from phalanx.sim.churn import ChurnError, Trace
 from phalanx.sim.config import ConfigError, SimConfig, settings_errors
@@ -202,8 +202,7 @@ def check_rule(
 def plan(config: SimConfig) -> Plan:
     """Check the config and fix every random choice that does not need training."""
     spec, protocol_config = protocol_of(config)  # unknown protocols and protocol params refused here
-    if config.model not in MODEL_NAMES:
-        raise ConfigError(f"unknown model {config.model!r}; choose one of: {', '.join(MODEL_NAMES)}")
+    check_model(config.model)  # a built-in name or a module:attr factory that resolves
     attacks = attack_names()
     for name in ({config.attack} if config.num_byzantine else set()) | set(config.attacks.values()):
         if name not in attacks:

@@ -1,7 +1,7 @@
 """Local training for every simulated node through one shared :class:`~phalanx.node.learner.Trainer`.
 
-Each node keeps only a :class:`NodeState` (parameters, momentum, step count) and a sampler of its shard's
-indices; batches are gathered from the whole training set (no copy of each shard up front), and the module
+Each node keeps only a :class:`NodeState` (parameters, momentum, step count, and the buffers the buffer
+policy keeps local, such as BatchNorm statistics under ``local``) and a sampler of its shard's indices; batches are gathered from the whole training set (no copy of each shard up front), and the module
 and its flat buffers are shared, so 1,000 nodes cost 1,000 parameter vectors, not 1,000 models.
 """
 
@@ -63,6 +63,10 @@ class SimWorker:
             y = flipped_y if node in flipped else dataset.train_y
             self.data[node] = (dataset.train_x, y, sampler)
 
+    def buffers_of(self, node: PeerId) -> torch.Tensor:
+        """The buffers ``node`` keeps local (empty unless the buffer policy keeps some local)."""
+        return self.state(node).buffers
+
     def duration(self, node: PeerId, steps: int) -> float:
         return steps * self.step_time * self.slowdown.get(node, 1.0)
 
@@ -71,7 +75,9 @@ class SimWorker:
         if state is None:
             # params are replaced by a fresh copy before every training, so the shared initial vector can stand in
             state = self.states[node] = NodeState(
-                params=self.trainer.initial, momentum=torch.zeros(self.trainer.dim)
+                params=self.trainer.initial,
+                momentum=torch.zeros(self.trainer.dim),
+                buffers=self.trainer.initial_local.clone(),
             )
         return state
 
@@ -94,5 +100,7 @@ class SimWorker:
         x, y, sampler = self.data[node]
         n = min(samples or self.eval_samples, len(sampler.shard))
         idx = torch.from_numpy(sampler.shard[:n])
-        acc, loss, per_class = self.trainer.evaluate_per_class(params, x[idx], y[idx], self.num_classes)
+        acc, loss, per_class = self.trainer.evaluate_per_class(
+            params, x[idx], y[idx], self.num_classes, buffers=self.state(node).buffers
+        )
         return acc, loss, per_class, n

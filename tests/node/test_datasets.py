@@ -58,7 +58,7 @@ def test_idx_directory_with_train_and_test_pairs(tmp_path, gz):
 def test_wrong_magic_is_named(tmp_path):
     _write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((3, 28, 28)), 2049, gz=False)
     with pytest.raises(DatasetError, match="wrong IDX magic 2049, expected 2051"):
-        read_idx(tmp_path / "t10k-images-idx3-ubyte", magic=2051)
+        read_idx(tmp_path / "t10k-images-idx3-ubyte", kind="images")
 
 
 def test_truncated_file_is_named(tmp_path):
@@ -66,14 +66,14 @@ def test_truncated_file_is_named(tmp_path):
     _write_idx(path, np.zeros((3, 28, 28)), 2051, gz=False)
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(DatasetError, match="truncated"):
-        read_idx(path, magic=2051)
+        read_idx(path, kind="images")
 
 
 def test_corrupt_gzip_is_named(tmp_path):
     path = tmp_path / "t10k-images-idx3-ubyte.gz"
     path.write_bytes(b"\x1f\x8b\x08 not really gzip")
     with pytest.raises(DatasetError, match="corrupt gzip"):
-        read_idx(path, magic=2051)
+        read_idx(path, kind="images")
 
 
 def test_missing_directory_and_unknown_name():
