@@ -23,6 +23,8 @@ class NodeConfig:
     # network and identity
     listen: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
     bootstrap: tuple[str, ...] = ()
+    announce: tuple[str, ...] = ()  # addresses to announce instead of the listen addresses
+    alone: str = ""  # no neighbours: "exit", "wait" or "train"; "" = wait with --bootstrap, else exit
     key: Path | None = None  # default: DATA_DIR/node.key
     data_dir: Path = Path("phalanx-node")
     metrics_port: int = 0  # 0 picks a free port; -1 turns the endpoint off
@@ -67,6 +69,8 @@ class NodeConfig:
         return self.key if self.key is not None else self.data_dir / "node.key"
 
 
+ALONE = ("", "exit", "wait", "train")
+
 _INT_MIN = {
     "metrics_port": -1,
     "nodes": 1,
@@ -82,9 +86,9 @@ _INT_MIN = {
 _POSITIVE_FLOATS = {"lr", "round_timeout", "ban_window", "stall_timeout"}
 _NON_NEGATIVE_FLOATS = {"momentum", "weight_decay", "sam_rho", "attack_delay", "linger", "ban_duration"}
 _PATHS = {"key", "data_dir", "topology_file", "address_book"}
-_LISTS = {"listen", "bootstrap", "neighbours"}
+_LISTS = {"listen", "bootstrap", "neighbours", "announce"}
 _TABLES = {"rule_params", "attack_params", "protocol_params"}
-_STRINGS = {"dataset", "partition", "model", "protocol", "rule", "byzantine", "metrics_host"}
+_STRINGS = {"dataset", "partition", "model", "protocol", "rule", "byzantine", "metrics_host", "alone"}
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -170,6 +174,8 @@ def build(file_values: dict[str, Any], flag_values: dict[str, Any]) -> NodeConfi
         raise ConfigError(
             f"index {config.index} out of range for {config.nodes} nodes (0..{config.nodes - 1})"
         )
+    if config.alone not in ALONE:
+        raise ConfigError(f"alone must be one of {', '.join(a for a in ALONE if a)}, got {config.alone!r}")
     if (config.topology_file is None) != (config.address_book is None):
         raise ConfigError("topology-file and address-book go together")
     return config

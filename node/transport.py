@@ -478,8 +478,10 @@ async def open_libp2p_transport(
     is_banned: Callable[[str], bool] = lambda peer: False,
     stall: float = STALL_TIMEOUT,
     send_timeout: float = SEND_TIMEOUT,
+    addrs_factory: Callable[[list[Any]], list[Any]] | None = None,
 ) -> AsyncIterator[Libp2pTransport]:
-    """A running libp2p host (TCP, Noise, yamux) listening on ``listen``, wrapped as a transport."""
+    """A running libp2p host (TCP, Noise, yamux) listening on ``listen``, wrapped as a transport.
+    ``addrs_factory`` turns its bound addresses into the ones it announces (see node/addresses.py)."""
     import multiaddr
     from libp2p import new_host
 
@@ -487,7 +489,7 @@ async def open_libp2p_transport(
         addrs = [multiaddr.Multiaddr(a) for a in listen]
     except Exception as exc:
         raise ValueError(f"bad listen multiaddr in {list(listen)!r}: {exc}") from None
-    host = new_host(key_pair=key_pair)
+    host = new_host(key_pair=key_pair, addrs_factory=addrs_factory)
     transport = Libp2pTransport(
         host, limits=limits, is_banned=is_banned, stall=stall, send_timeout=send_timeout
     )

@@ -13,7 +13,7 @@ from phalanx.cli import Parser
 from phalanx.options import add_data_arguments, add_training_arguments, protocol_help
 
 # Flags whose value is a list or a KEY=VALUE table, and how they map onto config keys.
-_REPEATED = {"listen": "listen", "bootstrap": "bootstrap", "neighbour": "neighbours"}
+_REPEATED = {"listen": "listen", "bootstrap": "bootstrap", "neighbour": "neighbours", "announce": "announce"}
 _PAIRS = {"rule_param": "rule_params", "attack_param": "attack_params", "protocol_param": "protocol_params"}
 
 
@@ -38,6 +38,19 @@ def register(sub: Any) -> None:
         action="append",
         metavar="MULTIADDR",
         help="neighbour /ip4/.../tcp/PORT/p2p/ID (repeatable)",
+    )
+    net.add_argument(
+        "--announce",
+        action="append",
+        metavar="MULTIADDR",
+        help="address to announce instead of the listen addresses (repeatable); by default a wildcard "
+        "listen address (0.0.0.0, ::) is announced as this host's interface addresses",
+    )
+    net.add_argument(
+        "--alone",
+        choices=("exit", "wait", "train"),
+        help="with no neighbours: exit with an error, wait for a peer to connect, or train alone "
+        "(default: wait with --bootstrap, else exit)",
     )
     net.add_argument("--topology-file", type=Path, help="edge list 'i j' per line (with --address-book)")
     net.add_argument("--address-book", type=Path, help="TOML [peers] table: index = multiaddr")
@@ -83,6 +96,11 @@ def register(sub: Any) -> None:
     behave.add_argument(
         "--attack-delay", type=float, help="seconds an attacker waits for honest vectors (default 0.5)"
     )
+    behave.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start from round 0: move an existing checkpoint aside (the key, and so the peer id, stay)",
+    )
     behave.add_argument("--eval-every", type=int, help="evaluate every N rounds; 0 = never (default 1)")
     behave.add_argument(
         "--linger", type=float, help="seconds to keep answering after the last round (default 1)"
@@ -95,7 +113,7 @@ def register(sub: Any) -> None:
     )
     # Only flags the user gave override the file: every default is "not given".
     for action in p._actions:
-        if action.dest not in ("help", "config", "rule_param", "attack_param", "protocol_param"):
+        if action.dest not in ("help", "config", "rule_param", "attack_param", "protocol_param", "fresh"):
             action.default = argparse.SUPPRESS
     p.set_defaults(func=run, command="node run")
     node.set_defaults(func=lambda args: (node.print_help(), 2)[1])
@@ -104,7 +122,8 @@ def register(sub: Any) -> None:
 def config_from_args(args: argparse.Namespace) -> Any:
     from phalanx.node import config as cfg
 
-    flags = {k: v for k, v in vars(args).items() if k not in ("func", "command", "node_command", "config")}
+    skip = ("func", "command", "node_command", "config", "fresh")
+    flags = {k: v for k, v in vars(args).items() if k not in skip}
     for flag, key in _REPEATED.items():
         if flag in flags:
             flags[key] = flags.pop(flag)
@@ -119,4 +138,29 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from phalanx.node.app import run_node
 
-    return run_node(config_from_args(args))
+    config = config_from_args(args)
+    if args.fresh:
+        move_checkpoint_aside(config.data_dir)
+    return run_node(config)
+
+
+def move_checkpoint_aside(data_dir: Path) -> Path | None:
+    """Rename DATA_DIR's checkpoint to ``checkpoint.bin.YYYYmmdd-HHMMSS.old`` (never overwriting one) and
+    say so in a log line; returns the new path, or None when there was no checkpoint."""
+    import json
+    import time
+
+    from phalanx.node.checkpoint import FILENAME
+
+    current = data_dir / FILENAME
+    if not current.exists():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = current.with_name(f"{FILENAME}.{stamp}.old")
+    n = 1
+    while aside.exists():
+        aside = current.with_name(f"{FILENAME}.{stamp}-{n}.old")
+        n += 1
+    current.rename(aside)
+    print(json.dumps({"event": "fresh", "moved": str(current), "to": str(aside)}, separators=(",", ":")), flush=True)
+    return aside
