@@ -42,6 +42,10 @@ class InterfaceAddress:
         return ipaddress.ip_address(self.address).is_loopback
 
     @property
+    def unspecified(self) -> bool:
+        return ipaddress.ip_address(self.address).is_unspecified
+
+    @property
     def link_local(self) -> bool:
         return ipaddress.ip_address(self.address).is_link_local
 
@@ -108,7 +112,7 @@ def expand(
     addresses are left out (they need a zone to be dialled). Order is kept; duplicates are dropped."""
     usable: dict[str, list[str]] = {}
     for family in ("ip4", "ip6"):
-        ours = [a for a in interfaces if a.family == family and not a.link_local]
+        ours = [a for a in interfaces if a.family == family and not (a.link_local or a.unspecified)]
         routable = [a.address for a in ours if not a.loopback]
         usable[family] = routable or [a.address for a in ours]
     out: list[str] = []

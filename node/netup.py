@@ -162,6 +162,8 @@ def node_command(spec: NetSpec, record: NodeRecord) -> list[str]:
     addresses = {r: line for r, line in enumerate(_addresses(spec))}
     for j in neighbours:
         cmd += ["--neighbour", addresses[j]]
+    if not neighbours:
+        cmd += ["--alone", "train"]  # an isolated node of the topology: it trains alone, and says so
     if i in spec.byzantine:
         cmd += ["--byzantine", spec.byzantine[i]]
     return cmd + list(spec.node_args)

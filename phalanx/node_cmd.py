@@ -162,5 +162,8 @@ def move_checkpoint_aside(data_dir: Path) -> Path | None:
         aside = current.with_name(f"{FILENAME}.{stamp}-{n}.old")
         n += 1
     current.rename(aside)
-    print(json.dumps({"event": "fresh", "moved": str(current), "to": str(aside)}, separators=(",", ":")), flush=True)
+    print(
+        json.dumps({"event": "fresh", "moved": str(current), "to": str(aside)}, separators=(",", ":")),
+        flush=True,
+    )
     return aside

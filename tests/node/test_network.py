@@ -184,6 +184,8 @@ async def test_ban_survives_reconnecting(tmp_path: Path) -> None:
             "0",
             "--rounds",
             "0",
+            "--alone",
+            "train",
         ],
         log_path=tmp_path / "stderr",
     )
