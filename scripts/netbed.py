@@ -107,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{counters.get('bytes_out', 0) / 1e6:>7.2f}  {counters.get('bytes_in', 0) / 1e6:>7.2f}  "
             f"{'-' if tbf is None else f'{tbf[0] / 1e6:.2f}/{tbf[1] / 1e6:.2f}':>13}  {node.exit_code}"
         )
-        for bad in node.of("unreachable"):
+        reached = {e["peer"] for e in node.of("reachable")}
+        for bad in node.of("unreachable"):  # at start a neighbour may not be up yet: only those never reached
+            if bad["peer"] in reached:
+                continue
             print(
                 f"      unreachable: {bad['peer'][-8:]} at {bad['address'].split('/p2p/')[0]}: {bad['reason']}"
             )
