@@ -50,7 +50,18 @@ def test_memory_cap_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixt
     with pytest.raises(ValueError, match=r"5 node processes need about 5.0 GiB .* at most 3 fit"):
         check_memory(5, 1 << 30, available=4 << 30)
     # through the command line: no process started, no run folder written
-    argv = ["net", "up", "--nodes", "1000", "--dataset", "blobs", "--node-memory", "100000", "--out", str(tmp_path / "run")]
+    argv = [
+        "net",
+        "up",
+        "--nodes",
+        "1000",
+        "--dataset",
+        "blobs",
+        "--node-memory",
+        "100000",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert cli(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("phalanx net up: error: 1000 node processes need about") and "\n" not in err

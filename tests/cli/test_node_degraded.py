@@ -139,3 +139,51 @@ async def test_alone_wait_takes_the_first_peer_that_connects(tmp_path: Path) -> 
                 assert await proc.wait() == 0
     finally:
         await proc.aclose()
+
+
+@pytest.mark.network
+@pytest.mark.slow
+async def test_a_neighbour_that_starts_late_is_reached_within_seconds(tmp_path: Path) -> None:
+    """A's neighbour B is not up: A logs it unreachable (connection refused). B starts later, with no
+    neighbours of its own (``--alone wait``): A's watcher reaches it in seconds, although py-libp2p would
+    refuse to redial B for 60 s after the failed dial, and B takes A, who connected, as its neighbour."""
+    import trio
+
+    from phalanx.node.identity import load_or_create_key, peer_id_of
+    from phalanx.node.netup import free_ports
+    from tests.node.nodeproc import NodeProcess
+
+    (port,) = free_ports(1)
+    b_id = peer_id_of(load_or_create_key(tmp_path / "b" / "node.key"))
+    b_addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{b_id}"
+    common = [*NODE[2:], "--rounds", "2", "--round-timeout", "5", "--linger", "2"]
+    a = NodeProcess(
+        [*common, "--data-dir", str(tmp_path / "a"), "--neighbour", b_addr], log_path=tmp_path / "a.err"
+    )
+    b = NodeProcess(
+        [
+            *common,
+            "--data-dir",
+            str(tmp_path / "b"),
+            "--listen",
+            f"/ip4/127.0.0.1/tcp/{port}",
+            "--alone",
+            "wait",
+        ],
+        log_path=tmp_path / "b.err",
+    )
+    try:
+        await a.start()
+        down = await a.next_event("unreachable", peer=b_id)
+        assert down["address"] == b_addr and down["reason"].startswith("connection refused")
+        await b.start()
+        started = trio.current_time()
+        await a.next_event("reachable", peer=b_id, timeout=30)
+        assert trio.current_time() - started < 30  # not the 60 s of py-libp2p's negative cache
+        hello = await b.next_event("listening")
+        assert hello["neighbours"] == [next(e["peer_id"] for e in a.events if e["event"] == "listening")]
+        await a.next_event("round", round=2)
+        await b.next_event("round", round=2)
+    finally:
+        await a.aclose()
+        await b.aclose()
