@@ -17,7 +17,10 @@ Momentum and SAM (DFedSAM) are local-optimiser settings of the learner that runs
 only decides what gets trained, sent and mixed.
 
 Messages for a later exchange (a faster neighbour is ahead) are kept until their exchange comes, up to
-``max_ahead`` rounds ahead; a message for an exchange that is already over is dropped, never mixed in;
+``max_ahead`` rounds ahead. A node that fell further behind (a stall, a decode bomb, a long pause)
+resynchronises: once a majority of its neighbours sent models of rounds beyond that window, it jumps to the
+lowest of their rounds and mixes their models of that round, as a rejoining node does (one neighbour's round
+alone never moves it). A message for an exchange that is already over is dropped, never mixed in;
 a second message from the same peer for the same exchange is dropped (the first one counts). Messages
 from peers that are not neighbours in that round are dropped and reported with ``PenalisePeer``.
 
@@ -121,6 +124,7 @@ class DPSGDStats:
     duplicates: int = 0
     strangers: int = 0
     timeouts: int = 0
+    resyncs: int = 0
 
 
 class DPSGD(Protocol):
@@ -152,6 +156,7 @@ class DPSGD(Protocol):
         self._weights_cache: tuple[int, Weights] | None = None
         self._static_peers = tuple(self._static)
         self._timer: tuple[int, int, str] = (-1, -1, "")  # (round, step, name) of the last timer_name
+        self._far: dict[PeerId, tuple[int, torch.Tensor]] = {}  # neighbours' models beyond max_ahead
 
     # ------------------------------------------------------------------ helpers
 
@@ -268,6 +273,8 @@ class DPSGD(Protocol):
         config = self.config
         if round_ > current + config.max_ahead or step >= config.gossip_steps:
             self.counters.too_early += 1
+            if step == 0 and round_ > current + config.max_ahead:
+                return self._resync(peer, round_, message.params, now)
             return []
         weights = self._static if config.schedule is None else self.weights_at(round_)
         if peer not in weights:
@@ -288,6 +295,26 @@ class DPSGD(Protocol):
         if phase == "gossip" and round_ == current and step == self.step and self._box_complete(box, weights):
             return self._finish_exchange(now, timed_out=False)
         return []
+
+    def _resync(self, peer: PeerId, round_: int, params: torch.Tensor, now: float) -> list[Action]:
+        """A neighbour is far ahead; with a majority of the neighbours there, jump to the lowest of their
+        rounds and mix their models of that round (see the module docstring)."""
+        neighbours = self.weights_at(self.round)
+        if peer not in neighbours or params.numel() != self._dim:
+            return []
+        self._far[peer] = (round_, params)
+        horizon = self.round + self.config.max_ahead
+        for stale in [p for p, (r, _) in self._far.items() if p not in neighbours or r <= horizon]:
+            del self._far[stale]  # no longer a neighbour, or no longer far ahead: never a step back
+        if 2 * len(self._far) <= len(neighbours):
+            return []
+        target = min(r for r, _ in self._far.values())
+        actions: list[Action] = [CancelTimer(name=self.timer_name)] if self.phase == "gossip" else []
+        self.round, self.step = target, 0
+        self._inbox = {(target, 0): {p: v for p, (r, v) in self._far.items() if r == target}}
+        self._far.clear()
+        self.counters.resyncs += 1
+        return actions + self._begin_training()
 
     def on_timer(self, name: str, now: float) -> list[Action]:
         if self.phase != "gossip" or name != self.timer_name:
@@ -329,6 +356,7 @@ class DPSGD(Protocol):
             "rejected_duplicate": s.duplicates,
             "rejected_stranger": s.strangers,
             "timeouts": s.timeouts,
+            "resyncs": s.resyncs,
             "rule_failures": self.combiner.failures,
             "dropped_nonfinite": self.combiner.dropped_nonfinite,
         }

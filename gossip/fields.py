@@ -7,19 +7,34 @@ the caller's error type with one line naming the key. The simulator's, the node'
 parameters go through it, so a key means the same thing, with the same checks, wherever it is given.
 
 Types understood: ``int`` (a whole number; ``True`` is not one), ``float`` (an int is widened; ``"inf"``
-and ``"-inf"`` are accepted), ``bool``, ``str``, ``X | None`` (``None`` or an empty string for None),
-``tuple[int, ...]`` / ``tuple[str, ...]`` / ``tuple[float, ...]`` (a list), and ``dict[str, Any]`` (a table).
+and ``"-inf"`` are accepted), ``bool``, ``str``, ``Path`` (a non-empty string, ``~`` expanded), ``X | None``
+(``None`` or an empty string for None), ``tuple[int, ...]`` / ``tuple[str, ...]`` / ``tuple[float, ...]``
+(a list), and ``dict[str, Any]`` (a table).
+
+Besides ``help``, a field's metadata may bound its value: ``min`` (>=), ``gt`` (>), ``max`` (<=), ``lt`` (<),
+``finite`` (no infinity or NaN) and ``choices`` (a tuple of allowed values). :func:`check_bounds` (called by
+a settings class's ``__post_init__``) enforces them with one line such as ``lr must be a finite number > 0,
+got 0.0``, and :func:`bounds_text` phrases them for help and CLI errors. The simulator's and the node's
+configs raise one error class, :class:`ConfigError`; both read TOML through :func:`load_toml` and flag
+values through :func:`parse_value`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+import tomllib
 import types
 import typing
 from collections.abc import Mapping
 from functools import cache
+from pathlib import Path
 from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used (of a simulation or a node); the message names the key."""
 
 
 def describe(f: dataclasses.Field[Any]) -> str:
@@ -107,6 +122,10 @@ def coerce_value(
         if not isinstance(value, str):
             raise bad("a string")
         return value
+    if kind is Path:
+        if not isinstance(value, str | Path) or not str(value):
+            raise bad("a path")
+        return Path(value).expanduser()
     if origin is tuple:
         (item, *_rest) = typing.get_args(kind) or (Any,)
         if not isinstance(value, list | tuple):
@@ -121,3 +140,95 @@ def coerce_value(
             raise error(f"{where}{key} must be a table of name = value")
         return dict(value)
     return value  # a type this coercer does not know: the dataclass's own checks judge it
+
+
+def help_with_default(f: dataclasses.Field[Any]) -> str:
+    """A field's help and its default, for a command-line flag: ``learning rate (default: 0.05)``.
+
+    An empty default ("", (), None, a table) is not shown."""
+    value = f.default
+    if value is dataclasses.MISSING or value in ("", (), None):
+        return describe(f)
+    shown = ", ".join(map(str, value)) if isinstance(value, tuple) else _number_text(value)
+    return f"{describe(f)} (default: {shown})"
+
+
+def reject_unknown(
+    cls: type, data: Mapping[str, Any], *, error: type[Exception] = ConfigError, where: str = ""
+) -> None:
+    """``error`` naming the first key of ``data`` that is not a field of ``cls`` (with the closest field)."""
+    known = [name for name in field_types(cls) if not name.startswith("_")]
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise error(f"{where}unknown setting {key!r}{hint}")
+
+
+def _number_text(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def bounds_text(metadata: Mapping[str, Any]) -> str:
+    """What a field's bounds allow, e.g. ``a finite number > 0``, ``>= 1`` or ``in [0, 1)`` ("" if none)."""
+    lo = ("[", metadata["min"]) if "min" in metadata else ("(", metadata["gt"]) if "gt" in metadata else None
+    hi = ("]", metadata["max"]) if "max" in metadata else (")", metadata["lt"]) if "lt" in metadata else None
+    if lo and hi:
+        text = f"in {lo[0]}{_number_text(lo[1])}, {_number_text(hi[1])}{hi[0]}"
+    elif lo:
+        text = f"{'>=' if lo[0] == '[' else '>'} {_number_text(lo[1])}"
+    elif hi:
+        text = f"{'<=' if hi[0] == ']' else '<'} {_number_text(hi[1])}"
+    else:
+        text = ""
+    if metadata.get("finite"):
+        return f"a finite number {text}".rstrip()
+    return text
+
+
+def within(metadata: Mapping[str, Any], value: Any) -> bool:
+    """Whether ``value`` satisfies the bounds in a field's ``metadata`` (``choices`` aside)."""
+    if metadata.get("finite") and not math.isfinite(value):
+        return False
+    checks = (
+        ("min", lambda b: value >= b),
+        ("gt", lambda b: value > b),
+        ("max", lambda b: value <= b),
+        ("lt", lambda b: value < b),
+    )
+    return all(ok(metadata[key]) for key, ok in checks if key in metadata)
+
+
+def check_bounds(obj: Any, *, error: type[Exception] = ConfigError, where: str = "") -> None:
+    """``error`` (one line naming the field) for the first field of the dataclass instance ``obj`` whose
+    value breaks its metadata's bounds or ``choices``; ``None`` values are not checked."""
+    for f in dataclasses.fields(obj):
+        meta = f.metadata
+        value = getattr(obj, f.name)
+        if value is None:
+            continue
+        if "choices" in meta and value not in meta["choices"]:
+            choices = ", ".join(str(c) for c in meta["choices"])
+            raise error(f"{where}unknown {f.name} {value!r}; choose one of: {choices}")
+        if bounds_text(meta) and not within(meta, value):
+            raise error(f"{where}{f.name} must be {bounds_text(meta)}, got {_number_text(value)}")
+
+
+def parse_value(text: str) -> Any:
+    """A ``KEY=VALUE`` flag's value: TOML syntax when it parses (numbers, booleans, lists), else the string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def load_toml(path: Path, *, error: type[Exception] = ConfigError) -> dict[str, Any]:
+    """A TOML file as plain values, or ``error`` with one line naming the file."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise error(f"config file {path}: {exc.strerror or exc}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"config file {path} is not valid TOML: {exc}") from None

@@ -15,27 +15,40 @@ Views travel with model transfers as :class:`ViewDelta`: only the entries that c
 ``window`` rounds of the sender (each record keeps the sender-local round it last changed in). With
 1,000 members and s = 10, a full view per transfer would be ~15 kB and a thousand dictionary updates per
 message; a delta is the few dozen entries that actually moved. A joiner gets the full view once.
+
+**Signed records** (a view built with a :class:`~phalanx.gossip.identity.Verifier`). Then only a peer can
+speak for itself: the gossiped form of a record is (peer, counter, claimed round, the peer's signature over
+the three), the owner signs a new record when it joins, leaves or is active in a newer round, and relays
+forward it unchanged. A received record is merged only when its signature verifies (each distinct record is
+verified once) and its claimed round is not in the future beyond ``max_claim``; the newer record, ordered by
+(counter, round), replaces the older one whole. What a node observes itself (a peer answered a ping) raises
+its own ``last_active`` for that peer but is not gossiped, since nobody else could check it. The initial
+membership (configured, common knowledge) needs no signature and is never gossiped. Without a verifier
+(protocol unit tests) records merge field-wise as described above.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from phalanx.gossip.events import PeerId
+from phalanx.gossip.identity import SIGNATURE_BYTES, Signer, Verifier
 from phalanx.gossip.wire import MAX_STR, Limits, WireError
 
-# Field names of a view on the wire: parallel arrays of peer ids, last-active rounds and counters.
-IDS, ACTIVE, COUNTERS = "vi", "va", "vc"
+# Field names of a view on the wire: parallel arrays of peer ids, last-active rounds, counters, signatures.
+IDS, ACTIVE, COUNTERS, SIGS = "vi", "va", "vc", "vg"
 MAX_COUNTER = 2**32
 
 
 @dataclass(slots=True)
 class PeerRecord:
-    last_active: int
+    last_active: int  # the newest round this node knows the peer active in (signed claims and observations)
     counter: int
     changed: int  # the local round in which this record last changed (not sent)
+    claim: int = 0  # the round the peer's own signed record claims (signed views)
+    sig: bytes = b""  # the peer's signature over (peer, counter, claim); b"" for the initial membership
 
     @property
     def member(self) -> bool:
@@ -44,15 +57,19 @@ class PeerRecord:
 
 @dataclass(frozen=True, slots=True)
 class ViewDelta:
-    """Some view entries in wire order: parallel tuples of peer ids, last-active rounds and counters."""
+    """Some view entries in wire order: parallel tuples of peer ids, (claimed) rounds, counters and the
+    owners' signatures (empty tuple: an unsigned view)."""
 
     ids: tuple[PeerId, ...] = ()
     active: tuple[int, ...] = ()
     counters: tuple[int, ...] = ()
+    sigs: tuple[bytes, ...] = ()
 
     def __post_init__(self) -> None:
         if not len(self.ids) == len(self.active) == len(self.counters):
             raise ValueError("ViewDelta arrays must have equal lengths")
+        if self.sigs and len(self.sigs) != len(self.ids):
+            raise ValueError("ViewDelta signatures must be one per entry, or none")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -60,8 +77,15 @@ class ViewDelta:
     def __iter__(self) -> Iterator[tuple[PeerId, int, int]]:
         return zip(self.ids, self.active, self.counters)
 
+    def signed(self) -> Iterator[tuple[PeerId, int, int, bytes]]:
+        sigs = self.sigs or (b"",) * len(self.ids)
+        return zip(self.ids, self.active, self.counters, sigs)
+
     def to_fields(self) -> dict[str, Any]:
-        return {IDS: list(self.ids), ACTIVE: list(self.active), COUNTERS: list(self.counters)}
+        out: dict[str, Any] = {IDS: list(self.ids), ACTIVE: list(self.active), COUNTERS: list(self.counters)}
+        if self.sigs:
+            out[SIGS] = list(self.sigs)
+        return out
 
     @classmethod
     def from_fields(cls, fields: dict[str, Any], limits: Limits) -> ViewDelta:
@@ -81,16 +105,32 @@ class ViewDelta:
             raise WireError("bad-view", "view rounds must be integers in range")
         if not all(type(c) is int and 0 <= c <= MAX_COUNTER for c in counters):
             raise WireError("bad-view", "view counters must be integers in range")
-        return cls(tuple(ids), tuple(active), tuple(counters))
+        sigs = fields.get(SIGS, [])
+        if not isinstance(sigs, list) or (sigs and len(sigs) != len(ids)):
+            raise WireError("bad-view", "view signatures must be a list, one per entry")
+        if not all(type(g) is bytes and len(g) == SIGNATURE_BYTES for g in sigs):
+            raise WireError("bad-view", f"view signatures must be {SIGNATURE_BYTES} bytes each")
+        return cls(tuple(ids), tuple(active), tuple(counters), tuple(sigs))
 
 
 class View:
     """One node's membership view (see the module docstring). ``owner`` is the node keeping it."""
 
-    __slots__ = ("_ids", "_recent", "owner", "records")
+    __slots__ = ("_ids", "_recent", "owner", "records", "rejected", "signer", "verifier")
 
-    def __init__(self, owner: PeerId, members: Iterable[PeerId] = (), *, round: int = 0) -> None:
+    def __init__(
+        self,
+        owner: PeerId,
+        members: Iterable[PeerId] = (),
+        *,
+        round: int = 0,
+        signer: Signer | None = None,
+        verifier: Verifier | None = None,
+    ) -> None:
         self.owner = owner
+        self.signer = signer
+        self.verifier = verifier  # None: an unsigned view (protocol unit tests); runners always pass one
+        self.rejected = 0  # received records refused: bad or missing signature, claim too far ahead
         self.records: dict[PeerId, PeerRecord] = {}
         self._ids: tuple[PeerId, ...] | None = None
         # Peers whose record changed since the oldest ``since`` asked of delta(): deltas never scan the view.
@@ -130,9 +170,38 @@ class View:
             return True
         return False
 
+    @property
+    def signed(self) -> bool:
+        return self.verifier is not None
+
+    def own(self, counter: int, round: int, *, now_round: int) -> None:
+        """This node's own record: a new counter (join/leave) or activity in ``round``, signed when signed."""
+        rec = self.records.get(self.owner)
+        sig = b""
+        if self.signer is not None:
+            sig = self.signer.sign(counter, round)
+        if rec is None:
+            rec = self.records[self.owner] = PeerRecord(round, counter, now_round, round, sig)
+            self._ids = None
+        else:
+            rec.counter, rec.claim, rec.sig = counter, round, sig
+            rec.last_active = max(rec.last_active, round) if counter % 2 else round
+            rec.changed = now_round
+        self._recent[self.owner] = None
+
     def touch(self, peer: PeerId, round: int, *, now_round: int) -> None:
-        """``peer`` was seen active in ``round`` (it sent a model, answered a ping, aggregated)."""
+        """``peer`` was seen active in ``round`` (it sent a model, answered a ping, aggregated).
+
+        In a signed view an observation of another peer is local (never gossiped), an unknown peer is not
+        added, and the node's own activity in a newer round is re-signed."""
         rec = self.records.get(peer)
+        if self.signed:
+            if peer == self.owner:
+                if rec is None or round > rec.claim:
+                    self.own(1 if rec is None else rec.counter, round, now_round=now_round)
+            elif rec is not None and round > rec.last_active:
+                rec.last_active = round
+            return
         if rec is None:
             self.update(peer, round, 1, now_round=now_round)
         elif round > rec.last_active:
@@ -140,11 +209,65 @@ class View:
             rec.changed = now_round
             self._recent[peer] = None
 
-    def merge(self, delta: ViewDelta, *, now_round: int) -> int:
-        """Merge a received delta; returns the number of entries that changed."""
+    def accept(
+        self,
+        peer: PeerId,
+        counter: int,
+        claim: int,
+        sig: bytes,
+        *,
+        now_round: int,
+        max_claim: int | None = None,
+        active_from: int = 0,
+        admit: Callable[[PeerId], bool] | None = None,
+    ) -> bool | None:
+        """A record received from the network: merged if valid (True if it changed the view, False if not
+        newer), or None when refused (counted in ``rejected``). ``active_from`` raises the local
+        ``last_active`` of a peer this record makes a member again (MoDeST's join delay); ``admit`` decides
+        whether a peer the view does not know yet may enter it (an admission policy)."""
+        if peer == self.owner:
+            return False  # nobody speaks for this node but itself
+        if admit is not None and peer not in self.records and not admit(peer):
+            self.rejected += 1
+            return None
+        if self.verifier is None:
+            changed = self.update(peer, max(claim, active_from), counter, now_round=now_round)
+            return changed
+        if (max_claim is not None and claim > max_claim) or not self.verifier.verify(
+            peer, counter, claim, sig
+        ):
+            self.rejected += 1
+            return None
+        rec = self.records.get(peer)
+        if rec is None:
+            self.records[peer] = PeerRecord(max(claim, active_from), counter, now_round, claim, sig)
+            self._ids = None
+        elif (counter, claim) > (rec.counter, rec.claim):
+            rejoined = counter % 2 == 1 and counter > rec.counter
+            rec.counter, rec.claim, rec.sig = counter, claim, sig
+            rec.last_active = max(rec.last_active, claim, active_from if rejoined else 0)
+            rec.changed = now_round
+        else:
+            return False
+        self._recent[peer] = None
+        return True
+
+    def merge(
+        self,
+        delta: ViewDelta,
+        *,
+        now_round: int,
+        max_claim: int | None = None,
+        admit: Callable[[PeerId], bool] | None = None,
+    ) -> int:
+        """Merge a received delta; returns the number of entries that changed (refused ones are counted in
+        ``rejected``)."""
         changed = 0
-        for peer, active, counter in delta:
-            changed += self.update(peer, active, counter, now_round=now_round)
+        for peer, active, counter, sig in delta.signed():
+            result = self.accept(
+                peer, counter, active, sig, now_round=now_round, max_claim=max_claim, admit=admit
+            )
+            changed += bool(result)
         return changed
 
     def is_member(self, peer: PeerId) -> bool:
@@ -165,17 +288,26 @@ class View:
 
         Calls with ``since`` must not decrease it: older changes are forgotten as they are passed.
         """
+        records = self.records
         if since is None:
-            items = [(p, r.last_active, r.counter) for p, r in self.records.items()]
+            chosen: Iterable[PeerId] = records
         else:
-            records = self.records
             stale = [p for p in self._recent if records[p].changed < since]
             for p in stale:
                 del self._recent[p]
-            items = [(p, records[p].last_active, records[p].counter) for p in self._recent]
-        if not items:
+            chosen = self._recent
+        if self.signed:  # only the owners' signed records travel
+            items = [
+                (p, records[p].claim, records[p].counter, records[p].sig) for p in chosen if records[p].sig
+            ]
+            if not items:
+                return ViewDelta()
+            ids, active, counters, sigs = zip(*items)
+            return ViewDelta(ids, active, counters, sigs)
+        plain = [(p, records[p].last_active, records[p].counter) for p in chosen]
+        if not plain:
             return ViewDelta()
-        ids, active, counters = zip(*items)
+        ids, active, counters = zip(*plain)
         return ViewDelta(ids, active, counters)
 
     def counter(self, peer: PeerId) -> int:

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from phalanx.gossip.identity import SIGNATURE_BYTES
 from phalanx.gossip.membership import EMPTY_VIEW, MAX_COUNTER, ViewDelta
 from phalanx.gossip.wire import Limits, WireError, pack, read_int, read_vector, unpack, vector_bytes
 
@@ -161,48 +162,69 @@ class AggregatedModel:
         return cls(**_read_model_with_view(fields, limits))
 
 
+def _record_fields(message: Join | Leave) -> dict[str, Any]:
+    out: dict[str, Any] = {"c": message.counter, "r": message.round}
+    if message.sig:
+        out["g"] = message.sig
+    return out
+
+
+def _read_record(fields: dict[str, Any], limits: Limits, *, lo: int) -> tuple[int, int, bytes]:
+    counter = read_int(fields, "c", lo=lo, hi=MAX_COUNTER)
+    round_ = read_int(fields, "r", hi=limits.max_round) if "r" in fields else 0
+    sig = fields.get("g", b"")
+    if type(sig) is not bytes or len(sig) not in (0, SIGNATURE_BYTES):
+        raise WireError("bad-field", f"a membership signature must be {SIGNATURE_BYTES} bytes")
+    return counter, round_, sig
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Join:
-    """The sender joins (again): ``counter`` is its new, odd, membership counter."""
+    """The sender joins (again): ``counter`` is its new, odd, membership counter; ``round`` and ``sig`` make
+    it the sender's signed membership record (see :mod:`phalanx.gossip.membership`)."""
 
     TYPE: ClassVar[str] = "join"
     counter: int
+    round: int = 0
+    sig: bytes = b""
 
     def __post_init__(self) -> None:
         if self.counter % 2 != 1:
             raise ValueError("Join.counter must be odd")
 
     def to_fields(self) -> dict[str, Any]:
-        return {"c": self.counter}
+        return _record_fields(self)
 
     @classmethod
     def from_fields(cls, fields: dict[str, Any], limits: Limits) -> Join:
-        counter = read_int(fields, "c", lo=1, hi=MAX_COUNTER)
+        counter, round_, sig = _read_record(fields, limits, lo=1)
         if counter % 2 != 1:
             raise WireError("bad-field", "a join counter must be odd")
-        return cls(counter=counter)
+        return cls(counter=counter, round=round_, sig=sig)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Leave:
-    """The sender leaves: ``counter`` is its new, even, membership counter."""
+    """The sender leaves: ``counter`` is its new, even, membership counter (signed like :class:`Join`)."""
 
     TYPE: ClassVar[str] = "leave"
     counter: int
+    round: int = 0
+    sig: bytes = b""
 
     def __post_init__(self) -> None:
         if self.counter % 2 != 0 or self.counter < 2:
             raise ValueError("Leave.counter must be even and >= 2")
 
     def to_fields(self) -> dict[str, Any]:
-        return {"c": self.counter}
+        return _record_fields(self)
 
     @classmethod
     def from_fields(cls, fields: dict[str, Any], limits: Limits) -> Leave:
-        counter = read_int(fields, "c", lo=2, hi=MAX_COUNTER)
+        counter, round_, sig = _read_record(fields, limits, lo=2)
         if counter % 2 != 0:
             raise WireError("bad-field", "a leave counter must be even")
-        return cls(counter=counter)
+        return cls(counter=counter, round=round_, sig=sig)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -27,6 +27,7 @@ import torch
 
 from phalanx.gossip.events import PeerId
 from phalanx.gossip.fields import coerce
+from phalanx.gossip.identity import Signer, Verifier
 from phalanx.gossip.protocol import Protocol as GossipProtocol
 
 
@@ -83,6 +84,8 @@ class NodeContext:
     start_round: int = 0
     include_own: bool = True
     late: bool = False  # starts outside the network; joins when the runner resumes it
+    signer: Signer | None = None  # this node's key, for records only it may sign (membership)
+    verifier: Verifier | None = None  # checks other peers' signed records
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -21,6 +21,7 @@ import trio
 from phalanx.gossip import registry
 from phalanx.gossip.aggregator import rule_names
 from phalanx.gossip.byzantine import BEHAVIOURS, attack_names
+from phalanx.gossip.identity import PeerIdKeys, Signer, Verifier
 from phalanx.gossip.protocol import Protocol
 from phalanx.gossip.spec import AttackSpec, NodeContext, SettingsError, WorldDefaults
 from phalanx.gossip.wire import Limits
@@ -29,7 +30,7 @@ from phalanx.node.addresses import addrs_factory, check_announce, watch_neighbou
 from phalanx.node.bans import BanList
 from phalanx.node.config import ConfigError, NodeConfig, neighbours_from_files
 from phalanx.node.datasets import load_dataset
-from phalanx.node.identity import load_or_create_key, peer_id_of
+from phalanx.node.identity import load_or_create_key, peer_id_of, signer_of
 from phalanx.node.learner import Learner, TrainConfig, derive_seed
 from phalanx.node.metrics import Metrics, serve
 from phalanx.node.partition import shard_of
@@ -91,7 +92,12 @@ def _peer_multiaddr(text: str) -> None:
 
 
 def build_protocol(
-    config: NodeConfig, me: str, neighbours: tuple[str, ...], params: torch.Tensor, start_round: int
+    config: NodeConfig,
+    me: str,
+    neighbours: tuple[str, ...],
+    params: torch.Tensor,
+    start_round: int,
+    signer: Signer | None = None,
 ) -> Protocol:
     """The protocol object for this node, from its registry entry. For the sampling protocols (MoDeST,
     Epidemic Learning) the neighbours are the initial membership: every peer this node may sample."""
@@ -104,6 +110,8 @@ def build_protocol(
         peers=tuple(sorted({me, *neighbours})),
         rng=np.random.default_rng(derive_seed(config.seed, "protocol", config.index)),
         start_round=start_round,
+        signer=signer,
+        verifier=Verifier(PeerIdKeys()),  # a libp2p ed25519 peer id is its public key
     )
     attack_spec = None
     if behaviour:
@@ -182,7 +190,9 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
             neighbours = tuple(transport.add_address(a) for a in neighbour_addrs)
             if not neighbours and alone == "wait":
                 neighbours = await wait_for_peers(transport, config, log)
-            protocol = build_protocol(config, peer_id, neighbours, learner.get_vector(), start_round)
+            protocol = build_protocol(
+                config, peer_id, neighbours, learner.get_vector(), start_round, signer_of(key, peer_id)
+            )
             settings = RuntimeSettings(
                 rounds=config.rounds,
                 eval_every=config.eval_every,

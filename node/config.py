@@ -2,140 +2,132 @@
 
 Keys in the TOML file are the long flag names with ``_`` for ``-`` (``round_timeout = 5``); tables
 ``[rule_params]``, ``[protocol_params]`` and ``[attack_params]`` hold the rule's and the attack's keyword parameters. Every value is
-checked here, and any problem raises :class:`ConfigError` (a ``ValueError``) with one line that names it.
+coerced from its field's type (:func:`phalanx.gossip.fields.coerce`) and checked against its field's bounds, and
+any problem raises :class:`ConfigError` (a ``ValueError``, the simulator's too) with one line that names it.
 """
 
 from __future__ import annotations
 
-import math
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from phalanx.gossip import fields as fields_
+from phalanx.node.train_settings import setting
 
-class ConfigError(ValueError):
-    """A setting that cannot be used."""
+ConfigError = fields_.ConfigError  # one class for the node and the simulator (phalanx.gossip.fields)
+
+
+def _f(default: Any, help: str, **bounds: Any) -> Any:
+    """A field with its default, its help (``phalanx node run --help`` reads it) and its bounds."""
+    return field(default=default, metadata={"help": help, **bounds})
+
+
+_POSITIVE = {"gt": 0, "finite": True}
+_SECONDS = {"min": 0, "finite": True}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
+    """A node's settings. Each field's metadata holds its help and bounds; the training settings come from
+    :mod:`phalanx.node.train_settings`, shared with the simulator."""
+
     # network and identity
-    listen: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
-    bootstrap: tuple[str, ...] = ()
-    announce: tuple[str, ...] = ()  # addresses to announce instead of the listen addresses
-    alone: str = ""  # no neighbours: "exit", "wait" or "train"; "" = wait with --bootstrap, else exit
-    key: Path | None = None  # default: DATA_DIR/node.key
-    data_dir: Path = Path("phalanx-node")
-    metrics_port: int = 0  # 0 picks a free port; -1 turns the endpoint off
-    metrics_host: str = "127.0.0.1"
+    listen: tuple[str, ...] = _f(("/ip4/127.0.0.1/tcp/0",), "listen multiaddr (repeatable)")
+    bootstrap: tuple[str, ...] = _f((), "peer to dial at start (repeatable)")
+    announce: tuple[str, ...] = _f(
+        (),
+        "address to announce instead of the listen addresses (repeatable); by default a wildcard listen "
+        "address (0.0.0.0, ::) is announced as this host's interface addresses",
+    )
+    alone: str = _f(
+        "",
+        "with no neighbours: exit (an error), wait (for a peer to connect) or train (alone); "
+        "default: wait with --bootstrap, else exit",
+    )
+    key: Path | None = field(
+        default=None,
+        metadata={"help": "ed25519 key file, created on first start (default: DATA_DIR/node.key)"},
+    )
+    data_dir: Path = field(default=Path("phalanx-node"), metadata={"help": "checkpoint and key directory"})
+    metrics_port: int = _f(0, "Prometheus /metrics and JSON /status port; 0 = a free port, -1 = off", min=-1)
+    metrics_host: str = _f("127.0.0.1", "address the metrics endpoint listens on")
     # data, model, training
-    dataset: str = "mnist"
-    partition: str = "iid"
-    nodes: int = 1
-    index: int = 0
-    seed: int = 0
-    model: str = "mlp"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 32
-    sam_rho: float = 0.0
+    dataset: str = setting("dataset")
+    partition: str = setting("partition")
+    nodes: int = _f(1, "number of shards", min=1)
+    index: int = _f(0, "this node's shard, 0-based", min=0)
+    seed: int = setting("seed")
+    model: str = setting("model")
+    lr: float = setting("lr")
+    momentum: float = setting("momentum")
+    weight_decay: float = setting("weight_decay")
+    batch_size: int = setting("batch_size")
+    sam_rho: float = setting("sam_rho")
     # protocol
-    protocol: str = "dpsgd"
-    protocol_params: dict[str, Any] = field(default_factory=dict)
-    rule: str = "mean"
-    rule_params: dict[str, Any] = field(default_factory=dict)
-    local_steps: int = 1
-    gossip_steps: int = 1
-    round_timeout: float = 10.0
-    rounds: int = 0
-    neighbours: tuple[str, ...] = ()
-    topology_file: Path | None = None
-    address_book: Path | None = None
+    protocol: str = _f("dpsgd", "the protocol")
+    protocol_params: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "protocol parameter (modest: s, a, ...; el-*: s)"}
+    )
+    rule: str = _f("mean", "aggregation rule (mean = D-PSGD mixing)")
+    rule_params: dict[str, Any] = field(default_factory=dict, metadata={"help": "rule parameter"})
+    local_steps: int = _f(1, "local SGD steps per round", min=0)
+    gossip_steps: int = _f(1, "gossip exchanges per round", min=1)
+    round_timeout: float = _f(10.0, "seconds to wait for neighbours", **_POSITIVE)
+    rounds: int = _f(0, "stop after this many rounds; 0 = run until stopped", min=0)
+    neighbours: tuple[str, ...] = _f((), "neighbour /ip4/.../tcp/PORT/p2p/ID (repeatable)")
+    topology_file: Path | None = field(
+        default=None, metadata={"help": "edge list 'i j' per line (with --address-book)"}
+    )
+    address_book: Path | None = field(
+        default=None, metadata={"help": "TOML [peers] table: index = multiaddr"}
+    )
     # behaviour
-    byzantine: str = ""
-    attack_params: dict[str, Any] = field(default_factory=dict)
-    attack_delay: float = 0.5
-    eval_every: int = 1
-    linger: float = 1.0
-    ban_threshold: int = 5
-    ban_window: float = 60.0
-    ban_duration: float = 300.0
-    stall_timeout: float = 10.0
+    byzantine: str = _f(
+        "", "be an attacker: an aggregation attack (alie, ...), label-flip, silent, equivocation or dissensus"
+    )
+    attack_params: dict[str, Any] = field(default_factory=dict, metadata={"help": "attack parameter"})
+    attack_delay: float = _f(0.5, "seconds an attacker waits for honest vectors", **_SECONDS)
+    eval_every: int = _f(1, "evaluate every N rounds; 0 = never", min=0)
+    linger: float = _f(1.0, "seconds to keep answering after the last round", **_SECONDS)
+    ban_threshold: int = _f(5, "invalid messages that ban a peer", min=1)
+    ban_window: float = _f(60.0, "... within this many seconds", **_POSITIVE)
+    ban_duration: float = _f(300.0, "seconds a ban lasts", **_SECONDS)
+    stall_timeout: float = _f(10.0, "seconds a stream may stall inside a frame", **_POSITIVE)
+
+    def __post_init__(self) -> None:
+        fields_.check_bounds(self, error=ConfigError)
+        for key in _LISTS:
+            if not all(isinstance(v, str) and v for v in getattr(self, key)):
+                raise ConfigError(f"{key} must be a list of multiaddr strings")
+        if self.index >= self.nodes:
+            raise ConfigError(f"index {self.index} out of range for {self.nodes} nodes (0..{self.nodes - 1})")
+        if (self.topology_file is None) != (self.address_book is None):
+            raise ConfigError("topology-file and address-book go together")
+        if self.alone not in ALONE:
+            raise ConfigError(f"alone must be one of {', '.join(a for a in ALONE if a)}, got {self.alone!r}")
 
     @property
     def key_path(self) -> Path:
         return self.key if self.key is not None else self.data_dir / "node.key"
 
 
+_LISTS = ("listen", "bootstrap", "neighbours", "announce")
 ALONE = ("", "exit", "wait", "train")
-
-_INT_MIN = {
-    "metrics_port": -1,
-    "nodes": 1,
-    "index": 0,
-    "batch_size": 1,
-    "local_steps": 0,
-    "gossip_steps": 1,
-    "rounds": 0,
-    "eval_every": 0,
-    "ban_threshold": 1,
-    "seed": -(2**63),
-}
-_POSITIVE_FLOATS = {"lr", "round_timeout", "ban_window", "stall_timeout"}
-_NON_NEGATIVE_FLOATS = {"momentum", "weight_decay", "sam_rho", "attack_delay", "linger", "ban_duration"}
-_PATHS = {"key", "data_dir", "topology_file", "address_book"}
-_LISTS = {"listen", "bootstrap", "neighbours", "announce"}
-_TABLES = {"rule_params", "attack_params", "protocol_params"}
-_STRINGS = {"dataset", "partition", "model", "protocol", "rule", "byzantine", "metrics_host", "alone"}
+_TABLES = ("rule_params", "attack_params", "protocol_params")
 
 
-def _coerce(key: str, value: Any) -> Any:
-    name = key.replace("_", "-")
-    if key in _INT_MIN:
-        if type(value) is not int:
-            raise ConfigError(f"{name} must be a whole number, got {value!r}")
-        if value < _INT_MIN[key]:
-            raise ConfigError(f"{name} must be >= {_INT_MIN[key]}, got {value}")
-        return value
-    if key in _POSITIVE_FLOATS or key in _NON_NEGATIVE_FLOATS:
-        if type(value) not in (int, float) or not math.isfinite(value):
-            raise ConfigError(f"{name} must be a finite number, got {value!r}")
-        if key in _POSITIVE_FLOATS and not value > 0:
-            raise ConfigError(f"{name} must be > 0, got {value}")
-        if value < 0:
-            raise ConfigError(f"{name} must be >= 0, got {value}")
-        return float(value)
-    if key in _PATHS:
-        if value is None:
-            return None
-        if not isinstance(value, (str, Path)) or not str(value):
-            raise ConfigError(f"{name} must be a path, got {value!r}")
-        return Path(value).expanduser()
-    if key in _LISTS:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-            raise ConfigError(f"{name} must be a list of multiaddr strings")
-        return tuple(value)
-    if key in _TABLES:
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise ConfigError(f"{name} must be a table of KEY = VALUE")
-        return dict(value)
-    if key in _STRINGS:
-        if not isinstance(value, str):
-            raise ConfigError(f"{name} must be a string, got {value!r}")
-        return value
-    raise ConfigError(f"unknown setting {name!r}")  # pragma: no cover - every field is in a table above
+def default_of(key: str) -> Any:
+    """The default of setting ``key`` (for a command that passes it on to nodes, such as ``net up``)."""
+    return next(f for f in fields(NodeConfig) if f.name == key).default
 
 
-def parse_value(text: str) -> Any:
-    """A KEY=VALUE flag's value: a TOML scalar when it parses as one (1, 0.5, true), else the string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+def help_of(key: str) -> str:
+    """The help of setting ``key`` with its default, for its flag."""
+    return fields_.help_with_default(next(f for f in fields(NodeConfig) if f.name == key))
+
+
+parse_value = fields_.parse_value
 
 
 def parse_pairs(pairs: list[str], flag: str) -> dict[str, Any]:
@@ -149,36 +141,22 @@ def parse_pairs(pairs: list[str], flag: str) -> dict[str, Any]:
 
 
 def load_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path}: {exc}") from None
+    return fields_.load_toml(path, error=ConfigError)
 
 
 def build(file_values: dict[str, Any], flag_values: dict[str, Any]) -> NodeConfig:
-    """Defaults, overridden by ``file_values`` (a parsed TOML file), overridden by ``flag_values``."""
-    known = {f.name for f in fields(NodeConfig)}
+    """Defaults, overridden by ``file_values`` (a parsed TOML file), overridden by ``flag_values``
+    (tables merge key by key); every value coerced by :func:`phalanx.gossip.fields.coerce`."""
     values: dict[str, Any] = {}
     for source in (file_values, flag_values):
-        for key, value in source.items():
-            key = key.replace("-", "_")
-            if key not in known:
-                raise ConfigError(f"unknown setting {key!r}")
-            if key in _TABLES and key in values:
-                values[key] = {**values[key], **_coerce(key, value)}
-            else:
-                values[key] = _coerce(key, value)
-    config = NodeConfig(**values)
-    if config.index >= config.nodes:
-        raise ConfigError(
-            f"index {config.index} out of range for {config.nodes} nodes (0..{config.nodes - 1})"
-        )
-    if config.alone not in ALONE:
-        raise ConfigError(f"alone must be one of {', '.join(a for a in ALONE if a)}, got {config.alone!r}")
-    if (config.topology_file is None) != (config.address_book is None):
-        raise ConfigError("topology-file and address-book go together")
-    return config
+        data = {key.replace("-", "_"): value for key, value in source.items()}
+        fields_.reject_unknown(NodeConfig, data, error=ConfigError)
+        for key in _LISTS:  # one multiaddr may stand for a list of one
+            if isinstance(data.get(key), str):
+                data[key] = [data[key]]
+        for key, value in fields_.coerce(NodeConfig, data, error=ConfigError).items():
+            values[key] = {**values[key], **value} if key in _TABLES and key in values else value
+    return NodeConfig(**values)
 
 
 def neighbours_from_files(topology: Path, address_book: Path, index: int) -> tuple[str, ...]:

@@ -14,6 +14,8 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 
+from phalanx.gossip.identity import Signer
+
 _PREFIX = "phalanx-ed25519 "
 
 
@@ -79,3 +81,8 @@ def load_or_create_key(path: Path) -> KeyPair:
             return create_key(path)
         except FileExistsError:  # another process created it between our two calls
             return load_key(path)
+
+
+def signer_of(key_pair: KeyPair, peer_id: str) -> Signer:
+    """The node's key as a :class:`~phalanx.gossip.identity.Signer` of its own membership records."""
+    return Signer.from_seed(peer_id, key_pair.private_key.to_bytes()[:32])

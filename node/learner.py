@@ -1,7 +1,7 @@
 """Local training and evaluation on flat float32 parameter vectors.
 
 Every node, simulated or real, trains through this module. A model travels and aggregates as one flat
-float32 vector (DESIGN.md), so the learner keeps the module's parameters as *views into one flat tensor*
+float32 vector (docs/design.md), so the learner keeps the module's parameters as *views into one flat tensor*
 and its gradients as views into another: getting or setting the model is one copy, bit-exact, and SGD
 with momentum and weight decay is three vector operations on the flat buffers.
 
@@ -30,6 +30,7 @@ from torch import nn
 
 from phalanx.node.datasets import Dataset
 from phalanx.node.models import build_model
+from phalanx.node.train_settings import setting
 
 
 class LearnerError(ValueError):
@@ -40,11 +41,11 @@ class LearnerError(ValueError):
 class TrainConfig:
     """Local optimiser settings: SGD with momentum and weight decay, optionally SAM with radius ``sam_rho``."""
 
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 32
-    sam_rho: float = 0.0
+    lr: float = setting("lr")  # defaults, bounds and help: phalanx.node.train_settings (shared)
+    momentum: float = setting("momentum")
+    weight_decay: float = setting("weight_decay")
+    batch_size: int = setting("batch_size")
+    sam_rho: float = setting("sam_rho")
 
     def __post_init__(self) -> None:
         if not self.lr > 0:

@@ -1,6 +1,6 @@
 """Transports: framed byte messages between peers, with a libp2p implementation and an in-memory one.
 
-The interface is small (CONVENTIONS.md): ``send(peer, body)``, ``receive() -> TransportEvent``,
+The interface is small (docs/design.md): ``send(peer, body)``, ``receive() -> TransportEvent``,
 ``peers()`` and ``aclose()``, plus ``send_raw`` for tests that play a misbehaving peer. Both
 implementations frame bodies with :func:`phalanx.gossip.wire.frame` and read them back with the same
 :func:`read_frames` loop, which enforces the frame limit *before* reading a body and times out streams that

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from phalanx.cli import positive_float, positive_int
-from phalanx.options import add_data_arguments, add_training_arguments, protocol_help
+from phalanx.cli import non_negative_int, positive_float, positive_int
+from phalanx.node.config import default_of, help_of
+from phalanx.options import add_data_arguments, add_training_arguments, protocol_help, topology_help
 
 
 def _byzantine(text: str) -> tuple[int, str]:
@@ -41,7 +42,7 @@ def register(sub: Any) -> None:
         "print a per-node table and write the same files as 'phalanx sim'.",
     )
     p.add_argument("--nodes", type=positive_int, default=4, help="number of node processes (default 4)")
-    p.add_argument("--topology", default="ring", help="a simulator topology spec (default ring)")
+    p.add_argument("--topology", default="ring", help=topology_help("ring"))
     p.add_argument("--rounds", type=positive_int, default=10, help="rounds every node runs (default 10)")
     p.add_argument(
         "--byzantine",
@@ -77,15 +78,27 @@ def register(sub: Any) -> None:
     add_data_arguments(p)
     add_training_arguments(p)
     g = p.add_argument_group("protocol")
-    g.add_argument("--protocol", default="dpsgd", help=protocol_help())
-    g.add_argument("--protocol-param", action="append", default=[], metavar="KEY=VALUE")
-    g.add_argument("--rule", default="mean", help="aggregation rule (default mean)")
-    g.add_argument("--rule-param", action="append", default=[], metavar="KEY=VALUE")
-    g.add_argument("--attack-param", action="append", default=[], metavar="KEY=VALUE")
-    g.add_argument("--local-steps", type=int, default=1)
-    g.add_argument("--gossip-steps", type=int, default=1)
-    g.add_argument("--round-timeout", type=positive_float, default=10.0, help="seconds (default 10)")
-    g.add_argument("--eval-every", type=int, default=1)
+    # the nodes' settings: default and help of each are NodeConfig's (phalanx.node.config)
+    g.add_argument("--protocol", default=default_of("protocol"), help=protocol_help())
+    g.add_argument(
+        "--protocol-param", action="append", default=[], metavar="KEY=VALUE", help=help_of("protocol_params")
+    )
+    g.add_argument("--rule", default=default_of("rule"), help=help_of("rule"))
+    for key in ("rule_params", "attack_params"):
+        g.add_argument(
+            "--" + key[:-1].replace("_", "-"),
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help=help_of(key),
+        )
+    for key, kind in (
+        ("local_steps", non_negative_int),
+        ("gossip_steps", positive_int),
+        ("round_timeout", positive_float),
+        ("eval_every", non_negative_int),
+    ):
+        g.add_argument("--" + key.replace("_", "-"), type=kind, default=default_of(key), help=help_of(key))
     p.set_defaults(func=run_net, command="net up")
     net.set_defaults(func=lambda args: (net.print_help(), 2)[1])
 

@@ -10,11 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from phalanx.cli import Parser
+from phalanx.node.config import help_of
 from phalanx.options import add_data_arguments, add_training_arguments, protocol_help
 
 # Flags whose value is a list or a KEY=VALUE table, and how they map onto config keys.
 _REPEATED = {"listen": "listen", "bootstrap": "bootstrap", "neighbour": "neighbours", "announce": "announce"}
 _PAIRS = {"rule_param": "rule_params", "attack_param": "attack_params", "protocol_param": "protocol_params"}
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
 
 
 def register(sub: Any) -> None:
@@ -27,44 +32,19 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--config", type=Path, help="TOML file of settings (flags override it)")
     net = p.add_argument_group("network and identity")
-    net.add_argument(
-        "--listen", action="append", metavar="MULTIADDR", help="listen address (default /ip4/127.0.0.1/tcp/0)"
-    )
-    net.add_argument(
-        "--bootstrap", action="append", metavar="MULTIADDR", help="peer to dial at start (repeatable)"
-    )
-    net.add_argument(
-        "--neighbour",
-        action="append",
-        metavar="MULTIADDR",
-        help="neighbour /ip4/.../tcp/PORT/p2p/ID (repeatable)",
-    )
-    net.add_argument(
-        "--announce",
-        action="append",
-        metavar="MULTIADDR",
-        help="address to announce instead of the listen addresses (repeatable); by default a wildcard "
-        "listen address (0.0.0.0, ::) is announced as this host's interface addresses",
-    )
-    net.add_argument(
-        "--alone",
-        choices=("exit", "wait", "train"),
-        help="with no neighbours: exit with an error, wait for a peer to connect, or train alone "
-        "(default: wait with --bootstrap, else exit)",
-    )
-    net.add_argument("--topology-file", type=Path, help="edge list 'i j' per line (with --address-book)")
-    net.add_argument("--address-book", type=Path, help="TOML [peers] table: index = multiaddr")
-    net.add_argument(
-        "--key", type=Path, help="ed25519 key file, created on first start (default DATA_DIR/node.key)"
-    )
-    net.add_argument("--data-dir", type=Path, help="checkpoint and key directory (default ./phalanx-node)")
-    net.add_argument("--metrics-host", help="address the metrics endpoint listens on (default 127.0.0.1)")
-    net.add_argument(
-        "--metrics-port", type=int, help="Prometheus /metrics and JSON /status port; 0 = free port, -1 = off"
-    )
-    add_data_arguments(p)
-    p.add_argument_group("data").add_argument("--nodes", type=int, help="number of shards (default 1)")
-    p.add_argument("--index", type=int, help="this node's shard, 0-based (default 0)")
+    # each flag's help and default is its NodeConfig field's (phalanx.node.config.help_of)
+    net.add_argument("--listen", action="append", metavar="MULTIADDR", help=help_of("listen"))
+    net.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help=help_of("bootstrap"))
+    net.add_argument("--neighbour", action="append", metavar="MULTIADDR", help=help_of("neighbours"))
+    net.add_argument("--announce", action="append", metavar="MULTIADDR", help=help_of("announce"))
+    net.add_argument("--alone", choices=("exit", "wait", "train"), help=help_of("alone"))
+    for key in ("topology_file", "address_book", "key", "data_dir"):
+        net.add_argument(_flag(key), type=Path, help=help_of(key))
+    net.add_argument("--metrics-host", help=help_of("metrics_host"))
+    net.add_argument("--metrics-port", type=int, help=help_of("metrics_port"))
+    data = add_data_arguments(p)
+    data.add_argument("--nodes", type=int, help=help_of("nodes"))
+    data.add_argument("--index", type=int, help=help_of("index"))
     add_training_arguments(p)
     proto = p.add_argument_group("protocol")
     proto.add_argument("--protocol", help=protocol_help())
@@ -73,43 +53,33 @@ def register(sub: Any) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="protocol parameter (modest: s, a, ...; el-*: s)",
+        help=help_of("protocol_params") + " (repeatable)",
     )
-    proto.add_argument("--rule", help="aggregation rule (default mean = D-PSGD mixing)")
+    proto.add_argument("--rule", help=help_of("rule"))
     proto.add_argument(
-        "--rule-param", action="append", default=[], metavar="KEY=VALUE", help="rule parameter"
+        "--rule-param", action="append", default=[], metavar="KEY=VALUE", help=help_of("rule_params")
     )
-    proto.add_argument("--local-steps", type=int, help="local SGD steps per round (default 1)")
-    proto.add_argument("--gossip-steps", type=int, help="gossip exchanges per round (default 1)")
-    proto.add_argument("--round-timeout", type=float, help="seconds to wait for neighbours (default 10)")
-    proto.add_argument("--rounds", type=int, help="stop after this many rounds; 0 = run until stopped")
+    for key, kind in (("local_steps", int), ("gossip_steps", int), ("round_timeout", float), ("rounds", int)):
+        proto.add_argument(_flag(key), type=kind, help=help_of(key))
     behave = p.add_argument_group("behaviour")
+    behave.add_argument("--byzantine", metavar="ATTACK", help=help_of("byzantine"))
     behave.add_argument(
-        "--byzantine",
-        metavar="ATTACK",
-        help="be an attacker: an aggregation attack (alie, ...), "
-        "label-flip, silent, equivocation or dissensus",
+        "--attack-param", action="append", default=[], metavar="KEY=VALUE", help=help_of("attack_params")
     )
-    behave.add_argument(
-        "--attack-param", action="append", default=[], metavar="KEY=VALUE", help="attack parameter"
-    )
-    behave.add_argument(
-        "--attack-delay", type=float, help="seconds an attacker waits for honest vectors (default 0.5)"
-    )
+    for key, kind in (
+        ("attack_delay", float),
+        ("eval_every", int),
+        ("linger", float),
+        ("ban_threshold", int),
+        ("ban_window", float),
+        ("ban_duration", float),
+        ("stall_timeout", float),
+    ):
+        behave.add_argument(_flag(key), type=kind, help=help_of(key))
     behave.add_argument(
         "--fresh",
         action="store_true",
         help="start from round 0: move an existing checkpoint aside (the key, and so the peer id, stay)",
-    )
-    behave.add_argument("--eval-every", type=int, help="evaluate every N rounds; 0 = never (default 1)")
-    behave.add_argument(
-        "--linger", type=float, help="seconds to keep answering after the last round (default 1)"
-    )
-    behave.add_argument("--ban-threshold", type=int, help="invalid messages that ban a peer (default 5)")
-    behave.add_argument("--ban-window", type=float, help="... within this many seconds (default 60)")
-    behave.add_argument("--ban-duration", type=float, help="seconds a ban lasts (default 300)")
-    behave.add_argument(
-        "--stall-timeout", type=float, help="seconds a stream may stall inside a frame (default 10)"
     )
     # Only flags the user gave override the file: every default is "not given".
     for action in p._actions:

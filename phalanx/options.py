@@ -1,42 +1,41 @@
-"""Command-line options shared by the commands that train (train, sim, node run)."""
+"""Command-line options shared by the commands that train (train, net up, node run); their defaults and help
+come from :mod:`phalanx.node.train_settings`, which the node's and the simulator's configs read too."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from phalanx.cli import non_negative_float, positive_float, positive_int
+from phalanx.node.train_settings import default, help_of
 
 if TYPE_CHECKING:
     from phalanx.node.learner import TrainConfig
 
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+def _add(group: Any, name: str, kind: Callable[[str], Any] = str) -> None:
+    """The flag of training setting ``name``: default and help from :mod:`phalanx.node.train_settings`."""
+    group.add_argument("--" + name.replace("_", "-"), type=kind, default=default(name), help=help_of(name))
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> Any:
+    """The data flags, in a group "data" that is returned (a command may add its own data flags)."""
     group = parser.add_argument_group("data")
-    group.add_argument(
-        "--dataset",
-        default="mnist",
-        help="mnist (embedded, 8,000/2,000), blobs, or idx:PATH (default: mnist)",
-    )
-    group.add_argument("--partition", default="iid", help="iid, dirichlet:ALPHA or shards:K (default: iid)")
+    _add(group, "dataset")
+    _add(group, "partition")
+    return group
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model and local training")
-    group.add_argument(
-        "--model", default="mlp", help="logreg, mlp (784-64-10), cnn or cnn-dropout (default: mlp)"
-    )
-    group.add_argument("--lr", type=positive_float, default=0.05, help="learning rate (default: 0.05)")
-    group.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum (default: 0.9)")
-    group.add_argument(
-        "--weight-decay", type=non_negative_float, default=0.0, help="L2 weight decay (default: 0)"
-    )
-    group.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default: 32)")
-    group.add_argument(
-        "--sam-rho", type=non_negative_float, default=0.0, help="sharpness-aware minimisation radius; 0 = off"
-    )
-    group.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    _add(group, "model")
+    _add(group, "lr", positive_float)
+    _add(group, "momentum", non_negative_float)
+    _add(group, "weight_decay", non_negative_float)
+    _add(group, "batch_size", positive_int)
+    _add(group, "sam_rho", non_negative_float)
+    _add(group, "seed", int)
 
 
 def train_config_from(args: argparse.Namespace) -> TrainConfig:
@@ -63,5 +62,17 @@ def protocol_help() -> LazyHelp:
         from phalanx.gossip import registry
 
         return f"the protocol (default dpsgd); {registry.help_text()}"
+
+    return LazyHelp(make)
+
+
+def topology_help(default: str | None = None) -> LazyHelp:
+    """``--topology``'s help: the topologies of the registry (built-in and plug-ins), listed when shown."""
+
+    def make() -> str:
+        from phalanx.sim import topology
+
+        tail = f" (default: {default})" if default else ""
+        return f"the communication graph{tail}: {topology.help_text()}"
 
     return LazyHelp(make)

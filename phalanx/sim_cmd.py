@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from phalanx.cli import non_negative_float, non_negative_int, positive_float, positive_int
-from phalanx.options import protocol_help
+from phalanx.options import protocol_help, topology_help
 
 
 def _ids(text: str) -> list[int]:
@@ -42,117 +42,81 @@ def _kv(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-# (flag, config key, type, help)
-FLAGS: tuple[tuple[str, str, Any, str], ...] = (
-    ("--name", "name", str, "run name (default: run)"),
-    ("--nodes", "nodes", positive_int, "number of nodes"),
-    ("--rounds", "rounds", positive_int, "number of rounds"),
-    ("--seed", "seed", int, "random seed: the same seed gives the same metrics"),
-    (
-        "--topology",
-        "topology",
-        str,
-        "ring, torus, grid, complete, star, erdos-renyi:P, regular:K, watts-strogatz:K:P, "
-        "barabasi-albert:M, exponential, dumbbell:B, file:PATH, dynamic-regular:K",
-    ),
-    ("--mixing", "mixing", str, "metropolis, uniform or max-degree"),
-    ("--protocol", "protocol", str, protocol_help()),
-    ("--rule", "rule", str, "aggregation rule (mean = D-PSGD mixing)"),
-    ("--local-steps", "local_steps", non_negative_int, "local SGD steps per round"),
-    ("--gossip-steps", "gossip_steps", positive_int, "Q gossip exchanges per round (DFedSAM-MGS)"),
-    ("--round-timeout", "round_timeout", positive_float, "virtual seconds to wait for neighbours"),
-    ("--dataset", "dataset", str, "mnist, blobs or idx:PATH"),
-    ("--partition", "partition", str, "iid, dirichlet:ALPHA or shards:K"),
-    ("--model", "model", str, "logreg, mlp, cnn or cnn-dropout"),
-    ("--lr", "lr", positive_float, "learning rate"),
-    ("--momentum", "momentum", non_negative_float, "SGD momentum"),
-    ("--weight-decay", "weight_decay", non_negative_float, "L2 weight decay"),
-    ("--batch-size", "batch_size", positive_int, "batch size"),
-    ("--sam-rho", "sam_rho", non_negative_float, "SAM radius (DFedSAM); 0 = plain SGD"),
-    ("--step-time", "step_time", positive_float, "virtual seconds per local step"),
-    ("--latency", "latency", non_negative_float, "default link latency (virtual seconds)"),
-    ("--bandwidth", "bandwidth", positive_float, "default link bandwidth (bytes per virtual second)"),
-    ("--loss", "loss", non_negative_float, "message loss probability"),
-    ("--crash-fraction", "crash_fraction", _fraction, "fraction of honest nodes that crash"),
-    ("--crash-nodes", "crash_nodes", _ids, "comma-separated ids of nodes that crash"),
-    ("--crash-round", "crash_round", non_negative_int, "round at which they crash"),
-    ("--crash-placement", "crash_placement", str, "random, hubs, relays or data"),
-    ("--churn-leave", "churn_leave", _fraction, "per-round probability that a node leaves"),
-    ("--churn-rejoin", "churn_rejoin", _fraction, "per-round probability that a departed node rejoins"),
-    (
-        "--churn-trace",
-        "churn_trace",
-        str,
-        "CSV churn trace (time,node,event: join, leave or crash), any protocol",
-    ),
-    (
-        "--churn-leave-rate",
-        "churn_leave_rate",
-        non_negative_float,
-        "announced leaves per virtual second per node",
-    ),
-    (
-        "--churn-crash-rate",
-        "churn_crash_rate",
-        non_negative_float,
-        "silent crashes per virtual second per node",
-    ),
-    (
-        "--churn-rejoin-rate",
-        "churn_rejoin_rate",
-        non_negative_float,
-        "returns per virtual second per absent node",
-    ),
-    ("--churn-late", "churn_late", _fraction, "fraction of nodes that join late, at a uniform time"),
-    ("--partition-rounds", "partition_rounds", _interval, "START:END rounds of a network partition"),
-    (
-        "--partition-nodes",
-        "partition_nodes",
-        _ids,
-        "comma-separated ids on one side of the partition (default: first half)",
-    ),
-    ("--straggler-fraction", "straggler_fraction", _fraction, "fraction of slow trainers"),
-    ("--straggler-slowdown", "straggler_slowdown", positive_float, "how many times slower they train"),
-    ("--byzantine-fraction", "byzantine_fraction", _fraction, "fraction of Byzantine nodes"),
-    ("--byzantine-nodes", "byzantine_nodes", _ids, "comma-separated ids of Byzantine nodes"),
-    ("--byzantine-placement", "byzantine_placement", str, "random, hubs or target"),
-    ("--byzantine-target", "byzantine_target", non_negative_int, "node surrounded by placement 'target'"),
-    (
-        "--attack",
-        "attack",
-        str,
-        "an aggregation attack (alie, ipm, ...), dissensus, label-flip, silent, equivocation",
-    ),
-    (
-        "--threads",
-        "threads",
-        positive_int,
-        "torch threads during the run (default 1: fastest for small models)",
-    ),
-    ("--eval-every", "eval_every", positive_int, "evaluate every N rounds"),
-    (
-        "--eval-nodes",
-        "eval_nodes",
-        non_negative_int,
-        "evaluate a fixed seeded subset of K honest nodes (0 = all)",
-    ),
-    ("--eval-samples", "eval_samples", non_negative_int, "evaluate on the first N test samples (0 = all)"),
+# (config key, type of its flag --KEY-WITH-DASHES); each flag's help is its SimConfig field's (flag_help)
+FLAGS: tuple[tuple[str, Any], ...] = (
+    ("name", str),
+    ("nodes", positive_int),
+    ("rounds", positive_int),
+    ("seed", int),
+    ("topology", str),
+    ("mixing", str),
+    ("protocol", str),
+    ("rule", str),
+    ("local_steps", non_negative_int),
+    ("gossip_steps", positive_int),
+    ("round_timeout", positive_float),
+    ("dataset", str),
+    ("partition", str),
+    ("model", str),
+    ("lr", positive_float),
+    ("momentum", non_negative_float),
+    ("weight_decay", non_negative_float),
+    ("batch_size", positive_int),
+    ("sam_rho", non_negative_float),
+    ("step_time", positive_float),
+    ("latency", non_negative_float),
+    ("bandwidth", positive_float),
+    ("loss", non_negative_float),
+    ("crash_fraction", _fraction),
+    ("crash_nodes", _ids),
+    ("crash_round", non_negative_int),
+    ("crash_placement", str),
+    ("churn_leave", _fraction),
+    ("churn_rejoin", _fraction),
+    ("churn_trace", str),
+    ("churn_leave_rate", non_negative_float),
+    ("churn_crash_rate", non_negative_float),
+    ("churn_rejoin_rate", non_negative_float),
+    ("churn_late", _fraction),
+    ("partition_rounds", _interval),
+    ("partition_nodes", _ids),
+    ("straggler_fraction", _fraction),
+    ("straggler_slowdown", positive_float),
+    ("byzantine_fraction", _fraction),
+    ("byzantine_nodes", _ids),
+    ("byzantine_placement", str),
+    ("byzantine_target", non_negative_int),
+    ("attack", str),
+    ("threads", positive_int),
+    ("eval_every", positive_int),
+    ("eval_nodes", non_negative_int),
+    ("eval_samples", non_negative_int),
 )
 
-# (flag, config key, help): on/off settings, each with its --no- form
-SWITCHES: tuple[tuple[str, str, str], ...] = (
-    ("--omniscient", "omniscient", "simulated attackers see the honest vectors they need (default: yes)"),
-    (
-        "--uplink-queue",
-        "uplink_queue",
-        "a node's messages share its uplink's bandwidth, one after another (default: independent links)",
-    ),
-    (
-        "--include-own",
-        "include_own",
-        "robust (non-gossip) rules aggregate the node's own model with its neighbours' (default: yes)",
-    ),
+# on/off settings, each with its --no- form
+SWITCHES: tuple[str, ...] = (
+    "omniscient",
+    "uplink_queue",
+    "include_own",
 )
+
+
+def flag_of(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def flag_help(key: str) -> str:
+    """A run setting's flag help: its ``SimConfig`` field's help and default (one place for both); the
+    topology and protocol lists come from their registries, when help is shown."""
+    from phalanx.gossip.fields import help_with_default
+    from phalanx.sim.config import FIELDS
+
+    f = FIELDS[key]
+    if key == "topology":
+        return topology_help(f.default)
+    if key == "protocol":
+        return protocol_help()
+    return help_with_default(f).replace("%", "%%")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -160,10 +124,12 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="start from a shipped preset (see --list-presets)")
     parser.add_argument("--list-presets", action="store_true", help="list the shipped presets and exit")
     group = parser.add_argument_group("run settings (each also a key of the TOML file)")
-    for flag, key, kind, text in FLAGS:
-        group.add_argument(flag, dest=key, type=kind, default=None, help=text)
-    for flag, key, text in SWITCHES:
-        group.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None, help=text)
+    for key, kind in FLAGS:
+        group.add_argument(flag_of(key), dest=key, type=kind, default=None, help=flag_help(key))
+    for key in SWITCHES:
+        group.add_argument(
+            flag_of(key), dest=key, action=argparse.BooleanOptionalAction, default=None, help=flag_help(key)
+        )
     for table in ("rule", "attack", "protocol"):
         group.add_argument(
             f"--{table}-param",

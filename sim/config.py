@@ -2,27 +2,30 @@
 
 The TOML file holds the same keys as the dataclass fields at the top level, plus the tables
 ``[rule_params]``, ``[attack_params]`` and ``[protocol_params]``. Flags override the file. Every problem is a
-:class:`ConfigError` (a ``ValueError``) naming the key, raised before anything trains.
+:class:`ConfigError` (a ``ValueError``, the node's too) naming the key, raised before anything trains.
+Values are coerced by :func:`phalanx.gossip.fields.coerce` from the field types, and bounded by the fields'
+metadata, which also holds the help that ``phalanx sim --help`` shows.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from phalanx.gossip import fields as fields_
+from phalanx.node.train_settings import setting
+
 CRASH_PLACEMENTS = ("random", "hubs", "relays", "data")
 BYZ_PLACEMENTS = ("random", "hubs", "target")
 BEHAVIOURS = ("label-flip", "silent", "equivocation")
 
 
-class ConfigError(ValueError):
-    """A setting that cannot be used."""
+ConfigError = fields_.ConfigError  # one class for the simulator and the node (phalanx.gossip.fields)
 
 
 @contextmanager
@@ -36,130 +39,121 @@ def settings_errors() -> Iterator[None]:
         raise ConfigError(str(exc)) from None
 
 
+def _f(default: Any, help: str, **bounds: Any) -> Any:
+    """A field with its default, its help (the CLI's flag help reads it) and its bounds."""
+    return field(default=default, metadata={"help": help, **bounds})
+
+
+_FRACTION = {"min": 0, "max": 1}
+_SECONDS = {"min": 0, "finite": True}
+_POSITIVE = {"gt": 0, "finite": True}
+
+
 @dataclass(frozen=True, kw_only=True)
 class SimConfig:
-    """Every choice of a simulation run. Times are virtual seconds; rates are per round."""
+    """Every choice of a simulation run. Times are virtual seconds; rates are per round.
+
+    Each field's metadata holds its help (``phalanx sim --help`` shows it) and its bounds
+    (:func:`phalanx.gossip.fields.check_bounds`); the training settings come from
+    :mod:`phalanx.node.train_settings`, shared with the node.
+    """
 
     # the run
-    name: str = "run"
-    nodes: int = 16
-    rounds: int = 20
-    seed: int = 0
+    name: str = _f("run", "run name, the output folder's default name")
+    nodes: int = _f(16, "number of nodes", min=2)
+    rounds: int = _f(20, "number of rounds", min=1)
+    seed: int = setting("seed")
     # topology and mixing
-    topology: str = "regular:4"
-    mixing: str = "metropolis"
+    topology: str = _f("regular:4", "the communication graph")
+    mixing: str = _f("metropolis", "mixing weights: metropolis, uniform or max-degree")
     # protocol and rule
-    protocol: str = "dpsgd"
-    protocol_params: dict[str, Any] = field(default_factory=dict)
-    rule: str = "mean"
-    rule_params: dict[str, Any] = field(default_factory=dict)
-    include_own: bool = True
-    local_steps: int = 1
-    gossip_steps: int = 1
-    round_timeout: float = 1.0
+    protocol: str = _f("dpsgd", "the protocol")
+    protocol_params: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "the protocol's parameters"}
+    )
+    rule: str = _f("mean", "aggregation rule (mean = D-PSGD mixing)")
+    rule_params: dict[str, Any] = field(default_factory=dict, metadata={"help": "the rule's parameters"})
+    include_own: bool = _f(
+        True, "robust (non-gossip) rules aggregate the node's own model with its neighbours'"
+    )
+    local_steps: int = _f(1, "local SGD steps per round", min=0)
+    gossip_steps: int = _f(1, "Q gossip exchanges per round (DFedSAM-MGS)", min=1)
+    round_timeout: float = _f(1.0, "virtual seconds to wait for neighbours", **_POSITIVE)
     # data, model, local optimiser
-    dataset: str = "mnist"
-    partition: str = "iid"
-    model: str = "mlp"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 32
-    sam_rho: float = 0.0
+    dataset: str = setting("dataset")
+    partition: str = setting("partition")
+    model: str = setting("model")
+    lr: float = setting("lr")
+    momentum: float = setting("momentum")
+    weight_decay: float = setting("weight_decay")
+    batch_size: int = setting("batch_size")
+    sam_rho: float = setting("sam_rho")
     # virtual network and time
-    step_time: float = 0.01
-    latency: float = 0.01
-    bandwidth: float = math.inf
-    loss: float = 0.0
-    uplink_queue: bool = False  # a node's messages share its uplink (bandwidth) instead of independent links
+    step_time: float = _f(0.01, "virtual seconds per local step", **_POSITIVE)
+    latency: float = _f(0.01, "default link latency (virtual seconds)", **_SECONDS)
+    bandwidth: float = _f(math.inf, "default link bandwidth (bytes per virtual second)", gt=0)
+    loss: float = _f(0.0, "message loss probability", min=0, lt=1)
+    uplink_queue: bool = _f(
+        False, "a node's messages share its uplink's bandwidth, one after another (else independent links)"
+    )
     # faults
-    crash_fraction: float = 0.0
-    crash_nodes: tuple[int, ...] = ()
-    crash_round: int = 0
-    crash_placement: str = "random"
-    crash_rounds: dict[str, Any] = field(default_factory=dict)  # node id -> its own crash round
-    churn_leave: float = 0.0  # probability per round that a live honest node leaves
-    churn_rejoin: float = 0.0  # probability per round that a departed node comes back
+    crash_fraction: float = _f(0.0, "fraction of honest nodes that crash", **_FRACTION)
+    crash_nodes: tuple[int, ...] = _f((), "ids of nodes that crash")
+    crash_round: int = _f(0, "round at which they crash", min=0)
+    crash_placement: str = _f(
+        "random", "which nodes crash: random, hubs, relays or data", choices=CRASH_PLACEMENTS
+    )
+    crash_rounds: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "node id -> its own crash round"}
+    )
+    churn_leave: float = _f(0.0, "per-round probability that a live honest node leaves", **_FRACTION)
+    churn_rejoin: float = _f(0.0, "per-round probability that a departed node rejoins", **_FRACTION)
     # churn in virtual time, for every protocol: a CSV trace (time,node,event) or Poisson rates per node
-    churn_trace: str = ""
-    churn_leave_rate: float = 0.0  # announced departures per virtual second of a present node
-    churn_crash_rate: float = 0.0  # silent crashes per virtual second of a present node
-    churn_rejoin_rate: float = 0.0  # returns per virtual second of an absent node
-    churn_late: float = 0.0  # fraction of the nodes that join late, at a uniform time
-    churn_horizon: float = 0.0  # seconds the rates run for (0: rounds x (round_timeout + training time))
-    partition_rounds: tuple[int, ...] = ()
-    partition_nodes: tuple[int, ...] = ()  # one side of the cut; empty: nodes 0 .. n/2-1
-    straggler_fraction: float = 0.0
-    straggler_slowdown: float = 4.0
+    churn_trace: str = _f("", "CSV churn trace (time,node,event: join, leave or crash), any protocol")
+    churn_leave_rate: float = _f(0.0, "announced leaves per virtual second per node", **_SECONDS)
+    churn_crash_rate: float = _f(0.0, "silent crashes per virtual second per node", **_SECONDS)
+    churn_rejoin_rate: float = _f(0.0, "returns per virtual second per absent node", **_SECONDS)
+    churn_late: float = _f(0.0, "fraction of nodes that join late, at a uniform time", min=0, lt=1)
+    churn_horizon: float = _f(
+        0.0, "seconds the churn rates run for (0: rounds x (round_timeout + training time))", **_SECONDS
+    )
+    partition_rounds: tuple[int, ...] = _f((), "START:END rounds of a network partition")
+    partition_nodes: tuple[int, ...] = _f((), "ids on one side of the partition (default: the first half)")
+    straggler_fraction: float = _f(0.0, "fraction of slow trainers", **_FRACTION)
+    straggler_slowdown: float = _f(4.0, "how many times slower they train", **_POSITIVE)
     # Byzantine nodes
-    byzantine_fraction: float = 0.0
-    byzantine_nodes: tuple[int, ...] = ()
-    byzantine_placement: str = "random"
-    byzantine_target: int = 0
-    attack: str = "alie"
-    attack_params: dict[str, Any] = field(default_factory=dict)
-    attacks: dict[str, Any] = field(default_factory=dict)  # node id -> its own attack (else ``attack``)
-    omniscient: bool = True
+    byzantine_fraction: float = _f(0.0, "fraction of Byzantine nodes", **_FRACTION)
+    byzantine_nodes: tuple[int, ...] = _f((), "ids of Byzantine nodes")
+    byzantine_placement: str = _f("random", "where they sit: random, hubs or target", choices=BYZ_PLACEMENTS)
+    byzantine_target: int = _f(0, "node surrounded by placement 'target'", min=0)
+    attack: str = _f(
+        "alie", "an aggregation attack (alie, ipm, ...), dissensus, label-flip, silent, equivocation"
+    )
+    attack_params: dict[str, Any] = field(default_factory=dict, metadata={"help": "the attack's parameters"})
+    attacks: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "node id -> its own attack (else attack)"}
+    )
+    omniscient: bool = _f(True, "simulated attackers see the honest vectors they need")
     # torch intra-op threads while the run lasts: 1 is fastest for per-node work this small (and immune to
     # the spin-waiting of idle OpenMP threads on a loaded machine)
-    threads: int = 1
+    threads: int = _f(1, "torch threads during the run (1: fastest for small models)", min=1)
     # evaluation
-    eval_every: int = 5
-    eval_nodes: int = 0
-    eval_samples: int = 0
+    eval_every: int = _f(5, "evaluate every N rounds", min=1)
+    eval_nodes: int = _f(0, "evaluate a fixed seeded subset of K honest nodes (0 = all)", min=0)
+    eval_samples: int = _f(0, "evaluate on the first N test samples (0 = all)", min=0)
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
             if not ok:
                 raise ConfigError(message)
 
-        need(self.nodes >= 2, f"nodes must be >= 2, got {self.nodes}")
-        need(self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}")
-        need(self.local_steps >= 0, f"local_steps must be >= 0, got {self.local_steps}")
-        need(self.gossip_steps >= 1, f"gossip_steps must be >= 1, got {self.gossip_steps}")
-        for key in ("round_timeout", "lr", "step_time", "straggler_slowdown"):
-            value = getattr(self, key)
-            need(value > 0 and math.isfinite(value), f"{key} must be a finite number > 0, got {value}")
-        need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
-        for key in (
-            "weight_decay",
-            "sam_rho",
-            "latency",
-            "churn_leave_rate",
-            "churn_crash_rate",
-            "churn_rejoin_rate",
-            "churn_horizon",
-        ):
-            value = getattr(self, key)
-            need(value >= 0 and math.isfinite(value), f"{key} must be a finite number >= 0, got {value}")
-        need(self.bandwidth > 0, f"bandwidth must be > 0, got {self.bandwidth}")
-        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        need(0 <= self.loss < 1, f"loss must be in [0, 1), got {self.loss}")
-        for key in (
-            "crash_fraction",
-            "byzantine_fraction",
-            "straggler_fraction",
-            "churn_leave",
-            "churn_rejoin",
-        ):
-            value = getattr(self, key)
-            need(0 <= value <= 1, f"{key} must be in [0, 1], got {value}")
+        fields_.check_bounds(self, error=ConfigError)
         need(self.byzantine_fraction < 1, "byzantine_fraction must leave at least one honest node")
-        need(0 <= self.churn_late < 1, f"churn_late must be in [0, 1), got {self.churn_late}")
-        need(self.crash_round >= 0, f"crash_round must be >= 0, got {self.crash_round}")
-        need(
-            self.crash_placement in CRASH_PLACEMENTS,
-            f"unknown crash_placement {self.crash_placement!r}; choose one of: {', '.join(CRASH_PLACEMENTS)}",
-        )
-        need(
-            self.byzantine_placement in BYZ_PLACEMENTS,
-            f"unknown byzantine_placement {self.byzantine_placement!r}; choose one of: {', '.join(BYZ_PLACEMENTS)}",
-        )
         for key in ("crash_nodes", "byzantine_nodes", "partition_nodes"):
             ids = getattr(self, key)
             need(all(0 <= i < self.nodes for i in ids), f"{key} must be node ids in 0..{self.nodes - 1}")
             need(len(set(ids)) == len(ids), f"{key} lists a node twice")
-        need(0 <= self.byzantine_target < self.nodes, f"byzantine_target must be in 0..{self.nodes - 1}")
+        need(self.byzantine_target < self.nodes, f"byzantine_target must be in 0..{self.nodes - 1}")
         need(
             len(self.partition_rounds) in (0, 2)
             and all(r >= 0 for r in self.partition_rounds)
@@ -170,9 +164,6 @@ class SimConfig:
             len(self.partition_nodes) < self.nodes,
             "partition_nodes must leave at least one node on the other side of the cut",
         )
-        need(self.threads >= 1, f"threads must be >= 1, got {self.threads}")
-        need(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
-        need(self.eval_nodes >= 0 and self.eval_samples >= 0, "eval_nodes and eval_samples must be >= 0")
         need(self.num_byzantine < self.nodes, "every node would be Byzantine")
         for key, table in (("attacks", self.attacks), ("crash_rounds", self.crash_rounds)):
             need(
@@ -222,65 +213,19 @@ class SimConfig:
 
 
 FIELDS = {f.name: f for f in fields(SimConfig)}
-_TABLES = ("rule_params", "attack_params", "protocol_params", "attacks", "crash_rounds")
-
-
-def _coerce(key: str, value: Any) -> Any:
-    default = FIELDS[key].default
-    if key in _TABLES:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a table of name = value")
-        return dict(value)
-    if isinstance(default, tuple):
-        if not isinstance(value, list | tuple) or not all(type(v) is int for v in value):
-            raise ConfigError(f"{key} must be a list of whole numbers")
-        return tuple(value)
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false")
-        return value
-    if isinstance(default, int):
-        if type(value) is not int:
-            raise ConfigError(f"{key} must be a whole number, got {value!r}")
-        return value
-    if isinstance(default, float):
-        if value == "inf":
-            return math.inf
-        if type(value) not in (int, float):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if not isinstance(value, str):
-        raise ConfigError(f"{key} must be a string, got {value!r}")
-    return value
 
 
 def from_mapping(data: dict[str, Any]) -> SimConfig:
     """A config from plain values (a parsed TOML document); unknown keys are errors."""
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in FIELDS:
-            raise ConfigError(f"unknown setting {key!r}")
-        values[key] = _coerce(key, value)
-    return SimConfig(**values)
+    fields_.reject_unknown(SimConfig, data, error=ConfigError)
+    return SimConfig(**fields_.coerce(SimConfig, data, error=ConfigError))
 
 
 def load_toml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+    return fields_.load_toml(path, error=ConfigError)
 
 
-def parse_value(text: str) -> Any:
-    """A flag's KEY=VALUE value: TOML syntax when it parses (numbers, booleans, lists), else a string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+parse_value = fields_.parse_value
 
 
 def presets_dir() -> Path:

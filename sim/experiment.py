@@ -22,6 +22,7 @@ from phalanx.gossip import registry
 from phalanx.gossip.aggregator import Combiner, gossip_rule_names, rule_names
 from phalanx.gossip.byzantine import HonestView, attack_names
 from phalanx.gossip.events import PeerId
+from phalanx.gossip.identity import sim_keyring
 from phalanx.gossip.messages import ModelUpdate
 from phalanx.gossip.protocol import Protocol
 from phalanx.gossip.spec import AttackSpec, NodeContext, ProtocolSpec, WorldDefaults
@@ -36,7 +37,8 @@ from phalanx.sim.faults import FaultSchedule, churn_trace, late_nodes
 from phalanx.sim.metrics import Metrics
 from phalanx.sim.mixing import mixing_matrix, neighbour_weights, spectral_gap
 from phalanx.sim.network import network_for
-from phalanx.sim.topology import TimeVarying, build_graph, is_time_varying
+from phalanx.sim.topology import build_graph, is_time_varying
+from phalanx.sim.topology import parse as parse_topology
 
 BEHAVIOUR_OF = {
     "dissensus": "dissensus",
@@ -337,6 +339,9 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
     delay = min(config.round_timeout / 2, 2 * config.latency + 1e-3)
     spec, protocol_config = plan.protocol, plan.protocol_config
     late = late_nodes(plan.churn)
+    # every simulated node has an ed25519 key (derived from the seed); one verifier, shared by all nodes,
+    # checks each distinct signed record once
+    signers, verifier = sim_keyring(peers, config.seed)
     protocols: dict[PeerId, Protocol] = {}
     for i in range(config.nodes):
         node = str(i)
@@ -351,6 +356,8 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
             schedule=schedule_of(node) if schedule_of else None,
             include_own=config.include_own,
             late=node in late,
+            signer=signers[node],
+            verifier=verifier,
         )
         attack = None
         if node in byz:
@@ -414,6 +421,7 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
             "train_steps": worker.steps_run,
             "bytes": engine.bytes_sent,
             "messages": engine.messages_sent,
+            "signatures_verified": verifier.checked,
         },
         protocols=protocols,
     )
@@ -426,15 +434,16 @@ def _schedules(
 ]:
     """Per node, its mixing weights of a round; and every node's weights of a round (for attackers)."""
     config = plan.config
-    k = int(config.topology.split(":")[1])
-    tv = TimeVarying(config.nodes, k, config.seed)
+    graph_at = parse_topology(config.topology).graph_of_round(config.nodes, config.seed)
+    if graph_at is None:
+        raise ConfigError(f"topology {config.topology!r} does not change with the rounds")
     cache: dict[int, dict[int, dict[int, float]]] = {}
 
     def weights_at(round_: int) -> dict[int, dict[int, float]]:
         if round_ not in cache:
             if len(cache) > 4:
                 cache.pop(min(cache))
-            cache[round_] = neighbour_weights(tv.graph(round_), config.mixing)
+            cache[round_] = neighbour_weights(graph_at(round_), config.mixing)
         return cache[round_]
 
     def for_node(node: PeerId) -> Callable[[int], Mapping[PeerId, float]]:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from phalanx.gossip.modest.admission import AdmissionPolicy
 from phalanx.gossip.spec import RunSettings, WorldDefaults
 
 
@@ -40,6 +41,10 @@ class ModestConfig:
     progress_timeout: float = 10.0
     watch_limit: int = 3
     rushing: bool = False
+    max_round_step: int = 2  # how far past this node's round a received record's claim may reach
+    round_witnesses: int = 2  # distinct members whose pongs must vouch for a newer round
+    admission: AdmissionPolicy = field(default_factory=AdmissionPolicy)  # who may become a member
+    sample_slack: int = 10  # rank positions past s (or a) from which a round's models are still accepted
     byzantine_roles: tuple[str, ...] = ("trainer", "aggregator")  # read only by a Byzantine node's builder
 
     def __post_init__(self) -> None:
@@ -55,6 +60,8 @@ class ModestConfig:
             raise ValueError(f"combine_quorum must be in [0, a], got {self.combine_quorum}")
         if not self.byzantine_roles or set(self.byzantine_roles) - {"trainer", "aggregator"}:
             raise ValueError(f"byzantine_roles must be trainer and/or aggregator, got {self.byzantine_roles}")
+        if self.max_round_step < 1 or self.sample_slack < 0 or self.round_witnesses < 1:
+            raise ValueError("max_round_step and round_witnesses must be >= 1, sample_slack >= 0")
         if self.join_delay < 1 or self.rounds < 0 or self.watch_limit < 0 or not self.progress_timeout > 0:
             raise ValueError("join_delay must be >= 1, rounds and watch_limit >= 0, progress_timeout > 0")
 
@@ -103,9 +110,30 @@ class ModestParams:
     announce: int = field(default=3, metadata=_help("peers a join or leave is announced to"))
     join_delay: int = field(default=2, metadata=_help("rounds before a joiner can be sampled"))
     view_window: int = field(default=2, metadata=_help("rounds of view changes sent with each model"))
+    max_round_step: int = field(
+        default=2, metadata=_help("rounds past this node's a received membership record may claim")
+    )
+    round_witnesses: int = field(
+        default=2, metadata=_help("distinct members that must vouch for a newer round before it is adopted")
+    )
+    sample_slack: int = field(
+        default=10, metadata=_help("rank positions past s (or a) from which a round's models are accepted")
+    )
     byzantine_roles: str = field(
         default="trainer,aggregator",
         metadata=_help("when a Byzantine node attacks: trainer and/or aggregator"),
+    )
+    members: tuple[str, ...] = field(
+        default=(), metadata=_help("allow-list: the only peer ids that may become members (empty: anyone)")
+    )
+    pow_bits: int = field(
+        default=0, metadata=_help("proof of work a newcomer's peer id must carry (leading zero bits)")
+    )
+    admit_per_round: int = field(
+        default=0, metadata=_help("newcomers admitted per round at most (0: no cap)")
+    )
+    admit_per_introducer: int = field(
+        default=0, metadata=_help("newcomers admitted per round from one introducer's records (0: no cap)")
     )
 
     def roles(self) -> tuple[str, ...]:
@@ -144,6 +172,15 @@ def configure(settings: RunSettings, params: ModestParams, world: WorldDefaults)
         announce=params.announce,
         join_delay=params.join_delay,
         view_window=params.view_window,
+        max_round_step=params.max_round_step,
+        round_witnesses=params.round_witnesses,
+        admission=AdmissionPolicy(
+            allow=frozenset(params.members) if params.members else None,
+            pow_bits=params.pow_bits,
+            per_round=params.admit_per_round,
+            per_introducer=params.admit_per_introducer,
+        ),
+        sample_slack=params.sample_slack,
         rounds=settings.rounds,
         byzantine_roles=params.roles(),
     )

@@ -40,7 +40,8 @@ activity after a silent absence, or, for a node built ``late``, joins for the fi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import heapq
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -56,6 +57,7 @@ from phalanx.gossip.events import (
     Train,
     TrainingDone,
 )
+from phalanx.gossip.identity import Signer, Verifier
 from phalanx.gossip.membership import View, ViewDelta
 from phalanx.gossip.messages import (
     AggregatedModel,
@@ -68,11 +70,12 @@ from phalanx.gossip.messages import (
     ViewUpdate,
 )
 from phalanx.gossip.modest import timers
+from phalanx.gossip.modest.admission import Gate
 from phalanx.gossip.modest.config import ModestConfig
 from phalanx.gossip.modest.roles import Added, Aggregator, RobustTrainer
 from phalanx.gossip.modest.search import Role, Searches
 from phalanx.gossip.protocol import LocalProtocolError, Protocol
-from phalanx.gossip.sampling import AGGREGATORS, TRAINERS, candidates, sample
+from phalanx.gossip.sampling import AGGREGATORS, TRAINERS, candidates, ranking, sample
 
 
 class Modest(Protocol):
@@ -93,12 +96,14 @@ class Modest(Protocol):
         rng: np.random.Generator,
         joining: bool = False,
         late: bool = False,
+        signer: Signer | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self.node = node
         self.config = config
         self.rng = rng
         self.model = params.clone()
-        self.view = View(node, () if joining else peers)
+        self.view = View(node, () if joining else peers, signer=signer, verifier=verifier)
         self.bootstrap = tuple(p for p in peers if p != node)
         self.joining = joining
         self.late = late
@@ -119,7 +124,13 @@ class Modest(Protocol):
             "trainings": 0,
             "abandoned": 0,
             "rejected_nonfinite": 0,
+            "rejected_not_sampled": 0,
+            "rejected_unsolicited": 0,
+            "rejected_record": 0,
         }
+        self._asked: set[PeerId] = set()  # peers this node sent a Join to: their ViewUpdate answers it
+        self._ahead: dict[PeerId, int] = {}  # members' claims of rounds newer than this node's
+        self.gate = Gate(config.admission)
 
         self.searches = Searches(
             node=node, config=config, deliver_local=self._deliver_local, counters=self.counters
@@ -127,6 +138,8 @@ class Modest(Protocol):
 
     def stats(self) -> dict[str, float]:
         out: dict[str, float] = dict(self.counters)
+        out["rejected_record"] = self.view.rejected
+        out["refused_admission"] = self.gate.refused
         combiners = [self.aggregator.combiner] + ([self.robust.combiner] if self.robust else [])
         out["rule_failures"] = sum(c.failures for c in combiners)
         out["dropped_nonfinite"] = sum(c.dropped_nonfinite for c in combiners)
@@ -165,20 +178,26 @@ class Modest(Protocol):
 
     def _begin(self, now: float) -> list[Action]:
         if self.joining:
-            return self._announce(Join(counter=self.view.counter(self.node) + 1), self.bootstrap)
+            return self._announce(Join, self.view.counter(self.node) + 1, self.bootstrap)
         trainers = sample(self.view, 0, self.config.s, inactivity=self.config.inactivity, role=TRAINERS)
         if self.node in trainers:
             return self._start_training(0, self.model)
         return []
 
-    def _announce(self, message: Join | Leave, pool: Sequence[PeerId]) -> list[Action]:
+    def _announce(self, kind: type[Join] | type[Leave], counter: int, pool: Sequence[PeerId]) -> list[Action]:
+        """Sign this node's new record (``counter``, this round) and announce it to ``announce`` of ``pool``."""
         r = max(self.round, 0)
-        self.view.update(self.node, r if isinstance(message, Join) else 0, message.counter, now_round=r)
+        self.view.own(counter, r, now_round=r)
+        rec = self.view.get(self.node)
+        assert rec is not None
+        message = kind(counter=counter, round=rec.claim, sig=rec.sig)
         if not pool:
             return []
         count = min(self.config.announce, len(pool))
-        picks = self.rng.choice(len(pool), size=count, replace=False)
-        return [Send(peer=pool[int(i)], message=message) for i in sorted(picks)]
+        picks = [pool[int(i)] for i in sorted(self.rng.choice(len(pool), size=count, replace=False))]
+        if kind is Join:
+            self._asked.update(picks)
+        return [Send(peer=peer, message=message) for peer in picks]
 
     def _others(self) -> list[PeerId]:
         return [p for p in self.view.active(max(self.round, 0), self.config.inactivity) if p != self.node]
@@ -193,16 +212,14 @@ class Modest(Protocol):
             return []
         self.left = True
         self._stand_down()
-        return self._announce(Leave(counter=self.view.counter(self.node) + 1), self._others())
+        return self._announce(Leave, self.view.counter(self.node) + 1, self._others())
 
     def join(self, now: float) -> list[Action]:
         """Join again after :meth:`leave`."""
         if not self.left:
             return []
         self.left = False
-        return self._announce(
-            Join(counter=self.view.counter(self.node) + 1), self._others() or list(self.bootstrap)
-        )
+        return self._announce(Join, self.view.counter(self.node) + 1, self._others() or list(self.bootstrap))
 
     def resume(self, now: float) -> list[Action]:
         """Back after the runner took this node away: join again after a ``leave``; after a silent absence
@@ -215,9 +232,7 @@ class Modest(Protocol):
         if self.view.counter(self.node) == 0:  # never joined: announce to the bootstrap peers
             self.joining = True
             return self._begin(now)
-        r = max(self.round, 0)
-        self.view.update(self.node, r, self.view.counter(self.node) + 2, now_round=r)
-        return self._announce(Join(counter=self.view.counter(self.node)), list(self.bootstrap))
+        return self._announce(Join, self.view.counter(self.node) + 2, list(self.bootstrap))
 
     # ------------------------------------------------------------------ messages and timers
 
@@ -243,22 +258,61 @@ class Modest(Protocol):
             return self._on_trained(peer, message, now)
         if isinstance(message, AggregatedModel):
             return self._on_aggregated(peer, message, now)
-        if isinstance(message, Join):
-            r = max(self.round, 0)
-            rec = self.view.get(peer)
-            self.view.update(peer, r + self.config.join_delay, message.counter, now_round=r)
-            if rec is None or not rec.member or rec.counter < message.counter:
-                return [Send(peer=peer, message=ViewUpdate(round=r, view=self.view.delta()))]
-            return []
-        if isinstance(message, Leave):
-            rec = self.view.get(peer)
-            self.view.update(
-                peer, 0 if rec is None else rec.last_active, message.counter, now_round=max(self.round, 0)
-            )
-            return []
+        if isinstance(message, Join | Leave):
+            return self._on_record(peer, message)
         if isinstance(message, ViewUpdate):
-            self.view.merge(message.view, now_round=max(self.round, 0))
-            self.round = max(self.round, message.round)
+            return self._on_view_update(peer, message)
+        return []
+
+    def _admit(self, introducer: PeerId) -> Callable[[PeerId], bool]:
+        """The admission check for newcomers whose records ``introducer`` forwards (or is)."""
+        return lambda peer: self.gate.admit(peer, introducer, max(self.round, 0))
+
+    def _max_claim(self) -> int:
+        """The furthest round a received record may claim: a little past this node's round (a joiner's
+        record claims its join delay ahead)."""
+        return max(self.round, 0) + self.config.join_delay + self.config.max_round_step
+
+    def _on_record(self, peer: PeerId, message: Join | Leave) -> list[Action]:
+        """A peer's own signed record: it joins (again) or leaves. Only the peer can sign it."""
+        r = max(self.round, 0)
+        joining = isinstance(message, Join)
+        accepted = self.view.accept(
+            peer,
+            message.counter,
+            message.round,
+            message.sig,
+            now_round=r,
+            max_claim=self._max_claim(),
+            active_from=r + self.config.join_delay if joining else 0,
+            admit=self._admit(peer),
+        )
+        if accepted is None:
+            self.counters["rejected_record"] += 1
+            return [PenalisePeer(peer=peer, reason="membership record without its owner's signature")]
+        if joining and accepted:
+            return [Send(peer=peer, message=ViewUpdate(round=r, view=self.view.delta()))]
+        return []
+
+    def _on_view_update(self, peer: PeerId, message: ViewUpdate) -> list[Action]:
+        """The answer to this node's Join: the full view and the network's round. From a peer it did not
+        ask, it is dropped; the round is adopted only as far as the signed records in the view vouch for."""
+        if peer not in self._asked:
+            self.counters["rejected_unsolicited"] += 1
+            return [PenalisePeer(peer=peer, reason="view update nobody asked for")]
+        self._asked.discard(peer)
+        bound = message.round + self.config.join_delay + self.config.max_round_step
+        self.view.merge(message.view, now_round=max(self.round, 0), max_claim=bound, admit=self._admit(peer))
+        round_ = message.round
+        if self.view.signed:
+            # evidence: the round claimed by at least three distinct signed records (or all, if fewer)
+            claims = sorted(
+                (rec.claim for p, rec in self.view.records.items() if rec.sig and p != self.node),
+                reverse=True,
+            )
+            vouched = claims[min(2, len(claims) - 1)] if claims else -1
+            round_ = min(round_, vouched + self.config.max_round_step)
+        self.round = max(self.round, round_)
         return []
 
     def _pong(self, peer: PeerId, ping: Ping) -> Pong:
@@ -272,9 +326,28 @@ class Modest(Protocol):
         return Pong(round=k, nonce=ping.nonce, has=has, done=done, latest=max(self.round, 0))
 
     def _on_pong(self, peer: PeerId, message: Pong, now: float) -> list[Action]:
+        if not self.view.is_member(peer):
+            self.counters["rejected_unsolicited"] += 1
+            return []  # not a member: neither its round nor its answer counts
         self.view.touch(peer, message.round, now_round=max(self.round, 0))
-        self.round = max(self.round, message.latest)
+        self._witness(peer, message.latest)
         return self.searches.on_pong(peer, message, now)
+
+    def _witness(self, peer: PeerId, latest: int) -> None:
+        """A member says the network reached round ``latest``. No one member's word moves this node:
+        it adopts the newest round that ``round_witnesses`` distinct members vouch for."""
+        if latest <= self.round:
+            return
+        ahead = self._ahead
+        ahead[peer] = max(latest, ahead.get(peer, -1))
+        need = min(self.config.round_witnesses, max(1, len(self.view) - 1))
+        if len(ahead) < need:
+            return
+        vouched = heapq.nlargest(need, ahead.values())[-1]
+        if vouched > self.round:
+            self.round = vouched
+            for p in [p for p, r in ahead.items() if r <= vouched]:
+                del ahead[p]
 
     def on_timer(self, name: str, now: float) -> list[Action]:
         timer = timers.parse(name)
@@ -297,12 +370,47 @@ class Modest(Protocol):
         self.counters["rejected_nonfinite"] += 1
         return [] if peer == self.node else [PenalisePeer(peer=peer, reason="non-finite model")]
 
+    def _sampled(self, peer: PeerId, k: int, tag: bytes, need: int) -> bool:
+        """Whether ``peer`` ranks among the first ``need + sample_slack`` active candidates of round ``k``
+        in this node's view: who may send a round's models (the slack covers candidates skipped because
+        earlier ones did not answer, and views that differ a little)."""
+        if peer == self.node:
+            return True
+        rec = self.view.get(peer)
+        if rec is None or not rec.member:
+            return False  # an outsider, or a peer that left
+        limit = need + self.config.sample_slack
+        oldest = k - self.config.inactivity
+        seen = 0
+        records = self.view.records
+        # the ranking without the "not active before its join delay" bound: a sender the node has since
+        # seen active in a later round still ranks where it did;        # a candidate this node found dead (a missed ping) does not count: the sender skipped it too
+        for candidate in ranking(self.view.ids(), k, tag):
+            other = records[candidate]
+            if candidate == peer:
+                return True
+            if other.counter % 2 == 1 and other.last_active >= oldest:
+                if self.searches.suspected(candidate, self.view):
+                    continue
+                seen += 1
+                if seen >= limit:
+                    break
+        return False
+
+    def _not_sampled(self, peer: PeerId, what: str) -> list[Action]:
+        self.counters["rejected_not_sampled"] += 1
+        return [PenalisePeer(peer=peer, reason=f"{what} from a peer not sampled for that round")]
+
     def _on_trained(self, peer: PeerId, message: TrainedModel, now: float) -> list[Action]:
         refused = self._refuse(peer, message.params)
         if refused is not None:
             return refused
         k = message.round
-        self.view.merge(message.view, now_round=max(self.round, 0))
+        if not self._sampled(peer, k, TRAINERS, self.config.s):
+            return self._not_sampled(peer, "trained model")
+        self.view.merge(
+            message.view, now_round=max(self.round, 0), max_claim=self._max_claim(), admit=self._admit(peer)
+        )
         self.view.touch(peer, k, now_round=max(self.round, 0))
         added = self.aggregator.add(peer, k, message.params, network_round=self.round)
         if added is Added.ENOUGH:
@@ -329,7 +437,11 @@ class Modest(Protocol):
         if refused is not None:
             return refused
         k = message.round
-        self.view.merge(message.view, now_round=max(self.round, 0))
+        if k < 1 or not self._sampled(peer, k, AGGREGATORS, self.config.a):
+            return self._not_sampled(peer, "aggregated model")
+        self.view.merge(
+            message.view, now_round=max(self.round, 0), max_claim=self._max_claim(), admit=self._admit(peer)
+        )
         self.view.touch(peer, k, now_round=max(self.round, 0))
         if k <= self.started or k < self.round:
             return []  # already training this round (or a newer one), or a stale round

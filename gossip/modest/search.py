@@ -172,6 +172,13 @@ class Searches:
             )
         return actions
 
+    def expects(self, peer: PeerId, pong: Pong) -> bool:
+        """Whether ``pong`` answers a ping of this node still waiting for ``peer`` (same nonce and round)."""
+        search = self.active.get(pong.nonce)
+        return (
+            search is not None and search.round == pong.round and search.state.get(peer) is Candidate.WAITING
+        )
+
     def on_pong(self, peer: PeerId, pong: Pong, now: float) -> list[Action]:
         search = self.active.get(pong.nonce)
         if search is None or search.state.get(peer) is not Candidate.WAITING:

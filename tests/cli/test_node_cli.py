@@ -30,7 +30,7 @@ def cli(argv: list[str]) -> int:
         (["--neighbour", "/ip4/127.0.0.1/tcp/1"], "needs /ip4/HOST/tcp/PORT/p2p/PEER_ID"),
         (["--neighbour", "garbage"], "bad peer multiaddr"),
         (["--listen", "nonsense"], "bad listen multiaddr"),
-        (["--round-timeout", "0"], "round-timeout must be > 0"),
+        (["--round-timeout", "0"], "round_timeout must be a finite number > 0, got 0"),
         (["--index", "3", "--nodes", "2"], "index 3 out of range for 2 nodes"),
         (["--rule-param", "novalue"], "--rule-param expects KEY=VALUE"),
         (["--topology-file", "t.txt"], "topology-file and address-book go together"),
@@ -116,3 +116,33 @@ def test_net_up_node_out_of_range(tmp_path: Path, capsys: pytest.CaptureFixture[
     )
     err = capsys.readouterr().err
     assert err.startswith("phalanx net up: error: ") and "0..2" in err, err
+
+
+def test_node_and_net_up_flags_take_nodeconfig_s_defaults_and_help(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One place for a node setting: net up's defaults are the node's, and both commands' help is the field's."""
+    from dataclasses import fields
+
+    from phalanx.cli import build_parser
+    from phalanx.gossip.fields import describe
+    from phalanx.node.config import NodeConfig
+
+    defaults = NodeConfig()
+    args = build_parser().parse_args(["net", "up"])
+    for key in (
+        "protocol",
+        "rule",
+        "local_steps",
+        "gossip_steps",
+        "round_timeout",
+        "eval_every",
+        "lr",
+        "seed",
+    ):
+        assert getattr(args, key) == getattr(defaults, key), key
+    assert cli(["node", "run", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for f in fields(NodeConfig):
+        if f.name != "protocol":
+            assert " ".join(describe(f).split()) in text, f.name

@@ -179,3 +179,34 @@ def test_sweep_keeps_the_presets_settings(tmp_path) -> None:
     (run_dir,) = (out / "runs").iterdir()
     config = from_mapping(tomllib.loads((run_dir / "config.toml").read_text()))
     assert (config.churn_leave, config.loss, config.rounds, config.nodes) == (0.05, 0.05, 2, 8)
+
+
+def test_every_setting_has_its_flag_and_the_help_is_the_field_s(capsys) -> None:
+    """Flags and their help are defined once, on SimConfig's fields: a new field gets its flag (or is
+    named here as file-only), and the help shown is the field's own text, with its default."""
+    from dataclasses import fields
+
+    from phalanx.gossip.fields import describe
+    from phalanx.sim.config import SimConfig
+    from phalanx.sim_cmd import FLAGS, SWITCHES
+
+    file_only = {"crash_rounds", "attacks", "churn_horizon"}  # tables and a derived default
+    tables = {"rule_params", "attack_params", "protocol_params"}
+    covered = {key for key, _ in FLAGS} | set(SWITCHES) | tables | file_only
+    assert covered == {f.name for f in fields(SimConfig)}
+    assert status(["sim", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for f in fields(SimConfig):
+        if f.name in covered - tables - file_only and f.name not in ("topology", "protocol"):
+            assert describe(f) and " ".join(describe(f).split()) in text, f.name
+    assert "--lr LR learning rate (default: 0.05)" in text
+
+
+@pytest.mark.parametrize("command", [["sim"], ["sweep"], ["net", "up"]])
+def test_topology_help_lists_the_registry(command, capsys) -> None:
+    from phalanx.sim import topology
+
+    assert status([*command, "--help"]) == 0
+    text = "".join(capsys.readouterr().out.split())  # argparse breaks lines at hyphens
+    for usage in topology.names():
+        assert usage in text, usage

@@ -206,3 +206,26 @@ def test_cancel_timer_named_like_the_set_one() -> None:
     msg(p, "a", 0.0)
     acts = msg(p, "b", 0.0)
     assert any(isinstance(a, CancelTimer) and a.name == set_name for a in acts)
+
+
+def test_a_node_far_behind_resynchronises_when_a_majority_of_its_neighbours_is_ahead():
+    """A stall used to be permanent: a node more than max_ahead rounds behind dropped every model as
+    too early. With a majority of its neighbours ahead it jumps to their (lowest) round."""
+    p = DPSGD(DPSGDConfig(neighbours=("a", "b", "c"), max_ahead=2, round_timeout=1.0), torch.zeros(3))
+    p.start(0.0)
+    assert p.on_message("a", ModelUpdate(round=10, step=0, params=torch.ones(3)), 0.1) == []
+    assert p.round == 0  # one neighbour's word is not enough
+    out = p.on_message("b", ModelUpdate(round=9, step=0, params=torch.full((3,), 2.0)), 0.2)
+    assert p.round == 9 and p.counters.resyncs == 1
+    assert [a.round for a in out if isinstance(a, Train)] == [9]
+    # b's model of round 9 is already in the round's exchange; a's round-10 model was for a later round
+    out = p.on_training_done(TrainingDone(round=9, params=torch.zeros(3)), 0.3)
+    assert any(isinstance(a, Send) and a.message.round == 9 for a in out)
+
+
+def test_a_stranger_far_ahead_cannot_move_a_node():
+    p = DPSGD(DPSGDConfig(neighbours=("a", "b"), max_ahead=2), torch.zeros(3))
+    p.start(0.0)
+    for stranger in ("x", "y", "z"):
+        p.on_message(stranger, ModelUpdate(round=50, step=0, params=torch.ones(3)), 0.1)
+    assert p.round == 0 and p.counters.resyncs == 0

@@ -79,15 +79,20 @@ def test_success_fraction_and_timeout_let_an_aggregator_proceed():
     assert max(d.rounds()) == 5
 
 
+def aggregator_of(k: int) -> str:
+    return sample(View("observer", PEERS), k, 1, inactivity=1000, role=AGGREGATORS)[0]
+
+
 def test_a_newer_rounds_model_abandons_training():
     node = PEERS[0]
     m = network(ModestConfig(s=4, a=1))[node]
-    acts = m.on_message("n05", AggregatedModel(round=3, params=torch.ones(3)), 0.0)
+    acts = m.on_message(aggregator_of(3), AggregatedModel(round=3, params=torch.ones(3)), 0.0)
     assert any(isinstance(a, Train) and a.round == 3 for a in acts)
-    acts = m.on_message("n06", AggregatedModel(round=5, params=torch.full((3,), 5.0)), 0.1)
+    acts = m.on_message(aggregator_of(5), AggregatedModel(round=5, params=torch.full((3,), 5.0)), 0.1)
     assert any(isinstance(a, Train) and a.round == 5 for a in acts)
     assert m.on_training_done(TrainingDone(round=3, params=torch.ones(3)), 0.2) == []
-    assert m.on_message("n07", AggregatedModel(round=4, params=torch.ones(3)), 0.3) == []  # older: ignored
+    older = AggregatedModel(round=4, params=torch.ones(3))
+    assert m.on_message(aggregator_of(4), older, 0.3) == []  # older: ignored
     out = m.on_training_done(TrainingDone(round=5, params=torch.ones(3)), 0.4)
     assert any(isinstance(a, Send) and isinstance(a.message, Ping) for a in out) or any(
         isinstance(a, Send) and isinstance(a.message, TrainedModel) for a in out

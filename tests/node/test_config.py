@@ -18,19 +18,53 @@ def test_defaults_then_file_then_flags() -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"rounds": -1}, "rounds must be >= 0"),
+        ({"rounds": -1}, "rounds must be >= 0, got -1"),
         ({"rounds": True}, "rounds must be a whole number"),
-        ({"lr": 0}, "lr must be > 0"),
-        ({"lr": float("nan")}, "lr must be a finite number"),
+        ({"lr": 0}, "lr must be a finite number > 0, got 0"),
+        ({"lr": float("nan")}, "lr must be a finite number > 0, got nan"),
+        ({"lr": "inf"}, "lr must be a finite number > 0, got inf"),
+        ({"momentum": 1}, r"momentum must be in \[0, 1\), got 1"),
+        ({"metrics_port": -2}, "metrics_port must be >= -1"),
         ({"listen": [1]}, "listen must be a list"),
-        ({"rule_params": 3}, "rule-params must be a table"),
-        ({"data_dir": ""}, "data-dir must be a path"),
+        ({"listen": [""]}, "listen must be a list of multiaddr strings"),
+        ({"rule_params": 3}, "rule_params must be a table"),
+        ({"data_dir": ""}, "data_dir must be a path"),
+        ({"key": 3}, "key must be a path"),
         ({"bogus": 1}, "unknown setting 'bogus'"),
+        ({"round_timout": 1}, "unknown setting 'round_timout' \\(did you mean 'round_timeout'\\?\\)"),
+        ({"index": 2, "nodes": 2}, "index 2 out of range for 2 nodes"),
+        ({"topology_file": "t.txt"}, "topology-file and address-book go together"),
     ],
 )
 def test_bad_values(values: dict, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as info:
         build(values, {})
+    assert "\n" not in str(info.value)
+
+
+def test_values_take_their_field_types() -> None:
+    config = build(
+        {"listen": "/ip4/0.0.0.0/tcp/1", "data_dir": "~/x", "key": "", "lr": 1, "metrics_port": -1},
+        {"round-timeout": 3},
+    )
+    assert config.listen == ("/ip4/0.0.0.0/tcp/1",)  # one multiaddr stands for a list of one
+    assert config.data_dir == Path("~/x").expanduser() and config.key is None
+    assert config.lr == 1.0 and isinstance(config.lr, float) and config.round_timeout == 3.0
+
+
+def test_one_config_error_one_training_default_for_node_sim_and_learner() -> None:
+    from phalanx.gossip import fields
+    from phalanx.node.config import NodeConfig
+    from phalanx.node.learner import TrainConfig
+    from phalanx.node.train_settings import TRAINING
+    from phalanx.sim import config as sim_config
+
+    assert ConfigError is sim_config.ConfigError is fields.ConfigError
+    node, sim, train = NodeConfig(), sim_config.SimConfig(), TrainConfig()
+    for key, (default, _) in TRAINING.items():
+        assert getattr(node, key) == getattr(sim, key) == default, key
+        if hasattr(train, key):
+            assert getattr(train, key) == default, key
 
 
 def test_parse_value() -> None:

@@ -16,7 +16,26 @@ from phalanx.sim.experiment import plan, run
 
 def test_net_up_writes_the_config_of_the_run_that_happened():
     args = build_parser().parse_args(
-        ["net", "up", "--protocol", "modest", "--protocol-param", "s=3", "--byzantine", "1:alie", "--byzantine", "2:ipm", "--kill", "3@5", "--kill", "4@8", "--nodes", "6", "--topology", "complete"]
+        [
+            "net",
+            "up",
+            "--protocol",
+            "modest",
+            "--protocol-param",
+            "s=3",
+            "--byzantine",
+            "1:alie",
+            "--byzantine",
+            "2:ipm",
+            "--kill",
+            "3@5",
+            "--kill",
+            "4@8",
+            "--nodes",
+            "6",
+            "--topology",
+            "complete",
+        ]
     )
     config = sim_config(args)
     assert config.protocol == "modest" and config.protocol_params == {"s": 3}

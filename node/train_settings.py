@@ -1,0 +1,45 @@
+"""The settings of local training, written once: each one's default, bounds and help text.
+
+:class:`~phalanx.node.learner.TrainConfig` (the learner), :class:`~phalanx.node.config.NodeConfig`
+(``phalanx node run``), :class:`~phalanx.sim.config.SimConfig` (``phalanx sim``) and the CLI's data and
+training flags (``phalanx train``, ``net up``) all take them from here, so a default such as the learning
+rate cannot drift between the worlds. Bounds and help are dataclass field metadata, read by
+:mod:`phalanx.gossip.fields`. This module imports nothing heavy: building the CLI's parser reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import field
+from typing import Any
+
+TRAINING: dict[str, tuple[Any, dict[str, Any]]] = {
+    "seed": (0, {"help": "random seed: the same seed gives the same run"}),
+    "dataset": ("mnist", {"help": "mnist (embedded, 8,000/2,000), blobs, or idx:PATH"}),
+    "partition": ("iid", {"help": "iid, dirichlet:ALPHA or shards:K"}),
+    "model": ("mlp", {"help": "logreg, mlp (784-64-10), cnn or cnn-dropout"}),
+    "lr": (0.05, {"help": "learning rate", "gt": 0, "finite": True}),
+    "momentum": (0.9, {"help": "SGD momentum", "min": 0, "lt": 1}),
+    "weight_decay": (0.0, {"help": "L2 weight decay", "min": 0, "finite": True}),
+    "batch_size": (32, {"help": "batch size", "min": 1}),
+    "sam_rho": (
+        0.0,
+        {"help": "sharpness-aware minimisation radius (DFedSAM); 0 = plain SGD", "min": 0, "finite": True},
+    ),
+}
+
+
+def setting(name: str) -> Any:
+    """A dataclass field for the training setting ``name``: its default, bounds and help."""
+    value, metadata = TRAINING[name]
+    return field(default=value, metadata=metadata)
+
+
+def default(name: str) -> Any:
+    return TRAINING[name][0]
+
+
+def help_of(name: str) -> str:
+    """The help text of ``name``, with its default: ``learning rate (default: 0.05)``."""
+    value, metadata = TRAINING[name]
+    shown = f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{metadata['help']} (default: {shown})"
