@@ -39,7 +39,9 @@ def _median_ms(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
     return 1e3 * statistics.median(times)
 
 
-def bench(layout: Layout, specs: list[str], repeats: int) -> list[tuple[str, float, float, int, float, float]]:
+def bench(
+    layout: Layout, specs: list[str], repeats: int
+) -> list[tuple[str, float, float, int, float, float]]:
     dim = layout.dim
     g = torch.Generator().manual_seed(0)
     x = torch.randn(dim, generator=g)
@@ -66,7 +68,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     specs = [s for s in args.codecs.split(",") if s]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}"
+    )
     for name, layout in MODELS.items():
         print(f"\n{name}: d = {layout.dim:,}")
         print("| codec | encode ms | decode ms | bytes | vs float32 | rel. error |")

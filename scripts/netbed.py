@@ -15,6 +15,7 @@ MB sent and received by the node, and MB through its tbf qdiscs (out, in) where 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,9 +25,23 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests package: the bed lives there
 
 from tests.netbed.netns import NetBed, unavailable
-from tests.netbed.nodes import complete, node_argv, prepare, ring, run_nodes
+from tests.netbed.nodes import PORT, complete, node_argv, prepare, ring, run_nodes
 
 TOPOLOGIES = {"ring": ring, "complete": complete}
+RELAY_PORT = PORT + 100
+
+
+def start_relay(bed: NetBed, i: int, delay: float) -> subprocess.Popen[str]:
+    """A latency relay in host i's namespace: BED_ADDRESS:RELAY_PORT -> the node's 127.0.0.1:PORT."""
+    argv = [sys.executable, "-m", "tests.netbed.delay", "--listen", f"{bed.address(i)}:{RELAY_PORT}"]
+    argv += ["--to", f"127.0.0.1:{PORT}", "--delay", str(delay)]
+    root = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen(bed.command(i, argv), stdout=subprocess.PIPE, text=True, cwd=root)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        raise SystemExit(f"netbed: error: the latency relay on host {i} did not start")
+    return proc
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,6 +55,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="logreg")
     p.add_argument("--round-timeout", type=float, default=20.0)
     p.add_argument("--limit", action="append", default=[], metavar="HOST:RATE", help="tbf on a host's link")
+    p.add_argument(
+        "--delay",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="added latency each way on every connection (a user-space relay in front of each node)",
+    )
     p.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
     p.add_argument("--workdir", type=Path, help="keys and logs (default: a temporary directory)")
     p.add_argument("node_args", nargs="*", help="more 'phalanx node run' flags, after --")
@@ -77,14 +99,20 @@ def main(argv: list[str] | None = None) -> int:
     with NetBed(args.hosts) as bed:
         for host, rate in limits.items():
             bed.limit(host, rate)
-        nodes = prepare(bed, workdir)
+        relays = [start_relay(bed, i, args.delay / 1000) for i in range(args.hosts)] if args.delay else []
+        nodes = prepare(bed, workdir, port=RELAY_PORT if args.delay else PORT)
         argvs = [node_argv(nodes, i, edges, workdir, extra) for i in range(args.hosts)]
         print(
             f"netbed: {args.hosts} hosts ({bed.token}-h*, 10.{bed.subnet[0]}.{bed.subnet[1]}.0/24), "
             f"{args.topology}, {args.protocol}, {args.rounds} rounds, limits {limits or 'none'}; logs in {workdir}",
             flush=True,
         )
-        trio.run(lambda: run_nodes(bed, nodes, argvs, workdir, timeout=args.timeout))
+        try:
+            trio.run(lambda: run_nodes(bed, nodes, argvs, workdir, timeout=args.timeout))
+        finally:
+            for relay in relays:  # ours, by PID
+                relay.kill()
+                relay.wait()
         shaped = {host: bed.shaped_bytes(host) for host in limits}
     header = (
         f"{'host':>4}  {'address':<15}  {'rounds':>6}  {'s/round':>7}  {'accuracy':>8}  {'MB out':>7}  "

@@ -65,6 +65,8 @@ def complete(n: int) -> list[tuple[int, int]]:
 
 
 def prepare(bed: NetBed, workdir: Path, *, port: int = PORT) -> list[BedNode]:
+    """Keys made up front; each node's address is ``port`` on its host (a latency relay's port, if one
+    stands in front of the node there)."""
     nodes = []
     for i in range(bed.hosts):
         peer = peer_id_of(load_or_create_key(workdir / f"h{i}" / "node.key"))
