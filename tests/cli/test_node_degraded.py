@@ -182,8 +182,9 @@ async def test_a_neighbour_that_starts_late_is_reached_within_seconds(tmp_path: 
         assert trio.current_time() - started < 30  # not the 60 s of py-libp2p's negative cache
         hello = await b.next_event("listening")
         assert hello["neighbours"] == [next(e["peer_id"] for e in a.events if e["event"] == "listening")]
-        await a.next_event("round", round=2)
-        await b.next_event("round", round=2)
+        for proc in (a, b):  # "stopped" comes last: every round line is in proc.events by then
+            await proc.next_event("stopped")
+            assert [e["round"] for e in proc.events if e["event"] == "round"][-1] == 2
     finally:
         await a.aclose()
         await b.aclose()
