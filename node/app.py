@@ -27,6 +27,7 @@ from phalanx.gossip.protocol import Protocol
 from phalanx.gossip.spec import AttackSpec, NodeContext, SettingsError, WorldDefaults
 from phalanx.gossip.wire import Limits
 from phalanx.node import checkpoint as ckpt
+from phalanx.node.addresses import addrs_factory, check_announce, watch_neighbour
 from phalanx.node.bans import BanList
 from phalanx.node.config import ConfigError, NodeConfig, neighbours_from_files
 from phalanx.node.datasets import load_dataset
@@ -64,6 +65,8 @@ def check(config: NodeConfig) -> None:
     byzantine_behaviour(config.byzantine)
     for addr in config.listen:
         _multiaddr(addr, "listen")
+    for addr in config.announce:
+        check_announce(addr)
     for addr in (*config.neighbours, *config.bootstrap):
         _peer_multiaddr(addr)
 
@@ -136,6 +139,7 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
     neighbour_addrs = config.neighbours
     if config.topology_file is not None and config.address_book is not None:
         neighbour_addrs += neighbours_from_files(config.topology_file, config.address_book, config.index)
+    alone = alone_policy(config, neighbour_addrs)
 
     dataset = load_dataset(config.dataset)
     shard = shard_of(dataset.train_y.numpy(), config.nodes, config.index, config.partition, seed=config.seed)
@@ -174,6 +178,7 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
         # optimiser state and counters and count rounds from 0 again.
         start_round = saved.round if registry.get(config.protocol).resumable else 0
         metrics.restore(saved.counters)
+    resumed = resumed_record(config, saved.round if saved is not None else None, start_round, checkpoint_path)
 
     limits = Limits(dim=learner.dim)
     bans = BanList(threshold=config.ban_threshold, window=config.ban_window, duration=config.ban_duration)
@@ -188,8 +193,11 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
             limits=limits,
             is_banned=lambda p: bans.is_banned(p, now()),
             stall=config.stall_timeout,
+            addrs_factory=addrs_factory(config.announce),
         ) as transport:
             neighbours = tuple(transport.add_address(a) for a in neighbour_addrs)
+            if not neighbours and alone == "wait":
+                neighbours = await wait_for_peers(transport, config, log)
             protocol = build_protocol(
                 config, peer_id, neighbours, learner.get_vector(), start_round, signer_of(key, peer_id)
             )
@@ -212,7 +220,7 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
                 start_round=start_round,
                 log=log,
             )
-            metrics.listen = transport.listen_addresses()
+            metrics.listen = transport.listen_addresses()  # the announced addresses, with /p2p/PEER_ID
             async with trio.open_nursery() as nursery:
                 port = -1
                 if config.metrics_port >= 0:
@@ -223,13 +231,20 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
                     "listening",
                     peer_id=peer_id,
                     addrs=metrics.listen,
+                    bound=[str(a) for a in transport.host.get_transport_addrs()],
                     metrics_port=port,
                     start_round=start_round,
                     dim=learner.dim,
                     neighbours=list(neighbours),
                     byzantine=config.byzantine or None,
                 )
+                if resumed:
+                    runtime.log("resumed", **resumed)
+                if not neighbours:
+                    runtime.log("alone", message="no neighbours: training alone (--alone train)")
                 nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+                for peer, addr in zip(neighbours, neighbour_addrs, strict=False):
+                    nursery.start_soon(watch_neighbour, transport, peer, addr, runtime.log)
                 for addr in config.bootstrap:
                     nursery.start_soon(_dial, transport, transport.add_address(addr))
                 await runtime.run()
@@ -246,6 +261,78 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
             raise leaves[0] from None
         raise
     return 0
+
+
+def alone_policy(config: NodeConfig, neighbour_addrs: tuple[str, ...]) -> str:
+    """What a node with no configured neighbours does: exit (one line), wait for peers or train alone."""
+    policy = config.alone or ("wait" if config.bootstrap else "exit")
+    if not neighbour_addrs and policy == "exit":
+        raise ConfigError(
+            "no neighbours: give --neighbour MULTIADDR (or --topology-file and --address-book), "
+            "or --alone wait to wait for peers to connect, or --alone train to train alone"
+        )
+    return policy
+
+
+async def wait_for_peers(transport: Libp2pTransport, config: NodeConfig, log: TextIO) -> tuple[str, ...]:
+    """Block until some peer is connected (a bootstrap peer dialled, or a peer dialling in); says so every
+    few seconds. The peers connected then are this node's neighbours."""
+    from phalanx.node.addresses import dial_failure
+
+    async def dial(addr: str) -> None:
+        peer = transport.add_address(addr)
+        try:
+            await transport.connect(peer)
+        except TransportError as exc:
+            _log_line(log, "unreachable", peer=peer, address=addr, reason=dial_failure(exc))
+
+    started = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for addr in config.bootstrap:
+            nursery.start_soon(dial, addr)
+        while not transport.peers():
+            _log_line(
+                log,
+                "waiting",
+                message="no neighbours yet: waiting for a peer to connect (--alone exit to exit instead)",
+                addrs=transport.listen_addresses(),
+                seconds=round(trio.current_time() - started, 1),
+            )
+            with trio.move_on_after(5):
+                while not transport.peers():
+                    await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    return tuple(sorted(transport.peers()))
+
+
+def _log_line(log: TextIO, event: str, **fields: object) -> None:
+    import json
+
+    print(json.dumps({"event": event, **fields}, separators=(",", ":")), file=log, flush=True)
+
+
+def resumed_record(
+    config: NodeConfig, saved_round: int | None, start_round: int, path: object
+) -> dict[str, object]:
+    """The "resumed" log line's fields when this node starts from a checkpoint (empty when it does not)."""
+    if saved_round is None:
+        return {}
+    done = bool(config.rounds) and start_round >= config.rounds
+    if done:
+        message = (
+            f"resumed from {path} at round {saved_round}: all {config.rounds} rounds are done already; "
+            "--fresh starts over (moves the checkpoint aside)"
+        )
+    elif start_round:
+        message = (
+            f"resumed from {path} at round {start_round}; --fresh starts over (moves the checkpoint aside)"
+        )
+    else:
+        message = (
+            f"resumed the model of round {saved_round} from {path}; {config.protocol} counts rounds from 0 "
+            "again; --fresh starts over (moves the checkpoint aside)"
+        )
+    return {"round": start_round, "checkpoint_round": saved_round, "finished": done, "message": message}
 
 
 def leaves_of(group: BaseException) -> list[BaseException]:

@@ -35,6 +35,16 @@ class NodeConfig:
     # network and identity
     listen: tuple[str, ...] = _f(("/ip4/127.0.0.1/tcp/0",), "listen multiaddr (repeatable)")
     bootstrap: tuple[str, ...] = _f((), "peer to dial at start (repeatable)")
+    announce: tuple[str, ...] = _f(
+        (),
+        "address to announce instead of the listen addresses (repeatable); by default a wildcard listen "
+        "address (0.0.0.0, ::) is announced as this host's interface addresses",
+    )
+    alone: str = _f(
+        "",
+        "with no neighbours: exit (an error), wait (for a peer to connect) or train (alone); "
+        "default: wait with --bootstrap, else exit",
+    )
     key: Path | None = field(
         default=None,
         metadata={"help": "ed25519 key file, created on first start (default: DATA_DIR/node.key)"},
@@ -94,13 +104,16 @@ class NodeConfig:
             raise ConfigError(f"index {self.index} out of range for {self.nodes} nodes (0..{self.nodes - 1})")
         if (self.topology_file is None) != (self.address_book is None):
             raise ConfigError("topology-file and address-book go together")
+        if self.alone not in ALONE:
+            raise ConfigError(f"alone must be one of {', '.join(a for a in ALONE if a)}, got {self.alone!r}")
 
     @property
     def key_path(self) -> Path:
         return self.key if self.key is not None else self.data_dir / "node.key"
 
 
-_LISTS = ("listen", "bootstrap", "neighbours")
+_LISTS = ("listen", "bootstrap", "neighbours", "announce")
+ALONE = ("", "exit", "wait", "train")
 _TABLES = ("rule_params", "attack_params", "protocol_params")
 
 

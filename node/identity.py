@@ -51,15 +51,24 @@ def load_key(path: Path) -> KeyPair:
     return _from_seed(seed)
 
 
-def create_key(path: Path) -> KeyPair:
-    """Create a fresh key and write it to ``path`` with mode 0600 (fails if the file exists)."""
+def create_key(path: Path, *, overwrite: bool = False) -> KeyPair:
+    """Create a fresh key and write it to ``path`` with mode 0600. Fails if the file exists, unless
+    ``overwrite``: then the new key replaces it atomically (written aside, fsynced, renamed over it)."""
     seed = os.urandom(32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(_PREFIX + seed.hex() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    target = path.with_name(f".{path.name}.{os.getpid()}.tmp") if overwrite else path
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(_PREFIX + seed.hex() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(target, path)
+    except BaseException:
+        if overwrite:
+            target.unlink(missing_ok=True)
+        raise
     return _from_seed(seed)
 
 

@@ -43,6 +43,9 @@ class NetSpec:
     kills: dict[int, int] = field(default_factory=dict)  # node -> SIGKILL once it completed this round
     node_args: Sequence[str] = ()  # flags every node gets (dataset, model, rule, ...)
     timeout: float = 600.0
+    stall: float = 120.0  # a running node that completes no round for this long stops the run
+    startup: float = 180.0  # seconds a node may take from its start to its "listening" line
+    node_memory: int = 900 << 20  # bytes one node process is expected to take (see check_memory)
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -69,6 +72,15 @@ class NodeRecord:
     killed_at: int | None = None
     exit_code: int | None = None
     final: dict[str, Any] = field(default_factory=dict)  # counters logged when the node stopped
+    started_at: float = 0.0
+    listening_at: float | None = None
+    progress_at: float = 0.0  # when it last logged a round (or started listening)
+    last_line: str = ""  # its last log line, for a stall or failure message
+    problem: str = ""  # why this node stopped the run (stalled, failed)
+
+    @property
+    def live(self) -> bool:
+        return not self.finished and self.killed_at is None and self.exit_code is None
 
     @property
     def last(self) -> dict[str, Any]:
@@ -84,6 +96,86 @@ class NetResult:
     nodes: list[NodeRecord]
     wall_time: float
     timed_out: bool = False
+
+    @property
+    def problems(self) -> list[str]:
+        return [n.problem for n in self.nodes if n.problem]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Progress:
+    """Where a running network is: the rounds of the nodes still running and how many are in each state."""
+
+    rounds: int
+    low: int
+    median: float
+    high: int
+    running: int
+    finished: int
+    killed: int
+    failed: int
+    elapsed: float
+
+    def line(self) -> str:
+        states = f"{self.running} running, {self.finished} finished, {self.killed} killed" + (
+            f", {self.failed} failed" if self.failed else ""
+        )
+        return (
+            f"net up: round min {self.low} / median {self.median:g} / max {self.high} of {self.rounds}; "
+            f"{states}; {self.elapsed:.0f} s"
+        )
+
+
+def progress_of(records: Sequence[NodeRecord], rounds: int, elapsed: float) -> Progress:
+    """The progress of every node that has not been killed: min / median / max of its last round."""
+    alive = [r for r in records if r.killed_at is None]
+    done = sorted(r.last.get("round", 0) for r in alive) or [0]
+    mid = len(done) // 2
+    median = done[mid] if len(done) % 2 else (done[mid - 1] + done[mid]) / 2
+    return Progress(
+        rounds=rounds,
+        low=done[0],
+        median=median,
+        high=done[-1],
+        running=sum(r.live for r in records),
+        finished=sum(r.finished for r in records),
+        killed=sum(r.killed_at is not None for r in records),
+        failed=sum(r.exit_code not in (None, 0) and not r.finished for r in records),
+        elapsed=elapsed,
+    )
+
+
+def memory_available() -> int | None:
+    """MemAvailable from /proc/meminfo, in bytes (None where there is no such file)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def node_memory_estimate(dataset: str, dim: int = 0) -> int:
+    """Bytes one ``phalanx node run`` process takes, measured on this project's machine: about 380 MB
+    with blobs and logreg (torch and the interpreter), about 850 MB with the embedded MNIST and the MLP;
+    plus room for the model's vectors (parameters, momentum, neighbours' models in flight)."""
+    base = 400 << 20 if dataset == "blobs" else 900 << 20
+    return base + 32 * 4 * dim
+
+
+def check_memory(n: int, per_node: int, available: int | None = None) -> None:
+    """Refuse a network whose processes would not fit in the memory available now (one line, ValueError)."""
+    available = memory_available() if available is None else available
+    if available is None:
+        return
+    fits = int(available * 0.9) // max(per_node, 1)
+    if n > fits:
+        raise ValueError(
+            f"{n} node processes need about {n * per_node / 2**30:.1f} GiB "
+            f"({per_node / 2**20:.0f} MiB each) but {available / 2**30:.1f} GiB is available: "
+            f"at most {fits} fit; use fewer nodes (or --node-memory MIB if the estimate is wrong)"
+        )
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -162,6 +254,8 @@ def node_command(spec: NetSpec, record: NodeRecord) -> list[str]:
     addresses = {r: line for r, line in enumerate(_addresses(spec))}
     for j in neighbours:
         cmd += ["--neighbour", addresses[j]]
+    if not neighbours:
+        cmd += ["--alone", "train"]  # an isolated node of the topology: it trains alone, and says so
     if i in spec.byzantine:
         cmd += ["--byzantine", spec.byzantine[i]]
     return cmd + list(spec.node_args)
@@ -189,9 +283,20 @@ async def _lines(stream: trio.abc.ReceiveStream) -> Any:
 
 
 async def run_network(
-    spec: NetSpec, *, on_event: Callable[[NodeRecord, dict[str, Any]], None] | None = None
+    spec: NetSpec,
+    *,
+    on_event: Callable[[NodeRecord, dict[str, Any]], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    progress_every: float = 2.0,
+    check_mem: bool = True,
 ) -> NetResult:
-    """Start the network, follow it to the end, reap every child. Returns what each node reported."""
+    """Start the network, follow it to the end, reap every child. Returns what each node reported.
+
+    ``on_progress`` gets a :class:`Progress` when it changes (at most every ``progress_every`` seconds) and
+    at least every 15 s. A node that completes no round for ``spec.stall`` seconds, or that exits with an
+    error before finishing, stops the run; its record's ``problem`` names it and says what it last did."""
+    if check_mem:
+        check_memory(spec.n, spec.node_memory)
     records = prepare(spec)
     procs: dict[int, trio.Process] = {}
     start = trio.current_time()
@@ -200,9 +305,11 @@ async def run_network(
 
     async def follow(record: NodeRecord, proc: trio.Process) -> None:
         assert proc.stdout is not None
-        with (spec.workdir / f"node-{record.index}" / "log.jsonl").open("ab") as raw:
+        # unbuffered: the file follows the node line by line (tail -f)
+        with (spec.workdir / f"node-{record.index}" / "log.jsonl").open("ab", buffering=0) as raw:
             async for line in _lines(proc.stdout):
                 raw.write(line + b"\n")
+                record.last_line = line.decode(errors="replace")[:300]
                 try:
                     event = json.loads(line)
                 except ValueError:
@@ -212,8 +319,10 @@ async def run_network(
                 kind = event.get("event")
                 if kind == "listening":
                     record.metrics_port = int(event.get("metrics_port", -1))
+                    record.listening_at = record.progress_at = trio.current_time()
                 elif kind == "round":
                     record.rounds.append(event)
+                    record.progress_at = trio.current_time()
                     kill_at = spec.kills.get(record.index)
                     if kill_at is not None and record.killed_at is None and event["round"] >= kill_at:
                         record.killed_at = event["round"]
@@ -227,6 +336,32 @@ async def run_network(
                 if on_event is not None:
                     on_event(record, event)
         record.exit_code = await proc.wait()
+        if record.exit_code != 0 and not record.finished and record.killed_at is None and not record.problem:
+            record.problem = (
+                f"node {record.index} ({record.peer_id}) exited with status {record.exit_code} at round "
+                f"{record.last.get('round', 0)}; {_last_words(spec, record)}"
+            )
+
+    def check_stalls(now: float) -> bool:
+        """Mark a live node that made no progress for too long; True when one did."""
+        stalled = False
+        for r in records:
+            if not r.live or r.problem:
+                continue
+            if r.listening_at is None and now - r.started_at > spec.startup:
+                r.problem = (
+                    f"node {r.index} ({r.peer_id}) did not start listening within {spec.startup:g} s; "
+                    f"{_last_words(spec, r)}"
+                )
+            elif r.listening_at is not None and now - r.progress_at > spec.stall:
+                p = progress_of(records, spec.rounds, now - start)
+                r.problem = (
+                    f"node {r.index} ({r.peer_id}) stalled at round {r.last.get('round', 0)}: no round "
+                    f"completed in {spec.stall:g} s (the running nodes are at rounds {p.low}..{p.high}); "
+                    f"{_last_words(spec, r)}"
+                )
+            stalled = stalled or bool(r.problem)
+        return stalled
 
     def done() -> bool:
         return all(r.finished or r.killed_at is not None or r.exit_code is not None for r in records)
@@ -247,14 +382,26 @@ async def run_network(
                 stderr.close()
                 procs[record.index] = proc
                 record.pid = proc.pid
+                record.started_at = record.progress_at = trio.current_time()
                 nursery.start_soon(follow, record, proc)
             nursery.start_soon(_interrupt_on_sigterm)
+            shown: tuple[Any, ...] = ()
+            shown_at = -math.inf
             with trio.move_on_after(spec.timeout) as scope:
                 while not done():
                     await trio.sleep(0.05)
+                    now = trio.current_time()
+                    if check_stalls(now) or any(r.problem for r in records):
+                        break
+                    if on_progress is not None:
+                        p = progress_of(records, spec.rounds, now - start)
+                        key = (p.low, p.median, p.high, p.running, p.finished, p.killed, p.failed)
+                        if (key != shown and now - shown_at >= progress_every) or now - shown_at >= 15:
+                            shown, shown_at = key, now
+                            on_progress(p)
             timed_out = scope.cancelled_caught
             # Nodes linger a moment after their last round, then exit; give them the grace period.
-            with trio.move_on_after(GRACE):
+            with trio.move_on_after(0 if any(r.problem for r in records) else GRACE):
                 while any(r.exit_code is None and r.killed_at is None for r in records):
                     await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
@@ -262,6 +409,35 @@ async def run_network(
         with trio.CancelScope(shield=True):
             await stop_all(list(procs.values()))
     return NetResult(nodes=records, wall_time=trio.current_time() - start, timed_out=timed_out)
+
+
+def _last_words(spec: NetSpec, record: NodeRecord) -> str:
+    """The node's last log line and last stderr line, and where its logs are."""
+    folder = spec.workdir / f"node-{record.index}"
+    err = ""
+    with contextlib.suppress(OSError):
+        tail = (folder / "stderr.log").read_bytes()[-4000:].decode(errors="replace").strip().splitlines()
+        err = tail[-1][:300] if tail else ""
+    parts = [_describe(record.last_line)]
+    if err:
+        parts.append(f"last stderr line: {err}")
+    parts.append(f"logs in {folder}/ (log.jsonl, stderr.log)")
+    return "; ".join(parts)
+
+
+def _describe(line: str) -> str:
+    """A node's last log line, shortly: its event and the fields that say where it was."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return f"last output: {line[:200]}" if line else "no log line yet"
+    if not isinstance(event, dict):
+        return f"last output: {line[:200]}"
+    keep = ("round", "peer", "address", "reason", "error", "message")
+    extra = ", ".join(f"{k}={event[k]}" for k in keep if k in event)
+    return f"last log line: {event.get('event')!r} at t={event.get('t', '?')} s" + (
+        f" ({extra})" if extra else ""
+    )
 
 
 async def _interrupt_on_sigterm() -> None:
@@ -335,7 +511,9 @@ def node_table(result: NetResult) -> str:
         last = n.last
         acc = last.get("accuracy")
         state = (
-            f"killed@{n.killed_at}"
+            "stalled"
+            if "stalled" in n.problem
+            else f"killed@{n.killed_at}"
             if n.killed_at is not None
             else "finished"
             if n.finished

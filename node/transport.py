@@ -740,11 +740,13 @@ async def open_libp2p_transport(
     budget: PeerBudget | None = None,
     stranger_budget: PeerBudget | None = None,
     is_known: Callable[[str], bool] | None = None,
+    addrs_factory: Callable[[list[Any]], list[Any]] | None = None,
 ) -> AsyncIterator[Libp2pTransport]:
     """A running libp2p host (TCP, Noise, yamux) listening on ``listen``, wrapped as a transport.
 
     ``budget`` applies to every peer, or only to the peers ``is_known`` accepts (neighbours, members) when
-    a ``stranger_budget`` is given for the others."""
+    a ``stranger_budget`` is given for the others. ``addrs_factory`` turns its bound addresses into the
+    ones it announces (see node/addresses.py)."""
     import multiaddr
     from libp2p import new_host
 
@@ -752,7 +754,7 @@ async def open_libp2p_transport(
         addrs = [multiaddr.Multiaddr(a) for a in listen]
     except Exception as exc:
         raise ValueError(f"bad listen multiaddr in {list(listen)!r}: {exc}") from None
-    host = new_host(key_pair=key_pair)
+    host = new_host(key_pair=key_pair, addrs_factory=addrs_factory)
     transport = Libp2pTransport(
         host,
         limits=limits,

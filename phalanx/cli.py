@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "phalanx.demo_cmd",
     "phalanx.train_cmd",
     "phalanx.node_cmd",
+    "phalanx.key_cmd",
     "phalanx.net_cmd",
     "phalanx.sim_cmd",
     "phalanx.sweep_cmd",

@@ -66,6 +66,18 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--timeout", type=positive_float, default=600.0, help="give up after this many seconds")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument(
+        "--stall-timeout",
+        type=positive_float,
+        help="stop the run when a node completes no round for this many seconds "
+        "(default max(60, 6 x round timeout x gossip steps))",
+    )
+    p.add_argument(
+        "--node-memory",
+        type=positive_int,
+        metavar="MIB",
+        help="memory one node process takes, for the cap on the process count (default: an estimate)",
+    )
     add_data_arguments(p)
     add_training_arguments(p)
     g = p.add_argument_group("protocol")
@@ -182,7 +194,7 @@ def node_args(args: argparse.Namespace) -> list[str]:
 def run_net(args: argparse.Namespace) -> int:
     import trio
 
-    from phalanx.node.netup import NetSpec, node_table, rows, run_network
+    from phalanx.node.netup import NetSpec, check_memory, node_memory_estimate, node_table, rows, run_network
     from phalanx.sim.experiment import Result, plan
     from phalanx.sim.report import summary_table, write_run
 
@@ -201,30 +213,41 @@ def run_net(args: argparse.Namespace) -> int:
         kills=dict(args.kill),
         node_args=node_args(args),
         timeout=args.timeout,
+        stall=args.stall_timeout or max(60.0, 6 * args.round_timeout * args.gossip_steps),
+        node_memory=(args.node_memory << 20) if args.node_memory else node_memory_estimate(args.dataset),
     )
+    check_memory(spec.n, spec.node_memory)  # before anything is written
     print(
         f"net up: {args.nodes} node processes, {args.topology}, {args.rule}, {len(spec.byzantine)} Byzantine, "
         f"{len(spec.kills)} to kill, {args.rounds} rounds on {args.dataset}; run directory {out}/",
         flush=True,
     )
 
-    def progress(record: Any, event: dict[str, Any]) -> None:
-        if event.get("event") == "round" and record.index == 0:
-            acc = event.get("accuracy")
-            print(
-                f"  node 0 round {event['round']}" + (f"  accuracy {acc:.4f}" if acc is not None else ""),
-                file=sys.stderr,
-                flush=True,
-            )
+    live = sys.stderr.isatty()  # a terminal gets one line that updates; a pipe or file gets periodic lines
 
+    def progress(p: Any) -> None:
+        if live:
+            print("\r" + p.line() + "\x1b[K", end="", file=sys.stderr, flush=True)
+        else:
+            print(p.line(), file=sys.stderr, flush=True)
+
+    print(f"net up: follow a node with: tail -f {spec.workdir}/node-0/log.jsonl", file=sys.stderr, flush=True)
     try:
-        result = trio.run(lambda: run_network(spec, on_event=progress))
+        result = trio.run(
+            lambda: run_network(
+                spec, on_progress=progress, progress_every=0.5 if live else 2.0, check_mem=False
+            )
+        )
     except BaseExceptionGroup as group:  # Ctrl-C / SIGTERM arrive wrapped by the nursery; children are reaped
+        if live:
+            print(file=sys.stderr)
         from phalanx.node.app import leaves_of
 
         if any(isinstance(e, KeyboardInterrupt) for e in leaves_of(group)):
             raise KeyboardInterrupt from None
         raise
+    if live:
+        print(file=sys.stderr)
     table = node_table(result)
     print(table)
     killed = {n.index for n in result.nodes if n.killed_at is not None}
@@ -260,7 +283,8 @@ def run_net(args: argparse.Namespace) -> int:
         f"wrote {out}/ (config.toml, metrics.jsonl, summary.json, nodes.json, table.txt"
         f"{'' if args.no_plots else ', plots'}) in {result.wall_time:.1f} s"
     )
+    for problem in result.problems:
+        print(f"phalanx net up: error: {problem}", file=sys.stderr)
     if result.timed_out:
         print(f"phalanx net up: error: timed out after {args.timeout:g} s", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if result.timed_out or result.problems else 0

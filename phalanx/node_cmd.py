@@ -14,7 +14,7 @@ from phalanx.node.config import help_of
 from phalanx.options import add_data_arguments, add_training_arguments, protocol_help
 
 # Flags whose value is a list or a KEY=VALUE table, and how they map onto config keys.
-_REPEATED = {"listen": "listen", "bootstrap": "bootstrap", "neighbour": "neighbours"}
+_REPEATED = {"listen": "listen", "bootstrap": "bootstrap", "neighbour": "neighbours", "announce": "announce"}
 _PAIRS = {"rule_param": "rule_params", "attack_param": "attack_params", "protocol_param": "protocol_params"}
 
 
@@ -36,6 +36,8 @@ def register(sub: Any) -> None:
     net.add_argument("--listen", action="append", metavar="MULTIADDR", help=help_of("listen"))
     net.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help=help_of("bootstrap"))
     net.add_argument("--neighbour", action="append", metavar="MULTIADDR", help=help_of("neighbours"))
+    net.add_argument("--announce", action="append", metavar="MULTIADDR", help=help_of("announce"))
+    net.add_argument("--alone", choices=("exit", "wait", "train"), help=help_of("alone"))
     for key in ("topology_file", "address_book", "key", "data_dir"):
         net.add_argument(_flag(key), type=Path, help=help_of(key))
     net.add_argument("--metrics-host", help=help_of("metrics_host"))
@@ -74,9 +76,14 @@ def register(sub: Any) -> None:
         ("stall_timeout", float),
     ):
         behave.add_argument(_flag(key), type=kind, help=help_of(key))
+    behave.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start from round 0: move an existing checkpoint aside (the key, and so the peer id, stay)",
+    )
     # Only flags the user gave override the file: every default is "not given".
     for action in p._actions:
-        if action.dest not in ("help", "config", "rule_param", "attack_param", "protocol_param"):
+        if action.dest not in ("help", "config", "rule_param", "attack_param", "protocol_param", "fresh"):
             action.default = argparse.SUPPRESS
     p.set_defaults(func=run, command="node run")
     node.set_defaults(func=lambda args: (node.print_help(), 2)[1])
@@ -85,7 +92,8 @@ def register(sub: Any) -> None:
 def config_from_args(args: argparse.Namespace) -> Any:
     from phalanx.node import config as cfg
 
-    flags = {k: v for k, v in vars(args).items() if k not in ("func", "command", "node_command", "config")}
+    skip = ("func", "command", "node_command", "config", "fresh")
+    flags = {k: v for k, v in vars(args).items() if k not in skip}
     for flag, key in _REPEATED.items():
         if flag in flags:
             flags[key] = flags.pop(flag)
@@ -100,4 +108,32 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from phalanx.node.app import run_node
 
-    return run_node(config_from_args(args))
+    config = config_from_args(args)
+    if args.fresh:
+        move_checkpoint_aside(config.data_dir)
+    return run_node(config)
+
+
+def move_checkpoint_aside(data_dir: Path) -> Path | None:
+    """Rename DATA_DIR's checkpoint to ``checkpoint.bin.YYYYmmdd-HHMMSS.old`` (never overwriting one) and
+    say so in a log line; returns the new path, or None when there was no checkpoint."""
+    import json
+    import time
+
+    from phalanx.node.checkpoint import FILENAME
+
+    current = data_dir / FILENAME
+    if not current.exists():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = current.with_name(f"{FILENAME}.{stamp}.old")
+    n = 1
+    while aside.exists():
+        aside = current.with_name(f"{FILENAME}.{stamp}-{n}.old")
+        n += 1
+    current.rename(aside)
+    print(
+        json.dumps({"event": "fresh", "moved": str(current), "to": str(aside)}, separators=(",", ":")),
+        flush=True,
+    )
+    return aside

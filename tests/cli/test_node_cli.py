@@ -64,10 +64,20 @@ def test_node_run_port_in_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         s.listen()
         port = s.getsockname()[1]
         code = cli(
-            [*NODE, "--data-dir", str(tmp_path), "--listen", f"/ip4/127.0.0.1/tcp/{port}", "--rounds", "1"]
+            [
+                *NODE,
+                "--data-dir",
+                str(tmp_path),
+                "--listen",
+                f"/ip4/127.0.0.1/tcp/{port}",
+                "--rounds",
+                "1",
+                "--alone",
+                "train",
+            ]
         )
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("phalanx node run: error: "), err
+    assert code == 2 and err.startswith("phalanx node run: error: cannot listen"), err
     assert len(err.strip().splitlines()) == 1
 
 
