@@ -124,6 +124,8 @@ class ProtocolSpec:
         own_row: whether the rule also sees the node's own model (D-PSGD, EL) or only received ones (MoDeST).
         report: ``every-node`` (every live node reports every round) or ``sampled`` (a sample does).
         resumable: a restarted real node may resume at its checkpoint's round.
+        carries_views: its messages carry membership views (MoDeST); otherwise a real node decodes under
+            ``Limits.model_only`` (a model and a few integers per frame: no room for a decode bomb).
         byzantine: ``(ctx, config, attack) -> Protocol``; ``None``: the honest node in ``Byzantine``.
     """
 
@@ -136,6 +138,7 @@ class ProtocolSpec:
     own_row: bool = True
     report: Report = "every-node"
     resumable: bool = False
+    carries_views: bool = False
     byzantine: Callable[[NodeContext, Any, AttackSpec], GossipProtocol] | None = None
 
     def parse_params(self, raw: Mapping[str, Any]) -> Any:

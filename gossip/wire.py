@@ -69,7 +69,8 @@ class Limits:
             raise ValueError("Limits: max_view, max_items and max_frame must be >= 0 and max_depth >= 1")
         if self.max_frame == 0:
             # One model vector, plus room for a membership view of max_view entries and the envelope.
-            object.__setattr__(self, "max_frame", 4 * self.dim + 64 * self.max_view + 4096)
+            # a signed view entry: a peer id (~54 bytes), two integers and a 64-byte signature
+            object.__setattr__(self, "max_frame", 4 * self.dim + 160 * self.max_view + 4096)
         if self.max_items == 0:
             object.__setattr__(self, "max_items", BASE_ITEMS + ITEMS_PER_VIEW_ENTRY * self.max_view)
 

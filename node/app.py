@@ -180,7 +180,10 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
         metrics.restore(saved.counters)
     resumed = resumed_record(config, saved.round if saved is not None else None, start_round, checkpoint_path)
 
-    limits = Limits(dim=learner.dim)
+    # a protocol whose frames carry no membership view decodes under the model-only limits (a frame of one
+    # model and a few integers), which leaves no room for a decode bomb
+    spec = registry.get(config.protocol)
+    limits = Limits(dim=learner.dim) if spec.carries_views else Limits.model_only(learner.dim)
     bans = BanList(threshold=config.ban_threshold, window=config.ban_window, duration=config.ban_duration)
 
     async def main() -> None:

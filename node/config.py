@@ -64,6 +64,7 @@ class NodeConfig:
     weight_decay: float = setting("weight_decay")
     batch_size: int = setting("batch_size")
     sam_rho: float = setting("sam_rho")
+    buffers: str = setting("buffers")
     # protocol
     protocol: str = _f("dpsgd", "the protocol")
     protocol_params: dict[str, Any] = field(

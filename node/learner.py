@@ -79,8 +79,7 @@ class TrainConfig:
     weight_decay: float = setting("weight_decay")
     batch_size: int = setting("batch_size")
     sam_rho: float = setting("sam_rho")
-    # the buffer policy (parse_buffer_policy); not yet a setting of the node's and simulator's configs
-    buffers: str = "average"
+    buffers: str = setting("buffers")  # the buffer policy (parse_buffer_policy)
 
     def __post_init__(self) -> None:
         parse_buffer_policy(self.buffers)

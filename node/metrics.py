@@ -49,8 +49,8 @@ class Metrics:
     def protocol_counters(self) -> dict[str, float]:
         return dict(sorted(self.protocol_stats().items())) if self.protocol_stats is not None else {}
 
-    def reject(self, reason: str) -> None:
-        self.rejected[reason] += 1
+    def reject(self, reason: str, count: int = 1) -> None:
+        self.rejected[reason] += count
 
     def counters(self) -> dict[str, int]:
         """What a checkpoint keeps so that counters continue across a restart."""

@@ -306,9 +306,12 @@ class NodeRuntime:
 
     # ------------------------------------------------------------------ inbound
 
-    def _reject(self, peer: str, reason: str, detail: str = "") -> None:
-        self.metrics.reject(reason)
-        self.log("rejected", peer=peer, reason=reason, **({"detail": detail[:200]} if detail else {}))
+    def _reject(self, peer: str, reason: str, detail: str = "", count: int = 1) -> None:
+        self.metrics.reject(reason, count)
+        extra: dict[str, Any] = {"detail": detail[:200]} if detail else {}
+        if count > 1:
+            extra["count"] = count  # a coalesced report (a banned peer's refused streams)
+        self.log("rejected", peer=peer, reason=reason, **extra)
         if reason in ("banned", "stale"):
             return  # already banned / an honest peer that is slow: not a strike
         now = self.clock()
@@ -344,7 +347,7 @@ class NodeRuntime:
             if isinstance(event, Frame):
                 self._accept(event.peer, event.body)
             elif isinstance(event, Rejected):
-                self._reject(event.peer, event.reason)
+                self._reject(event.peer, event.reason, count=event.count)
             elif isinstance(event, Connected):
                 self.metrics.peers = len(self.transport.peers())
                 self.dispatch(PeerUp(peer=event.peer))

@@ -33,6 +33,13 @@ TRAINING: dict[str, tuple[Any, dict[str, Any]]] = {
     "momentum": (0.9, {"help": "SGD momentum", "min": 0, "lt": 1}),
     "weight_decay": (0.0, {"help": "L2 weight decay", "min": 0, "finite": True}),
     "batch_size": (32, {"help": "batch size", "min": 1}),
+    "buffers": (
+        "average",
+        {
+            "help": "model buffers (BatchNorm running statistics): average (travel and mix like parameters), "
+            "local (each node keeps its own), or per kind, e.g. float=average,int=local"
+        },
+    ),
     "sam_rho": (
         0.0,
         {"help": "sharpness-aware minimisation radius (DFedSAM); 0 = plain SGD", "min": 0, "finite": True},

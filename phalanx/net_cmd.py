@@ -135,6 +135,7 @@ def sim_config(args: argparse.Namespace) -> Any:
         "weight_decay": args.weight_decay,
         "batch_size": args.batch_size,
         "sam_rho": args.sam_rho,
+        "buffers": args.buffers,
         "eval_every": max(1, args.eval_every),
     }
     if args.byzantine:
@@ -167,6 +168,8 @@ def node_args(args: argparse.Namespace) -> list[str]:
         str(args.batch_size),
         "--sam-rho",
         str(args.sam_rho),
+        "--buffers",
+        args.buffers,
         "--seed",
         str(args.seed),
         "--protocol",

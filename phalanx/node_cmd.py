@@ -116,15 +116,20 @@ def run(args: argparse.Namespace) -> int:
 
 def move_checkpoint_aside(data_dir: Path) -> Path | None:
     """Rename DATA_DIR's checkpoint to ``checkpoint.bin.YYYYmmdd-HHMMSS.old`` (never overwriting one) and
-    say so in a log line; returns the new path, or None when there was no checkpoint."""
+    say so in a log line; the previous generation (``checkpoint.prev.bin``) goes aside with it, or a
+    fresh start would resume from it. Returns the new path, or None when there was no checkpoint."""
     import json
     import time
 
-    from phalanx.node.checkpoint import FILENAME
+    from phalanx.node.checkpoint import FILENAME, previous_path
 
     current = data_dir / FILENAME
+    previous = previous_path(current)
     if not current.exists():
-        return None
+        if previous.exists():  # only the older generation is left: move it, so nothing is resumed
+            current = previous
+        else:
+            return None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     aside = current.with_name(f"{FILENAME}.{stamp}.old")
     n = 1
@@ -132,6 +137,8 @@ def move_checkpoint_aside(data_dir: Path) -> Path | None:
         aside = current.with_name(f"{FILENAME}.{stamp}-{n}.old")
         n += 1
     current.rename(aside)
+    if previous.exists():
+        previous.rename(aside.with_name(aside.name.replace(".old", ".prev.old")))
     print(
         json.dumps({"event": "fresh", "moved": str(current), "to": str(aside)}, separators=(",", ":")),
         flush=True,

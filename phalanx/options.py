@@ -35,6 +35,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     _add(group, "weight_decay", non_negative_float)
     _add(group, "batch_size", positive_int)
     _add(group, "sam_rho", non_negative_float)
+    _add(group, "buffers")
     _add(group, "seed", int)
 
 

@@ -70,6 +70,7 @@ FLAGS: tuple[tuple[str, Any], ...] = (
     ("weight_decay", non_negative_float),
     ("batch_size", positive_int),
     ("sam_rho", non_negative_float),
+    ("buffers", str),
     ("step_time", positive_float),
     ("latency", non_negative_float),
     ("bandwidth", positive_float),

@@ -88,6 +88,7 @@ class SimConfig:
     weight_decay: float = setting("weight_decay")
     batch_size: int = setting("batch_size")
     sam_rho: float = setting("sam_rho")
+    buffers: str = setting("buffers")
     # virtual network and time
     step_time: float = _f(0.01, "virtual seconds per local step", **_POSITIVE)
     latency: float = _f(0.01, "default link latency (virtual seconds)", **_SECONDS)

@@ -202,6 +202,10 @@ def check_rule(
 def plan(config: SimConfig) -> Plan:
     """Check the config and fix every random choice that does not need training."""
     spec, protocol_config = protocol_of(config)  # unknown protocols and protocol params refused here
+    try:
+        TrainConfig.from_settings(config)  # the local optimiser's settings (and the buffer policy)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     check_model(config.model)  # a built-in name or a module:attr factory that resolves
     attacks = attack_names()
     for name in ({config.attack} if config.num_byzantine else set()) | set(config.attacks.values()):

@@ -39,4 +39,5 @@ SPEC = ProtocolSpec(
     rule_inputs=lambda config, degree: config.needed_models,
     own_row=False,
     report="sampled",
+    carries_views=True,
 )

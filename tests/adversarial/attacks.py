@@ -79,8 +79,11 @@ async def decode_bomb(victim: Victim, hosts: Hosts) -> None:
 
 def check_decode_bomb(o: Outcome, v: Victim, peers: list[str], mark: int) -> list[str]:
     bombs = [e for e in v.events[mark:] if e.get("event") == "rejected" and e.get("peer") in peers]
-    if {e.get("reason") for e in bombs} != {"too-many-items"}:
-        return [f"bombs rejected as {sorted({str(e.get('reason')) for e in bombs})}, not too-many-items"]
+    # a D-PSGD node decodes under the model-only limits, where the bomb does not even fit in a frame;
+    # under the view limits (MoDeST) the structural scan refuses it
+    reasons = {e.get("reason") for e in bombs}
+    if not reasons or not reasons <= {"too-many-items", "frame-too-large"}:
+        return [f"bombs rejected as {sorted(str(r) for r in reasons)}, not too-many-items or frame-too-large"]
     return []
 
 

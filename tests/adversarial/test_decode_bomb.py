@@ -61,7 +61,7 @@ def test_model_only_limits_leave_room_for_a_model_and_nothing_else() -> None:
     view = ViewDelta(ids=("a",), active=(1,), counters=(1,))
     with pytest.raises(WireError):
         decode(encode(TrainedModel(round=1, params=torch.zeros(DIM), view=view)), limits)
-    assert Limits(dim=DIM).max_frame == 4 * DIM + 64 * 100_000 + 4096  # the default is unchanged
+    assert Limits(dim=DIM).max_frame == 4 * DIM + 160 * 100_000 + 4096  # room for 100,000 signed entries
 
 
 def test_a_full_view_still_decodes_under_default_limits() -> None:

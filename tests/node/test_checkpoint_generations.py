@@ -150,6 +150,8 @@ def test_node_run_with_a_forged_checkpoint_exits_2_with_one_line(tmp_path: Path)
             "1",
             "--metrics-port",
             "-1",
+            "--alone",
+            "train",  # no neighbours: let it get as far as its checkpoint
         ],
         capture_output=True,
         text=True,
