@@ -424,7 +424,7 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
             "train_steps": worker.steps_run,
             "bytes": engine.bytes_sent,
             "messages": engine.messages_sent,
-            "signatures_verified": verifier.checked,
+            "signatures_verified": verifier.checked if verifier is not None else 0,
         },
         protocols=protocols,
     )
