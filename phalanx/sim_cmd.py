@@ -59,7 +59,7 @@ FLAGS: tuple[tuple[str, Any], ...] = (
     ("mixing", str),
     ("protocol", str),
     ("rule", str),
-    ("local_steps", non_negative_int),
+    ("local_steps", positive_int),
     ("gossip_steps", positive_int),
     ("round_timeout", positive_float),
     ("dataset", str),
@@ -203,6 +203,19 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=run_sim)
 
 
+def crash_list(checked: Any, most: int = 24) -> str:
+    """The planned crashes as ``id: degree`` with their rounds (the first ``most`` of them)."""
+    config = checked.config
+    shown = [f"{i}: {checked.graph.degree[i]}" for i in checked.crashed[:most]]
+    more = len(checked.crashed) - most
+    rounds = sorted({config.crash_round_of(i) for i in checked.crashed})
+    return (
+        ", ".join(shown)
+        + (f", ... ({more} more)" if more > 0 else "")
+        + f" at round {', '.join(map(str, rounds))}"
+    )
+
+
 def run_sim(args: argparse.Namespace) -> int:
     from phalanx.sim.config import preset_names
 
@@ -236,6 +249,8 @@ def run_sim(args: argparse.Namespace) -> int:
         f"{len(checked.crashed)} crashing, {config.rounds} rounds on {config.dataset}",
         flush=True,
     )
+    if checked.crashed:
+        print(f"sim: crashing (node: degree): {crash_list(checked)}", flush=True)
     for seed in seeds or [None]:
         one = checked if seed is None else plan(config.replace(seed=seed))
         with tqdm(
