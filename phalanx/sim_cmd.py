@@ -275,5 +275,6 @@ def run_sim(args: argparse.Namespace) -> int:
     if seeds:
         info = write_seed_dirs(out, seeds, plots=not args.no_plots)
     print(summary_table([info]))
-    print(f"wrote {out}/ (config.toml, metrics.jsonl, summary.json{'' if args.no_plots else ', plots'})")
+    files = "config.toml, metrics.jsonl, summary.json" + ("" if seeds else ", nodes.jsonl")
+    print(f"wrote {out}/ ({files}{'' if args.no_plots else ', plots'})")
     return 0
