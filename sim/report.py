@@ -179,7 +179,8 @@ def write_run(result: Result, out: Path, *, plots: bool = True) -> dict[str, Any
     write_rows(result.rows, out / "metrics.jsonl")
     info = summary(result)
     (out / "summary.json").write_text(json.dumps(info, indent=2) + "\n")
-    write_rows(result.nodes, out / "nodes.jsonl")
+    if result.nodes:  # a simulated run's (net up writes its own nodes.json)
+        write_rows(result.nodes, out / "nodes.jsonl")
     if plots:
         from phalanx.sim.plots import plot_run
 
