@@ -13,6 +13,7 @@ target: everything else stays under 25% of the training time.
 from __future__ import annotations
 
 import argparse
+import collections
 import sys
 import time
 from contextlib import ExitStack
@@ -22,6 +23,7 @@ from unittest import mock
 import torch
 
 from phalanx.node.learner import Trainer
+from phalanx.sim import experiment
 from phalanx.sim.config import SimConfig
 from phalanx.sim.engine import Engine
 from phalanx.sim.experiment import plan, run
@@ -51,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local-steps", type=int, default=10)
     parser.add_argument("--dataset", default="mnist")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--unsigned", action="store_true", help="views without signatures (to price signed membership)"
+    )
     args = parser.parse_args(argv)
     config = SimConfig(
         nodes=args.nodes,
@@ -69,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         stack.enter_context(mock.patch.object(SimWorker, "train", _timed(SimWorker.train, spent, "train")))
         stack.enter_context(mock.patch.object(Trainer, "evaluate", _timed(Trainer.evaluate, spent, "eval")))
         stack.enter_context(mock.patch.object(Engine, "resume", _timed(Engine.resume, spent, "loop")))
+        if args.unsigned:
+            unsigned = (collections.defaultdict(lambda: None), None)
+            stack.enter_context(mock.patch.object(experiment, "sim_keyring", lambda peers, seed: unsigned))
         result = run(plan(config))
     wall = time.perf_counter() - start
     rounds = len(result.rows)
@@ -76,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     counters = result.rows[-1]["counters"]
     print(
         f"MoDeST, {args.nodes} nodes, s={args.s}, a={args.a}, {rounds} rounds of {args.local_steps} local steps "
-        "(the one simulation pipeline)"
+        f"(the one simulation pipeline, {'unsigned' if args.unsigned else 'signed'} membership)"
     )
     print(f"set-up and start {wall - spent['loop']:.2f} s (one-off)")
     print(f"{'per round':<28}{'ms':>9}")
