@@ -6,6 +6,12 @@ from (dataset, partition, n, index, seed) alone. The shards are disjoint and cov
 Spec strings: ``iid``, ``dirichlet:ALPHA`` (e.g. ``dirichlet:0.5``), ``shards:K`` (e.g. ``shards:2``), and
 ``iid:relays=F`` (e.g. ``iid:relays=0.2``): a seeded choice of ``round(F * n)`` nodes gets no data (relays:
 they only forward and mix), and the others split the data IID.
+
+``clusters:G`` or ``clusters:PATH`` splits the labels by cluster, as heterogeneous "two cliques" studies do
+(ClippedGossip's): each cluster of nodes gets its own set of classes (the sorted classes dealt round-robin to
+the clusters) and splits that data IID among its nodes. ``G`` makes G clusters of consecutive node ids, the
+layout of ``dumbbell`` (``clusters:2`` on ``dumbbell``: one label set per clique); ``PATH`` is a file with one
+cluster name per line, line i for node i (any names: the clusters are the distinct ones, in sorted order).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import math
 
 import numpy as np
 
-PARTITION_NAMES = ("iid", "iid:relays=FRACTION", "dirichlet:ALPHA", "shards:K")
+PARTITION_NAMES = ("iid", "iid:relays=FRACTION", "dirichlet:ALPHA", "shards:K", "clusters:G", "clusters:PATH")
 
 
 class PartitionError(ValueError):
@@ -89,9 +95,56 @@ def shards(labels: np.ndarray, n: int, *, k: int, seed: int) -> list[np.ndarray]
     return [np.sort(np.concatenate([pieces[j] for j in row])) for row in deal]
 
 
+def cluster_of_nodes(spec_arg: str, n: int) -> list[int]:
+    """The cluster index of each of the n nodes for ``clusters:G`` or ``clusters:PATH``."""
+    if spec_arg.isdigit():
+        groups = int(spec_arg)
+        if not 1 <= groups <= n:
+            raise PartitionError(f"clusters:G needs 1 <= G <= {n} nodes, got {groups}")
+        return [i * groups // n for i in range(n)]
+    try:
+        with open(spec_arg, encoding="utf-8") as handle:
+            names = [line.strip() for line in handle if line.strip()]
+    except OSError as exc:
+        raise PartitionError(f"cannot read the cluster file {spec_arg}: {exc.strerror}") from None
+    if len(names) != n:
+        raise PartitionError(f"cluster file {spec_arg} names {len(names)} nodes, the run has {n}")
+    order = {name: i for i, name in enumerate(sorted(set(names)))}
+    return [order[name] for name in names]
+
+
+def by_cluster(labels: np.ndarray, clusters: list[int], *, seed: int) -> list[np.ndarray]:
+    """Each cluster its own classes (dealt round-robin in sorted order), IID among the cluster's nodes."""
+    n = len(clusters)
+    groups = max(clusters) + 1
+    classes = np.unique(labels)
+    if len(classes) < groups:
+        raise PartitionError(f"{groups} clusters need at least {groups} classes, the data has {len(classes)}")
+    owner = {int(c): i % groups for i, c in enumerate(classes)}
+    rng = np.random.default_rng(seed)
+    shards: list[np.ndarray] = [np.empty(0, dtype=np.int64) for _ in range(n)]
+    for g in range(groups):
+        members = [i for i in range(n) if clusters[i] == g]
+        if not members:
+            continue
+        mine = np.flatnonzero(np.isin(labels, [c for c, o in owner.items() if o == g]))
+        if len(mine) < len(members):
+            raise PartitionError(f"cluster {g} has {len(members)} nodes but {len(mine)} samples")
+        for node, part in zip(members, np.array_split(rng.permutation(mine), len(members))):
+            shards[node] = np.sort(part)
+    return shards
+
+
 def parse_partition(spec: str) -> tuple[str, float]:
-    """Parse a partition spec into (kind, parameter); raises PartitionError naming the problem."""
+    """Parse a partition spec into (kind, parameter); raises PartitionError naming the problem.
+    (``clusters``: the parameter is G, or 0 for a cluster file, read when the shards are made.)"""
     kind, _, arg = spec.partition(":")
+    if kind == "clusters":
+        if arg.isdigit() and int(arg) >= 1:
+            return "clusters", float(arg)
+        if arg and not arg.isdigit():
+            return "clusters", 0.0
+        raise PartitionError(f"clusters needs G >= 1 or a file, as in clusters:2; got {spec!r}")
     if kind == "iid" and not arg:
         return "iid", 0.0
     if kind == "iid" and arg.startswith("relays="):
@@ -129,6 +182,8 @@ def partition(labels: np.ndarray, n: int, spec: str, *, seed: int) -> list[np.nd
         return iid_with_relays(labels, n, relays=arg, seed=seed) if arg else iid(labels, n, seed=seed)
     if kind == "dirichlet":
         return dirichlet(labels, n, alpha=arg, seed=seed)
+    if kind == "clusters":
+        return by_cluster(labels, cluster_of_nodes(spec.partition(":")[2], n), seed=seed)
     return shards(labels, n, k=int(arg), seed=seed)
 
 

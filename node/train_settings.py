@@ -24,7 +24,8 @@ TRAINING: dict[str, tuple[Any, dict[str, Any]]] = {
     "partition": (
         "iid",
         {
-            "help": "iid, iid:relays=FRACTION (that fraction of nodes gets no data), dirichlet:ALPHA or shards:K"
+            "help": "iid, iid:relays=FRACTION (that fraction of nodes gets no data), dirichlet:ALPHA, shards:K, "
+            "or clusters:G / clusters:PATH (each cluster of nodes its own classes: dumbbell cliques)"
         },
     ),
     "model": (

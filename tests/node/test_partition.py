@@ -90,3 +90,36 @@ def test_index_out_of_range():
 def test_parse_partition():
     assert parse_partition("dirichlet:0.5") == ("dirichlet", 0.5)
     assert parse_partition("shards:2") == ("shards", 2.0)
+
+
+@given(
+    n=st.integers(4, 40),
+    groups=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_clusters_give_each_cluster_its_own_classes_iid_inside(n: int, groups: int, seed: int) -> None:
+    labels = np.repeat(np.arange(10), 50)
+    if groups > n:
+        return
+    shards = partition(labels, n, f"clusters:{groups}", seed=seed)
+    flat = np.concatenate(shards)
+    assert len(flat) == len(labels) and len(np.unique(flat)) == len(labels)  # disjoint, covering
+    clusters = [i * groups // n for i in range(n)]
+    for g in range(groups):
+        held = {int(c) for i in range(n) if clusters[i] == g for c in labels[shards[i]]}
+        assert held == {c for c in range(10) if c % groups == g}  # the cluster's own label set
+
+
+def test_clusters_from_a_file_and_bad_cluster_specs(tmp_path) -> None:
+    labels = np.repeat(np.arange(4), 20)
+    path = tmp_path / "groups.txt"
+    path.write_text("left\nleft\nright\nright\n")
+    shards = partition(labels, 4, f"clusters:{path}", seed=0)
+    assert {int(c) for c in labels[np.concatenate(shards[:2])]} == {0, 2}
+    assert {int(c) for c in labels[np.concatenate(shards[2:])]} == {1, 3}
+    with pytest.raises(PartitionError, match="names 4 nodes, the run has 5"):
+        partition(np.repeat(np.arange(4), 20), 5, f"clusters:{path}", seed=0)
+    with pytest.raises(PartitionError, match="clusters needs G >= 1"):
+        parse_partition("clusters:0")
+    with pytest.raises(PartitionError, match="cannot read the cluster file"):
+        partition(labels, 4, f"clusters:{tmp_path / 'missing.txt'}", seed=0)
