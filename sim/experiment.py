@@ -228,9 +228,18 @@ def plan(config: SimConfig) -> Plan:
         raise ConfigError(str(exc)) from None
     check_model(config.model)  # a built-in name or a module:attr factory that resolves
     attacks = attack_names()
+    from phalanx.aggregation import ATTACK_PARAMS
+
     for name in ({config.attack} if config.num_byzantine else set()) | set(config.attacks.values()):
         if name not in attacks:
             raise ConfigError(f"unknown attack {name!r}; choose one of: {', '.join(attacks)}")
+        # an attack given a parameter it does not take would fail at every send and quietly stay honest
+        takes = ATTACK_PARAMS.get(name)
+        unknown = sorted(set(config.attack_params) - takes) if takes is not None else []
+        if unknown and name not in BEHAVIOUR_OF:
+            raise ConfigError(
+                f"attack {name} takes no parameter {', '.join(unknown)}; it takes: {', '.join(sorted(takes or ())) or 'none'}"
+            )
     parse_partition(config.partition)
     rng = np.random.default_rng(derive_seed(config.seed, "plan"))
     graph = build_graph(config.topology, config.nodes, seed=config.seed)

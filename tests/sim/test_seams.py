@@ -123,3 +123,17 @@ def test_a_protocol_without_a_rule_and_a_gossip_rule_at_modest_are_refused():
                 nodes=8, dataset="blobs", protocol="modest", rule="clipped-gossip", rule_params={"tau": 1.0}
             )
         )
+
+
+def test_an_attack_parameter_the_attack_does_not_take_is_refused_not_silently_dropped():
+    """A Byzantine node whose attack fails on an unknown parameter used to send honest models quietly."""
+    config = SimConfig(
+        nodes=8,
+        dataset="blobs",
+        topology="ring",
+        byzantine_fraction=0.25,
+        attack="large-value",
+        attack_params={"sigma": 3.0},
+    )
+    with pytest.raises(ConfigError, match="attack large-value takes no parameter sigma; it takes: value"):
+        plan(config)
