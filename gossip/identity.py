@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
@@ -122,7 +121,7 @@ class Verifier:
     def __init__(self, keys: KeyDirectory, *, cache: int = 65536) -> None:
         self.keys = keys
         self.cache_size = cache
-        self._cache: OrderedDict[tuple[PeerId, int, int, bytes], bool] = OrderedDict()
+        self._cache: dict[tuple[PeerId, int, int, bytes], bool] = {}  # insertion order: oldest first
         self._public: dict[PeerId, Ed25519PublicKey | None] = {}
         self.checked = 0  # signatures actually verified (cache misses)
         self.hits = 0
@@ -149,7 +148,6 @@ class Verifier:
         known = self._cache.get(key)
         if known is not None:
             self.hits += 1
-            self._cache.move_to_end(key)
             return known
         public = self._key(peer)
         ok = False
@@ -162,7 +160,7 @@ class Verifier:
                 ok = False
         self._cache[key] = ok
         if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+            del self._cache[next(iter(self._cache))]  # the oldest entry
         return ok
 
 

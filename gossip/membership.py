@@ -116,7 +116,7 @@ class ViewDelta:
 class View:
     """One node's membership view (see the module docstring). ``owner`` is the node keeping it."""
 
-    __slots__ = ("_ids", "_recent", "owner", "records", "rejected", "signer", "verifier")
+    __slots__ = ("_ids", "_recent", "owner", "records", "refresh", "rejected", "signer", "verifier")
 
     def __init__(
         self,
@@ -126,8 +126,12 @@ class View:
         round: int = 0,
         signer: Signer | None = None,
         verifier: Verifier | None = None,
+        refresh: int = 1,
     ) -> None:
         self.owner = owner
+        # rounds between two re-signings of this node's own activity claim (each new record travels in
+        # every delta for a while, so a claim renewed every round would cost bytes for nothing)
+        self.refresh = max(1, refresh)
         self.signer = signer
         self.verifier = verifier  # None: an unsigned view (protocol unit tests); runners always pass one
         self.rejected = 0  # received records refused: bad or missing signature, claim too far ahead
@@ -197,8 +201,10 @@ class View:
         rec = self.records.get(peer)
         if self.signed:
             if peer == self.owner:
-                if rec is None or round > rec.claim:
+                if rec is None or round >= rec.claim + self.refresh:
                     self.own(1 if rec is None else rec.counter, round, now_round=now_round)
+                elif round > rec.last_active:
+                    rec.last_active = round
             elif rec is not None and round > rec.last_active:
                 rec.last_active = round
             return
@@ -233,22 +239,22 @@ class View:
         if self.verifier is None:
             changed = self.update(peer, max(claim, active_from), counter, now_round=now_round)
             return changed
+        rec = self.records.get(peer)
+        if rec is not None and (counter, claim) <= (rec.counter, rec.claim):
+            return False  # not newer than what the view holds: nothing to check, nothing to change
         if (max_claim is not None and claim > max_claim) or not self.verifier.verify(
             peer, counter, claim, sig
         ):
             self.rejected += 1
             return None
-        rec = self.records.get(peer)
         if rec is None:
             self.records[peer] = PeerRecord(max(claim, active_from), counter, now_round, claim, sig)
             self._ids = None
-        elif (counter, claim) > (rec.counter, rec.claim):
+        else:
             rejoined = counter % 2 == 1 and counter > rec.counter
             rec.counter, rec.claim, rec.sig = counter, claim, sig
             rec.last_active = max(rec.last_active, claim, active_from if rejoined else 0)
             rec.changed = now_round
-        else:
-            return False
         self._recent[peer] = None
         return True
 

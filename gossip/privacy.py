@@ -33,7 +33,9 @@ from typing import Any
 
 import torch
 
-INSTALL_HINT = "privacy accounting needs the optional extra: pip install 'phalanx[privacy]' (dp-accounting>=0.4)"
+INSTALL_HINT = (
+    "privacy accounting needs the optional extra: pip install 'phalanx[privacy]' (dp-accounting>=0.4)"
+)
 
 
 class PrivacyUnavailable(ImportError):
@@ -108,7 +110,9 @@ class PrivacyAccountant:
     composition of n identical events is one call, so this costs nothing).
     """
 
-    def __init__(self, *, noise_multiplier: float, delta: float, sampling_rate: float = 1.0, rounds: int = 0) -> None:
+    def __init__(
+        self, *, noise_multiplier: float, delta: float, sampling_rate: float = 1.0, rounds: int = 0
+    ) -> None:
         if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0.0):
             raise PrivacyError(f"noise multiplier must be >= 0, got {noise_multiplier}")
         _check_common(delta=delta, sampling_rate=sampling_rate)
@@ -145,9 +149,13 @@ class PrivacyAccountant:
 
 def epsilon_for(noise_multiplier: float, *, rounds: int, delta: float, sampling_rate: float = 1.0) -> float:
     """The epsilon spent after ``rounds`` releases at this noise multiplier."""
-    return PrivacyAccountant(
-        noise_multiplier=noise_multiplier, delta=delta, sampling_rate=sampling_rate, rounds=rounds
-    ).spent().epsilon
+    return (
+        PrivacyAccountant(
+            noise_multiplier=noise_multiplier, delta=delta, sampling_rate=sampling_rate, rounds=rounds
+        )
+        .spent()
+        .epsilon
+    )
 
 
 def sigma_for(

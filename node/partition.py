@@ -3,14 +3,18 @@
 Every partitioner is a pure function of (labels, n, seed, parameters), so a node computes its own shard
 from (dataset, partition, n, index, seed) alone. The shards are disjoint and cover all indices.
 
-Spec strings: ``iid``, ``dirichlet:ALPHA`` (e.g. ``dirichlet:0.5``), ``shards:K`` (e.g. ``shards:2``).
+Spec strings: ``iid``, ``dirichlet:ALPHA`` (e.g. ``dirichlet:0.5``), ``shards:K`` (e.g. ``shards:2``), and
+``iid:relays=F`` (e.g. ``iid:relays=0.2``): a seeded choice of ``round(F * n)`` nodes gets no data (relays:
+they only forward and mix), and the others split the data IID.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-PARTITION_NAMES = ("iid", "dirichlet:ALPHA", "shards:K")
+PARTITION_NAMES = ("iid", "iid:relays=FRACTION", "dirichlet:ALPHA", "shards:K")
 
 
 class PartitionError(ValueError):
@@ -29,6 +33,26 @@ def iid(labels: np.ndarray, n: int, *, seed: int) -> list[np.ndarray]:
     _check(len(labels), n)
     perm = np.random.default_rng(seed).permutation(len(labels))
     return [np.sort(part) for part in np.array_split(perm, n)]
+
+
+def relay_nodes(n: int, fraction: float, *, seed: int) -> list[int]:
+    """The ``round(fraction * n)`` nodes without data of ``iid:relays=FRACTION``: a seeded draw, sorted."""
+    k = round(fraction * n)
+    if k >= n:
+        raise PartitionError(f"iid:relays={fraction} gives all {n} nodes no data; keep at least one")
+    return sorted(int(i) for i in np.random.default_rng([seed, 0x7E1A]).choice(n, size=k, replace=False))
+
+
+def iid_with_relays(labels: np.ndarray, n: int, *, relays: float, seed: int) -> list[np.ndarray]:
+    """:func:`iid` over the nodes that are not relays (:func:`relay_nodes`); relays get empty shards."""
+    _check(len(labels), n)
+    empty = set(relay_nodes(n, relays, seed=seed))
+    holders = [i for i in range(n) if i not in empty]
+    parts = iid(labels, len(holders), seed=seed)
+    out = [np.zeros(0, dtype=np.int64) for _ in range(n)]
+    for i, part in zip(holders, parts):
+        out[i] = part
+    return out
 
 
 def dirichlet(labels: np.ndarray, n: int, *, alpha: float, seed: int) -> list[np.ndarray]:
@@ -70,6 +94,16 @@ def parse_partition(spec: str) -> tuple[str, float]:
     kind, _, arg = spec.partition(":")
     if kind == "iid" and not arg:
         return "iid", 0.0
+    if kind == "iid" and arg.startswith("relays="):
+        try:
+            fraction = float(arg.removeprefix("relays="))
+        except ValueError:
+            fraction = math.nan
+        if not 0 <= fraction < 1:
+            raise PartitionError(
+                f"iid:relays needs a fraction of nodes in [0, 1), as in iid:relays=0.2; got {spec!r}"
+            )
+        return "iid", fraction
     if kind == "dirichlet":
         try:
             alpha = float(arg)
@@ -92,7 +126,7 @@ def partition(labels: np.ndarray, n: int, spec: str, *, seed: int) -> list[np.nd
     kind, arg = parse_partition(spec)
     labels = np.asarray(labels)
     if kind == "iid":
-        return iid(labels, n, seed=seed)
+        return iid_with_relays(labels, n, relays=arg, seed=seed) if arg else iid(labels, n, seed=seed)
     if kind == "dirichlet":
         return dirichlet(labels, n, alpha=arg, seed=seed)
     return shards(labels, n, k=int(arg), seed=seed)

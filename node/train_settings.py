@@ -21,7 +21,12 @@ TRAINING: dict[str, tuple[Any, dict[str, Any]]] = {
             "csv:PATH[:label=COL], or a loader as module:function; add :norm=train|none|MEAN/STD (docs/data.md)"
         },
     ),
-    "partition": ("iid", {"help": "iid, dirichlet:ALPHA or shards:K"}),
+    "partition": (
+        "iid",
+        {
+            "help": "iid, iid:relays=FRACTION (that fraction of nodes gets no data), dirichlet:ALPHA or shards:K"
+        },
+    ),
     "model": (
         "mlp",
         {

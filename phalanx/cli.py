@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "phalanx.sim_cmd",
     "phalanx.sweep_cmd",
     "phalanx.compare_cmd",
+    "phalanx.list_cmd",
 )
 
 

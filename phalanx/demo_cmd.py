@@ -1,7 +1,7 @@
 """``phalanx demo``: the README's main job — a simulated network under attack, mean vs a robust rule.
 
 32 nodes on a random 6-regular graph learn the embedded MNIST with D-PSGD; 25% of them are ALIE
-attackers and 20% of the honest ones crash at round 10. The same run (same seed, same graph, same
+attackers and 25% of the honest ones (6 of 24) crash at round 10. The same run (same seed, same graph, same
 attackers) is made once with plain gossip averaging and once with a robust rule, and a small table
 compares the honest nodes' accuracy.
 """
@@ -21,7 +21,7 @@ ROBUST = ("clipped-gossip", {"tau": 1.0})
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "demo",
-        help="the README's main job: 32 simulated nodes, 25%% ALIE attackers, 20%% crashes; mean vs a robust rule",
+        help="the README's main job: 32 simulated nodes, 25%% ALIE attackers, 25%% of the honest ones crash; mean vs a robust rule",
     )
     parser.add_argument("--rounds", type=positive_int, default=None, help="rounds (default: the preset's 30)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -84,7 +84,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 ("acc_min", "min", ".4f"),
                 ("acc_max", "max", ".4f"),
                 ("consensus", "consensus dist", ".3f"),
-                ("live", "live nodes", ""),
+                ("live", "honest live", ""),
                 ("seconds", "wall s", ".1f"),
             ),
         )

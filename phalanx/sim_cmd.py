@@ -59,7 +59,7 @@ FLAGS: tuple[tuple[str, Any], ...] = (
     ("mixing", str),
     ("protocol", str),
     ("rule", str),
-    ("local_steps", non_negative_int),
+    ("local_steps", positive_int),
     ("gossip_steps", positive_int),
     ("round_timeout", positive_float),
     ("dataset", str),
@@ -204,6 +204,19 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=run_sim)
 
 
+def crash_list(checked: Any, most: int = 24) -> str:
+    """The planned crashes as ``id: degree`` with their rounds (the first ``most`` of them)."""
+    config = checked.config
+    shown = [f"{i}: {checked.graph.degree[i]}" for i in checked.crashed[:most]]
+    more = len(checked.crashed) - most
+    rounds = sorted({config.crash_round_of(i) for i in checked.crashed})
+    return (
+        ", ".join(shown)
+        + (f", ... ({more} more)" if more > 0 else "")
+        + f" at round {', '.join(map(str, rounds))}"
+    )
+
+
 def run_sim(args: argparse.Namespace) -> int:
     from phalanx.sim.config import preset_names
 
@@ -237,6 +250,8 @@ def run_sim(args: argparse.Namespace) -> int:
         f"{len(checked.crashed)} crashing, {config.rounds} rounds on {config.dataset}",
         flush=True,
     )
+    if checked.crashed:
+        print(f"sim: crashing (node: degree): {crash_list(checked)}", flush=True)
     for seed in seeds or [None]:
         one = checked if seed is None else plan(config.replace(seed=seed))
         with tqdm(
@@ -261,5 +276,6 @@ def run_sim(args: argparse.Namespace) -> int:
     if seeds:
         info = write_seed_dirs(out, seeds, plots=not args.no_plots)
     print(summary_table([info]))
-    print(f"wrote {out}/ (config.toml, metrics.jsonl, summary.json{'' if args.no_plots else ', plots'})")
+    files = "config.toml, metrics.jsonl, summary.json" + ("" if seeds else ", nodes.jsonl")
+    print(f"wrote {out}/ ({files}{'' if args.no_plots else ', plots'})")
     return 0

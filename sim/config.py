@@ -76,7 +76,7 @@ class SimConfig:
     include_own: bool = _f(
         True, "robust (non-gossip) rules aggregate the node's own model with its neighbours'"
     )
-    local_steps: int = _f(1, "local SGD steps per round", min=0)
+    local_steps: int = _f(1, "local SGD steps per round", min=1)
     gossip_steps: int = _f(1, "Q gossip exchanges per round (DFedSAM-MGS)", min=1)
     round_timeout: float = _f(1.0, "virtual seconds to wait for neighbours", **_POSITIVE)
     # data, model, local optimiser
@@ -98,7 +98,9 @@ class SimConfig:
         False, "a node's messages share its uplink's bandwidth, one after another (else independent links)"
     )
     # faults
-    crash_fraction: float = _f(0.0, "fraction of honest nodes that crash", **_FRACTION)
+    crash_fraction: float = _f(
+        0.0, "fraction of the honest nodes (nodes - Byzantine) that crash", **_FRACTION
+    )
     crash_nodes: tuple[int, ...] = _f((), "ids of nodes that crash")
     crash_round: int = _f(0, "round at which they crash", min=0)
     crash_placement: str = _f(
@@ -190,7 +192,7 @@ class SimConfig:
 
     @property
     def num_crashed(self) -> int:
-        return len(self.crash_nodes) or round(self.crash_fraction * self.nodes)
+        return len(self.crash_nodes) or round(self.crash_fraction * (self.nodes - self.num_byzantine))
 
     def attack_of(self, node: int) -> str:
         """The attack of Byzantine node ``node``: its own in ``attacks``, else ``attack``."""

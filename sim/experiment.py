@@ -117,6 +117,8 @@ def place_crashes(
     shards: list[np.ndarray],
     rng: np.random.Generator,
 ) -> tuple[int, ...]:
+    """The honest nodes that crash: ``crash_nodes``, or ``crash_fraction`` of the honest nodes placed by
+    ``crash_placement``. A placement that cannot be honoured is a :class:`ConfigError`."""
     if config.crash_nodes:
         return tuple(config.crash_nodes)
     honest = [i for i in range(config.nodes) if i not in byzantine]
@@ -130,10 +132,22 @@ def place_crashes(
         sizes = {i: len(shards[i]) for i in honest}
         if config.crash_placement == "relays":
             relays = [i for i in honest if sizes[i] == 0]
-            rest = [i for i in honest if sizes[i] > 0]
-            chosen = _pick(rng, relays, k) if relays else []
-            return tuple(sorted(chosen + _pick(rng, rest, k - len(chosen))))
-        return tuple(sorted(sorted(honest, key=lambda i: (-sizes[i], i))[:k]))
+            if len(relays) < k:
+                raise ConfigError(
+                    f"crash_placement relays needs {k} honest nodes without data, but partition "
+                    f"{config.partition!r} leaves {len(relays)}; give nodes no data with "
+                    "partition = 'iid:relays=FRACTION' (or a small dirichlet alpha)"
+                )
+            return tuple(_pick(rng, relays, k))
+        # Shards within one sample of each other (an IID split's) count as equal, and equal ones are
+        # ordered by a seeded draw, not by id: low ids are often the hubs (Barabasi-Albert).
+        level, top = {}, None
+        for size in sorted(set(sizes.values()), reverse=True):
+            if top is None or size < top - 1:
+                top = size
+            level[size] = -top
+        ties = np.random.default_rng(derive_seed(config.seed, "crash-ties")).permutation(config.nodes)
+        return tuple(sorted(sorted(honest, key=lambda i: (level[sizes[i]], int(ties[i])))[:k]))
     return tuple(_pick(rng, honest, k))
 
 
@@ -149,6 +163,12 @@ def check_rule(
     training, instead of in round 0. A protocol that applies no rule refuses any rule but ``mean``."""
     if config.rule not in rule_names():
         raise ConfigError(f"unknown rule {config.rule!r}; choose one of: {', '.join(rule_names())}")
+    if config.rule == "mean":
+        from phalanx.gossip.aggregator import GENERIC_PARAMS
+
+        extra = sorted(set(config.rule_params) - GENERIC_PARAMS)
+        if extra:
+            raise ConfigError(f"rule mean (D-PSGD mixing) takes no parameter; got {', '.join(extra)}")
     if spec is None:
         spec, protocol_config = protocol_of(config)
     own_row = spec.own_row
@@ -257,6 +277,8 @@ class Result:
     wall_time: float = 0.0
     engine_stats: dict[str, Any] = field(default_factory=dict)
     protocols: dict[PeerId, Protocol] = field(default_factory=dict)  # every node's protocol, after the run
+    nodes: list[dict[str, Any]] = field(default_factory=list)  # per honest node, after the run (nodes.jsonl)
+    faults: list[tuple[int, str, str]] = field(default_factory=list)  # (round, event, node) as they fired
 
 
 def _omniscient_hook(
@@ -407,6 +429,7 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
     faults.install(engine)
     engine.run()
     metrics.finish()
+    node_rows = metrics.node_rows(engine.alive)
     # Break the run's reference cycles (metrics -> engine -> observers -> metrics; hook -> holder -> engine):
     # the engine and every node's models are freed now, not at some later full collection.
     metrics.engine = None
@@ -424,9 +447,11 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
             "train_steps": worker.steps_run,
             "bytes": engine.bytes_sent,
             "messages": engine.messages_sent,
-            "signatures_verified": verifier.checked,
+            "signatures_verified": verifier.checked if verifier is not None else 0,
         },
         protocols=protocols,
+        nodes=node_rows,
+        faults=faults.log,
     )
 
 

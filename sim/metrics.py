@@ -13,6 +13,15 @@ A *sampled* protocol (MoDeST: only a round's sample reports it; ``ProtocolSpec.r
 has every live node report a round, so with ``sampled=True`` a round is written out as soon as a report of
 a later round arrives, and at most ``eval_cap`` of its reported models are evaluated.
 
+On evaluation rounds a row also carries ``acc_avg``/``loss_avg``: the accuracy and loss of the average of the
+round's honest models (every honest node that reported the round, not only the evaluated ones), the figure
+papers report; the running sums give that average for free. ``live`` counts the honest nodes that reported
+the round or were alive at its latest report (Byzantine nodes are never counted).
+
+:meth:`Metrics.node_rows` gives one row per honest node after the run (``nodes.jsonl``): the rounds it
+completed, its last model's accuracy and loss, and that model's distance to the mean of the live honest
+nodes' last models.
+
 Evaluated rows (and the last one) carry ``counters``: the sum over the honest nodes of their protocol's
 ``stats()`` (rule failures, non-finite rows dropped, rejected messages by reason, ...), the same counters a
 real node exports; summing them over 1,000 nodes every round would cost more than a MoDeST round's protocol
@@ -47,6 +56,7 @@ class _Pending:
     # traffic and time at the round's latest report: a sampling protocol's round (only its trainers
     # report it) is written out at the end of the run, but its bytes are those sent by then
     at: tuple[int, int, float] = (0, 0, 0.0)
+    live: frozenset[PeerId] | set[PeerId] = frozenset()  # the live honest nodes at the latest report
 
 
 class Metrics:
@@ -80,6 +90,10 @@ class Metrics:
         self.sampled = sampled
         self.eval_cap = eval_cap  # sampled: the most reported models evaluated per round (0: all)
         self._latest = -1  # the newest round any honest node reported
+        # per honest node: rounds completed, and its latest round and model (for nodes.jsonl)
+        self.completed: dict[PeerId, int] = {}
+        self.last: dict[PeerId, tuple[int, torch.Tensor]] = {}
+        self._evaluated: dict[PeerId, tuple[int, float, float]] = {}  # node -> (round, acc, loss)
 
     def is_eval_round(self, r: int) -> bool:
         return (r + 1) % self.eval_every == 0 or r == self.rounds - 1 or r == 0
@@ -93,6 +107,8 @@ class Metrics:
         elif node in p.nodes:
             return
         x = action.params
+        self.completed[node] = self.completed.get(node, 0) + 1
+        self.last[node] = (action.round, x)
         p.nodes.add(node)
         p.count += 1
         if p.ref is None:
@@ -114,6 +130,10 @@ class Metrics:
                 sq = float(torch.linalg.vector_norm(x.double() - p.ref.double())) ** 2
             p.sq += sq
         p.at = (engine.bytes_sent, engine.messages_sent, now)
+        if self._live_version != engine.alive_version:
+            self._live = self.honest & engine.alive  # a new set: earlier rounds keep theirs
+            self._live_version = engine.alive_version
+        p.live = self._live
         if (
             node in self.eval_nodes
             and self.is_eval_round(action.round)
@@ -167,8 +187,16 @@ class Metrics:
         accs, losses = [], []
         for node in sorted(p.models, key=lambda n: (len(n), n)):
             acc, loss = self.evaluate(p.models[node])
+            self._evaluated[node] = (r, acc, loss)
             accs.append(acc)
             losses.append(loss if math.isfinite(loss) else float("nan"))
+        acc_avg = loss_avg = None
+        if accs:
+            assert p.ref is not None
+            # the average of the round's honest models: ref + mean deviation (a new tensor; ref is shared)
+            acc_avg, loss_avg = self.evaluate(torch.div(p.total, p.count).add_(p.ref))
+            if not math.isfinite(loss_avg):
+                loss_avg = float("nan")
         if accs:
             row.update(
                 acc_mean=sum(accs) / len(accs),
@@ -178,6 +206,8 @@ class Metrics:
                 loss_min=min(losses),
                 loss_max=max(losses),
                 evaluated=len(accs),
+                acc_avg=acc_avg,
+                loss_avg=loss_avg,
             )
         else:
             row.update(
@@ -188,13 +218,15 @@ class Metrics:
                 loss_min=None,
                 loss_max=None,
                 evaluated=0,
+                acc_avg=None,
+                loss_avg=None,
             )
         row.update(
             consensus=math.sqrt(dist2),
             honest_reported=p.count,
             bytes=p.at[0],
             messages=p.at[1],
-            live=len(engine.alive),
+            live=len(p.nodes | p.live),
             virtual_time=round(p.at[2], 6),
             wall_time=round(time.perf_counter() - self.start, 3),
         )
@@ -203,3 +235,38 @@ class Metrics:
         self.rows.append(row)
         if self.on_row is not None:
             self.on_row(row)
+
+    def node_rows(self, alive: set[PeerId] | frozenset[PeerId]) -> list[dict[str, Any]]:
+        """One row per honest node, in id order: ``rounds`` completed, ``last_round``, ``alive`` at the end,
+        ``acc``/``loss`` of its last model (the evaluation of that round when it had one), and ``distance``,
+        ``||x_i - mean||`` to the mean of the last models of the honest nodes alive at the end (of all that
+        reported, when none is)."""
+        order = sorted(self.honest, key=lambda n: (len(n), n))
+        live = [n for n in order if n in self.last and n in alive] or [n for n in order if n in self.last]
+        mean = None
+        if live:
+            mean = torch.zeros_like(self.last[live[0]][1], dtype=torch.float64)
+            for n in live:
+                mean.add_(self.last[n][1].double())
+            mean.div_(len(live))
+        rows: list[dict[str, Any]] = []
+        for node in order:
+            row: dict[str, Any] = {
+                "node": int(node) if node.isdigit() else node,
+                "alive": node in alive,
+                "rounds": self.completed.get(node, 0),
+            }
+            if node in self.last and mean is not None:
+                r, x = self.last[node]
+                seen = self._evaluated.get(node)
+                acc, loss = (seen[1], seen[2]) if seen and seen[0] == r else self.evaluate(x)
+                row.update(
+                    last_round=r,
+                    acc=acc,
+                    loss=loss if math.isfinite(loss) else None,
+                    distance=float(torch.linalg.vector_norm(x.double() - mean)),
+                )
+            else:
+                row.update(last_round=None, acc=None, loss=None, distance=None)
+            rows.append(row)
+        return rows

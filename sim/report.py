@@ -1,6 +1,7 @@
 """What a run leaves behind, and reading it back.
 
-A run folder holds ``config.toml`` (resolved), ``metrics.jsonl`` (one row per round), ``summary.json`` and its
+A run folder holds ``config.toml`` (resolved), ``metrics.jsonl`` (one row per round), ``summary.json``,
+``nodes.jsonl`` (one row per honest node after the run: :meth:`phalanx.sim.metrics.Metrics.node_rows`) and its
 figures (:mod:`phalanx.sim.plots`). A run repeated over seeds keeps each seed's run folder in ``seed-N/`` and
 writes, in its own folder, the same three files with the mean over seeds under each metric's key and the
 sample standard deviation under ``KEY_std`` (:func:`aggregate_rows`, :func:`aggregate_summaries`,
@@ -102,7 +103,9 @@ def summary(result: Result) -> dict[str, Any]:
         "acc_mean": last_eval.get("acc_mean"),
         "acc_min": last_eval.get("acc_min"),
         "acc_max": last_eval.get("acc_max"),
+        "acc_avg": last_eval.get("acc_avg"),
         "loss_mean": last_eval.get("loss_mean"),
+        "loss_avg": last_eval.get("loss_avg"),
         "consensus": rows[-1]["consensus"] if rows else None,
         "bytes": rows[-1]["bytes"] if rows else 0,
         "messages": rows[-1]["messages"] if rows else 0,
@@ -110,6 +113,7 @@ def summary(result: Result) -> dict[str, Any]:
         "spectral_gap": plan.spectral_gap,
         "byzantine": sorted(plan.byzantine),
         "crashed": sorted(result.crashed_ids),
+        "crashed_degrees": {str(i): int(plan.graph.degree[i]) for i in sorted(result.crashed_ids)},
         "wall_time": round(result.wall_time, 3),
         **result.engine_stats,
     }
@@ -175,6 +179,8 @@ def write_run(result: Result, out: Path, *, plots: bool = True) -> dict[str, Any
     write_rows(result.rows, out / "metrics.jsonl")
     info = summary(result)
     (out / "summary.json").write_text(json.dumps(info, indent=2) + "\n")
+    if result.nodes:  # a simulated run's (net up writes its own nodes.json)
+        write_rows(result.nodes, out / "nodes.jsonl")
     if plots:
         from phalanx.sim.plots import plot_run
 

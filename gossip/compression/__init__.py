@@ -73,7 +73,9 @@ def _no_param(name: str, param: str | None) -> str:
 def _integer(name: str, param: str | None, *, lo: int, hi: int, default: int | None = None) -> int:
     if param is None:
         if default is None:
-            raise CodecSpecError(f"codec {name!r} needs a parameter: {name}:N with N an integer in [{lo}, {hi}]")
+            raise CodecSpecError(
+                f"codec {name!r} needs a parameter: {name}:N with N an integer in [{lo}, {hi}]"
+            )
         return default
     try:
         value = int(param)
@@ -115,7 +117,9 @@ CODECS: dict[str, Callable[[str | None, Layout | None, DecodeLimits], Codec]] = 
 }
 
 
-def codec_from_spec(spec: str, *, layout: Layout | None = None, limits: DecodeLimits = DEFAULT_LIMITS) -> Codec:
+def codec_from_spec(
+    spec: str, *, layout: Layout | None = None, limits: DecodeLimits = DEFAULT_LIMITS
+) -> Codec:
     """The codec a ``NAME[:PARAMS]`` spec names; :class:`CodecSpecError` (one line) when it names none."""
     if not isinstance(spec, str) or not spec.strip():
         raise CodecSpecError(f"empty codec spec; one of: {', '.join(CODECS)}")

@@ -77,7 +77,11 @@ class Encoded:
     def __post_init__(self) -> None:
         if not isinstance(self.codec, str) or not 0 < len(self.codec) <= MAX_CODEC_NAME:
             raise CodecError("bad-field", "codec must be a short non-empty string")
-        for name, value, hi in (("dim", self.dim, MAX_DIM), ("count", self.count, MAX_DIM), ("seed", self.seed, 2**64 - 1)):
+        for name, value, hi in (
+            ("dim", self.dim, MAX_DIM),
+            ("count", self.count, MAX_DIM),
+            ("seed", self.seed, 2**64 - 1),
+        ):
             if type(value) is not int or not 0 <= value <= hi:
                 raise CodecError("bad-field", f"{name} must be an integer in [0, {hi}], got {value!r}")
         if self.dim < 1:
@@ -91,7 +95,14 @@ class Encoded:
         return len(self.data) + len(self.index)
 
     def to_fields(self) -> dict[str, Any]:
-        return {"c": self.codec, "d": self.dim, "n": self.count, "s": self.seed, "x": self.data, "i": self.index}
+        return {
+            "c": self.codec,
+            "d": self.dim,
+            "n": self.count,
+            "s": self.seed,
+            "x": self.data,
+            "i": self.index,
+        }
 
     @classmethod
     def from_fields(cls, fields: Any) -> Encoded:
@@ -167,7 +178,12 @@ class CodecState:
             raise CodecError("bad-field", "a codec state must be a map")
         raw_r, raw_w, count = fields.get("residual", b""), fields.get("warm", b""), fields.get("encoded", 0)
         feedback = fields.get("feedback", True)
-        if not isinstance(raw_r, bytes) or not isinstance(raw_w, bytes) or type(count) is not int or count < 0:
+        if (
+            not isinstance(raw_r, bytes)
+            or not isinstance(raw_w, bytes)
+            or type(count) is not int
+            or count < 0
+        ):
             raise CodecError("bad-field", "codec state fields have the wrong types")
         if type(feedback) is not bool:
             raise CodecError("bad-field", "codec state fields have the wrong types")

@@ -103,7 +103,15 @@ class Modest(Protocol):
         self.config = config
         self.rng = rng
         self.model = params.clone()
-        self.view = View(node, () if joining else peers, signer=signer, verifier=verifier)
+        # a member's activity claim is renewed every inactivity / 10 rounds: fresh enough for the activity
+        # window, rare enough to keep signed records out of most view deltas
+        self.view = View(
+            node,
+            () if joining else peers,
+            signer=signer,
+            verifier=verifier,
+            refresh=max(1, config.inactivity // 10),
+        )
         self.bootstrap = tuple(p for p in peers if p != node)
         self.joining = joining
         self.late = late
@@ -373,8 +381,8 @@ class Modest(Protocol):
     # ------------------------------------------------------------------ aggregator role
 
     def _refuse(self, peer: PeerId, params: torch.Tensor) -> list[Action] | None:
-        """Admission of a model, the same in both worlds: a non-finite one is dropped, counted and struck
-        (the real node's wire refuses it too; the simulator has no wire)."""
+        """Admission of an aggregated model, the same in both worlds: a non-finite one is dropped, counted
+        and struck (the real node's wire refuses it too; the simulator has no wire)."""
         if bool(torch.isfinite(params.sum())) or bool(torch.isfinite(params).all()):
             return None
         self.counters["rejected_nonfinite"] += 1
@@ -412,9 +420,7 @@ class Modest(Protocol):
         return [PenalisePeer(peer=peer, reason=f"{what} from a peer not sampled for that round")]
 
     def _on_trained(self, peer: PeerId, message: TrainedModel, now: float) -> list[Action]:
-        refused = self._refuse(peer, message.params)
-        if refused is not None:
-            return refused
+        # a non-finite trained model is dropped and counted by the aggregator's rule (Combiner.of_rows)
         k = message.round
         if not self._sampled(peer, k, TRAINERS, self.config.s):
             return self._not_sampled(peer, "trained model")

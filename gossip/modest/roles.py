@@ -33,7 +33,7 @@ class Aggregator:
         self.combiner = Combiner(config.aggregator_rule, config.aggregator_params, include_own=False)
         self.inbox: dict[int, dict[PeerId, torch.Tensor]] = {}
         self.aggregated = -1  # the newest round k + 1 aggregated
-        self.last_inputs: torch.Tensor | None = None  # the trained models of the latest aggregation
+        self._last: dict[PeerId, torch.Tensor] = {}  # the trained models of the latest aggregation
 
     def holds(self, peer: PeerId, k: int) -> bool:
         return peer in self.inbox.get(k, {})
@@ -59,8 +59,16 @@ class Aggregator:
         if model is None:  # every trained model was non-finite (counted)
             return None
         self.aggregated = k + 1
-        self.last_inputs = torch.stack([box[p] for p in sorted(box)])
+        self._last = box
         return model
+
+    @property
+    def last_inputs(self) -> torch.Tensor | None:
+        """The trained models of the latest aggregation, stacked (what a Byzantine aggregator attacks from);
+        stacked only when asked for, since an honest aggregator never needs them again."""
+        if not self._last:
+            return None
+        return torch.stack([self._last[p] for p in sorted(self._last)])
 
 
 class RobustTrainer:

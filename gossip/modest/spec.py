@@ -17,7 +17,14 @@ def _members(ctx: NodeContext) -> tuple[str, ...]:
 
 def build(ctx: NodeContext, config: ModestConfig) -> Modest:
     return Modest(
-        node=ctx.node, params=ctx.params, peers=_members(ctx), config=config, rng=ctx.rng, late=ctx.late
+        node=ctx.node,
+        params=ctx.params,
+        peers=_members(ctx),
+        config=config,
+        rng=ctx.rng,
+        late=ctx.late,
+        signer=ctx.signer,
+        verifier=ctx.verifier,
     )
 
 

@@ -220,3 +220,32 @@ def test_a_registered_protocol_runs_in_the_simulator_with_no_other_change():
         assert replace(WorldDefaults(), ping_timeout=1.0).ping_timeout == 1.0
     finally:
         registry.protocols().pop("echo-test")
+
+
+def test_modest_nodes_are_built_with_signed_membership_in_both_worlds():
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
+    from phalanx.node.identity import peer_id_of, signer_of
+
+    sim = run(
+        plan(
+            SimConfig(
+                nodes=8,
+                rounds=2,
+                dataset="blobs",
+                protocol="modest",
+                protocol_params={"s": 3},
+                topology="ring",
+            )
+        )
+    )
+    built = sim.protocols["0"]
+    assert isinstance(built, Modest) and built.view.verifier is not None and built.view.signer is not None
+    key = create_new_key_pair(b"\x05" * 32)
+    me = peer_id_of(key)
+    config = NodeConfig(protocol="modest", protocol_params={"s": 2}, **SHARED)
+    node = app.build_protocol(config, me, PEERS[1:], torch.zeros(4), 0, signer_of(key, me))
+    assert isinstance(node, Modest) and node.view.signer is not None and node.view.verifier is not None
+    node.leave(0.0)
+    record = node.view.get(me)
+    assert record is not None and node.view.verifier.verify(me, record.counter, record.claim, record.sig)
