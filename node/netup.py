@@ -126,18 +126,23 @@ class Progress:
     killed: int
     failed: int
     elapsed: float
+    sampled: bool = False  # only a round's sample reports it: the network's round is the newest reported
 
     def line(self) -> str:
         states = f"{self.running} running, {self.finished} finished, {self.killed} killed" + (
             f", {self.failed} failed" if self.failed else ""
         )
+        if self.sampled:  # a node's own last round says only when it was last sampled
+            return f"net up: network round {self.high} of {self.rounds}; {states}; {self.elapsed:.0f} s"
         return (
             f"net up: round min {self.low} / median {self.median:g} / max {self.high} of {self.rounds}; "
             f"{states}; {self.elapsed:.0f} s"
         )
 
 
-def progress_of(records: Sequence[NodeRecord], rounds: int, elapsed: float) -> Progress:
+def progress_of(
+    records: Sequence[NodeRecord], rounds: int, elapsed: float, *, sampled: bool = False
+) -> Progress:
     """The progress of every node that has not been killed: min / median / max of its last round."""
     alive = [r for r in records if r.killed_at is None]
     done = sorted(r.last.get("round", 0) for r in alive) or [0]
@@ -151,8 +156,9 @@ def progress_of(records: Sequence[NodeRecord], rounds: int, elapsed: float) -> P
         running=sum(r.live for r in records),
         finished=sum(r.finished for r in records),
         killed=sum(r.killed_at is not None for r in records),
-        failed=sum(r.exit_code not in (None, 0) and not r.finished for r in records),
+        failed=sum(r.exit_code not in (None, 0) and not r.finished and not r.told for r in records),
         elapsed=elapsed,
+        sampled=sampled,
     )
 
 
@@ -445,7 +451,7 @@ async def run_network(
                         break
                     tell_the_rest(now)
                     if on_progress is not None:
-                        p = progress_of(records, spec.rounds, now - start)
+                        p = progress_of(records, spec.rounds, now - start, sampled=spec.sampled)
                         key = (p.low, p.median, p.high, p.running, p.finished, p.killed, p.failed)
                         if (key != shown and now - shown_at >= progress_every) or now - shown_at >= 15:
                             shown, shown_at = key, now

@@ -158,8 +158,8 @@ class Modest(Protocol):
         out: dict[str, float] = dict(self.counters)
         out["rejected_record"] = self.view.rejected
         out["refused_admission"] = self.gate.refused
-        verifier = self.view.verifier
-        out["signatures_checked"] = verifier.checked if verifier is not None else 0  # others' records verified
+        verifier = self.view.verifier  # others' signed records it verified
+        out["signatures_checked"] = verifier.checked if verifier is not None else 0
         combiners = [self.aggregator.combiner] + ([self.robust.combiner] if self.robust else [])
         out["rule_failures"] = sum(c.failures for c in combiners)
         out["dropped_nonfinite"] = sum(c.dropped_nonfinite for c in combiners)
