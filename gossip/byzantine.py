@@ -156,6 +156,10 @@ class Byzantine(Protocol):
     def resume(self, now: float) -> list[Action]:
         return self._rewrite(self.inner.resume(now), now)
 
+    @property
+    def finished(self) -> bool:
+        return self.inner.finished
+
     def stats(self) -> dict[str, float]:
         return {**self.inner.stats(), "attack_messages": self.sent, "attack_failures": self.failures}
 
@@ -315,6 +319,10 @@ class ByzantineModest(Protocol):
 
     def join(self, now: float) -> list[Action]:
         return self._rewrite(self.inner.join(now))
+
+    @property
+    def finished(self) -> bool:
+        return self.inner.finished
 
     def stats(self) -> dict[str, float]:
         return {**self.inner.stats(), "attack_messages": self.sent, "attack_failures": self.failures}

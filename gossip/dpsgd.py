@@ -346,6 +346,11 @@ class DPSGD(Protocol):
         """Messages held for exchanges that have not happened yet."""
         return sum(len(box) for box in self._inbox.values())
 
+    @property
+    def finished(self) -> bool:
+        """All ``rounds`` rounds mixed (never, with ``rounds = 0``)."""
+        return bool(self.config.rounds) and self.round >= self.config.rounds
+
     def stats(self) -> dict[str, float]:
         s = self.counters
         return {

@@ -178,6 +178,11 @@ class Epidemic(Protocol):
             return actions
         return [*actions, Train(round=self.round, params=self.model, steps=self.config.local_steps)]
 
+    @property
+    def finished(self) -> bool:
+        """All ``rounds`` rounds combined (never, with ``rounds = 0``)."""
+        return bool(self.config.rounds) and self.round >= self.config.rounds
+
     def stats(self) -> dict[str, float]:
         return {
             **self.counters,

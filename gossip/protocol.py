@@ -8,7 +8,9 @@ which round) and the failure policy of its aggregation rule.
 Lifecycle beyond ``start``: ``leave(now)`` (the node is about to go away and may announce it),
 ``resume(now)`` (the runner brings it back after an absence in which events meant for it were lost) and
 ``join(now)`` (come back after ``leave``). They are part of the interface with defaults that do nothing,
-so every wrapper forwards them by construction. ``stats()`` returns the protocol's counters (rule failures,
+so every wrapper forwards them by construction. ``finished`` says the run is over for this node (the network
+reached its last round, as far as this node knows); runners stop it then, after a linger in which it keeps
+answering. ``stats()`` returns the protocol's counters (rule failures,
 dropped rows, rejected messages by reason); both runners export them.
 """
 
@@ -107,6 +109,12 @@ class Protocol(ABC):
     def resume(self, now: float) -> list[Action]:
         """The runner brings the node back after an absence (a crash, churn): resynchronise."""
         return []
+
+    @property
+    def finished(self) -> bool:
+        """The run is over as far as this node knows (a run of ``rounds`` rounds reached its last round).
+        Default: never (a protocol without a round budget runs until its runner stops it)."""
+        return False
 
     def stats(self) -> dict[str, float]:
         """Counters for operators (exported by the simulator's metrics and the node's ``/metrics``)."""

@@ -211,6 +211,7 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
                 checkpoint_path=checkpoint_path,
                 protocol_name=config.protocol,
                 byzantine=config.byzantine,
+                sampled=spec.report == "sampled",
             )
             runtime = NodeRuntime(
                 protocol=protocol,

@@ -4,7 +4,15 @@ The orchestrator creates each node's key first (so every peer id is known before
 free loopback ports, writes ``addressbook.toml`` and ``topology.txt`` into the run directory, starts one
 ``phalanx node run`` process per node with its neighbours' multiaddrs, and follows every node by reading
 its JSON log lines from stdout. It SIGKILLs nodes at the rounds asked for, and ends when every node that is
-still meant to run has finished (or at the deadline). Children are always reaped: on success, on error and on
+still meant to run has finished (or at the deadline).
+
+**Sampled protocols** (MoDeST; ``NetSpec.sampled``): only a round's sample reports it, so a node may report
+rounds 1 and 3 and nothing else, and a node sampled in no late round never learns that the run is over
+(nothing tells an idle MoDeST node the network's round; it learns it only from the pongs to its own pings).
+So progress is the network's: a kill fires once any node reported the kill round, a stall is the network
+completing no round, and once the final round was reported the nodes that have not finished on their own get
+``final_grace`` seconds, then SIGTERM (``told``: a clean stop, not a failure). We chose telling over waiting
+because no protocol message can end such a node's run; the orchestrator is the one that saw the last round. Children are always reaped: on success, on error and on
 Ctrl-C they get SIGTERM, then SIGKILL after a grace period.
 
 This module does not import the simulator: the caller passes the graph as an edge list.
@@ -46,6 +54,8 @@ class NetSpec:
     stall: float = 120.0  # a running node that completes no round for this long stops the run
     startup: float = 180.0  # seconds a node may take from its start to its "listening" line
     node_memory: int = 900 << 20  # bytes one node process is expected to take (see check_memory)
+    sampled: bool = False  # only a round's sample reports it (the protocol spec's report == "sampled")
+    final_grace: float = 5.0  # sampled: seconds after the final round's first report before the rest are told
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -77,10 +87,11 @@ class NodeRecord:
     progress_at: float = 0.0  # when it last logged a round (or started listening)
     last_line: str = ""  # its last log line, for a stall or failure message
     problem: str = ""  # why this node stopped the run (stalled, failed)
+    told: bool = False  # stopped (SIGTERM) by net up after the final round was reported (sampled protocols)
 
     @property
     def live(self) -> bool:
-        return not self.finished and self.killed_at is None and self.exit_code is None
+        return not self.finished and not self.told and self.killed_at is None and self.exit_code is None
 
     @property
     def last(self) -> dict[str, Any]:
@@ -115,18 +126,23 @@ class Progress:
     killed: int
     failed: int
     elapsed: float
+    sampled: bool = False  # only a round's sample reports it: the network's round is the newest reported
 
     def line(self) -> str:
         states = f"{self.running} running, {self.finished} finished, {self.killed} killed" + (
             f", {self.failed} failed" if self.failed else ""
         )
+        if self.sampled:  # a node's own last round says only when it was last sampled
+            return f"net up: network round {self.high} of {self.rounds}; {states}; {self.elapsed:.0f} s"
         return (
             f"net up: round min {self.low} / median {self.median:g} / max {self.high} of {self.rounds}; "
             f"{states}; {self.elapsed:.0f} s"
         )
 
 
-def progress_of(records: Sequence[NodeRecord], rounds: int, elapsed: float) -> Progress:
+def progress_of(
+    records: Sequence[NodeRecord], rounds: int, elapsed: float, *, sampled: bool = False
+) -> Progress:
     """The progress of every node that has not been killed: min / median / max of its last round."""
     alive = [r for r in records if r.killed_at is None]
     done = sorted(r.last.get("round", 0) for r in alive) or [0]
@@ -140,8 +156,9 @@ def progress_of(records: Sequence[NodeRecord], rounds: int, elapsed: float) -> P
         running=sum(r.live for r in records),
         finished=sum(r.finished for r in records),
         killed=sum(r.killed_at is not None for r in records),
-        failed=sum(r.exit_code not in (None, 0) and not r.finished for r in records),
+        failed=sum(r.exit_code not in (None, 0) and not r.finished and not r.told for r in records),
         elapsed=elapsed,
+        sampled=sampled,
     )
 
 
@@ -302,6 +319,18 @@ async def run_network(
     start = trio.current_time()
     timed_out = False
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    network = {"round": 0, "at": start}  # sampled: the newest round any node reported, and when
+    final_at: list[float] = []  # sampled: when the final round was first reported
+
+    def kill_due(record: NodeRecord, reported: int) -> None:
+        """SIGKILL the nodes whose kill round was reached: by the node itself, or (sampled) by anyone."""
+        for i, kill_at in spec.kills.items():
+            target = records[i]
+            if target.killed_at is not None or target.exit_code is not None:
+                continue
+            if (i == record.index or spec.sampled) and reported >= kill_at and i in procs:
+                target.killed_at = reported
+                _signal(procs[i], signal.SIGKILL)
 
     async def follow(record: NodeRecord, proc: trio.Process) -> None:
         assert proc.stdout is not None
@@ -322,11 +351,13 @@ async def run_network(
                     record.listening_at = record.progress_at = trio.current_time()
                 elif kind == "round":
                     record.rounds.append(event)
-                    record.progress_at = trio.current_time()
-                    kill_at = spec.kills.get(record.index)
-                    if kill_at is not None and record.killed_at is None and event["round"] >= kill_at:
-                        record.killed_at = event["round"]
-                        _signal(proc, signal.SIGKILL)
+                    now = record.progress_at = trio.current_time()
+                    reported = int(event.get("round", 0))
+                    if reported > network["round"]:
+                        network["round"], network["at"] = reported, now
+                    if spec.sampled and reported >= spec.rounds and not final_at:
+                        final_at.append(now)
+                    kill_due(record, reported)
                 elif kind == "rejected":
                     record.rejected += 1
                 elif kind == "finished":
@@ -336,7 +367,13 @@ async def run_network(
                 if on_event is not None:
                     on_event(record, event)
         record.exit_code = await proc.wait()
-        if record.exit_code != 0 and not record.finished and record.killed_at is None and not record.problem:
+        if (
+            record.exit_code != 0
+            and not record.finished
+            and not record.told
+            and record.killed_at is None
+            and not record.problem
+        ):
             record.problem = (
                 f"node {record.index} ({record.peer_id}) exited with status {record.exit_code} at round "
                 f"{record.last.get('round', 0)}; {_last_words(spec, record)}"
@@ -353,7 +390,14 @@ async def run_network(
                     f"node {r.index} ({r.peer_id}) did not start listening within {spec.startup:g} s; "
                     f"{_last_words(spec, r)}"
                 )
-            elif r.listening_at is not None and now - r.progress_at > spec.stall:
+            elif spec.sampled and r.listening_at is not None and now - network["at"] > spec.stall:
+                # a sampled node may rightly report nothing for a while: only the network can stall
+                r.problem = (
+                    f"the network stalled at round {network['round']}: no node completed a round in "
+                    f"{spec.stall:g} s; node {r.index} ({r.peer_id}) reported round {r.last.get('round', 0)}; "
+                    f"{_last_words(spec, r)}"
+                )
+            elif not spec.sampled and r.listening_at is not None and now - r.progress_at > spec.stall:
                 p = progress_of(records, spec.rounds, now - start)
                 r.problem = (
                     f"node {r.index} ({r.peer_id}) stalled at round {r.last.get('round', 0)}: no round "
@@ -361,10 +405,22 @@ async def run_network(
                     f"{_last_words(spec, r)}"
                 )
             stalled = stalled or bool(r.problem)
+            if stalled and spec.sampled:
+                break  # one line for the network's stall
         return stalled
 
     def done() -> bool:
-        return all(r.finished or r.killed_at is not None or r.exit_code is not None for r in records)
+        return all(not r.live for r in records)
+
+    def tell_the_rest(now: float) -> None:
+        """Sampled: the final round was reported ``final_grace`` seconds ago; stop the nodes that did not
+        finish on their own (sampled in no late round, they cannot know the run is over)."""
+        if not final_at or now - final_at[0] < spec.final_grace:
+            return
+        for r in records:
+            if r.live and r.index in procs:
+                r.told = True
+                _signal(procs[r.index], signal.SIGTERM)
 
     try:
         async with trio.open_nursery() as nursery:
@@ -393,8 +449,9 @@ async def run_network(
                     now = trio.current_time()
                     if check_stalls(now) or any(r.problem for r in records):
                         break
+                    tell_the_rest(now)
                     if on_progress is not None:
-                        p = progress_of(records, spec.rounds, now - start)
+                        p = progress_of(records, spec.rounds, now - start, sampled=spec.sampled)
                         key = (p.low, p.median, p.high, p.running, p.finished, p.killed, p.failed)
                         if (key != shown and now - shown_at >= progress_every) or now - shown_at >= 15:
                             shown, shown_at = key, now
@@ -465,8 +522,12 @@ async def stop_all(procs: list[trio.Process]) -> None:
         await proc.wait()
 
 
-def rows(result: NetResult, rounds: int) -> list[dict[str, Any]]:
-    """Per-round rows over the honest nodes, in the simulator's schema (``round`` is 0-based)."""
+def rows(result: NetResult, rounds: int, *, sampled: bool = False) -> list[dict[str, Any]]:
+    """Per-round rows over the honest nodes, in the simulator's schema (``round`` is 0-based).
+
+    A round's accuracy comes from the nodes that reported it: every live node (D-PSGD, EL) or the round's
+    sample (``sampled``, MoDeST: the trainers of the next round). ``live`` counts the reporters, or with
+    ``sampled`` (as the simulator does) the nodes alive then: not killed before the round."""
     out = []
     for r in range(1, rounds + 1):
         accs, losses, live, sent, messages = [], [], 0, 0, 0
@@ -479,9 +540,11 @@ def rows(result: NetResult, rounds: int) -> list[dict[str, Any]]:
                 sent += upto[-1].get("bytes_out", 0)
                 messages += upto[-1].get("messages_out", 0)
             at = next((e for e in node.rounds if e["round"] == r), None)
+            if sampled:
+                live += node.killed_at is None or node.killed_at >= r
             if at is None:
                 continue
-            live += 1
+            live += not sampled
             if node.role == "honest" and at.get("accuracy") is not None:
                 accs.append(at["accuracy"])
                 losses.append(at.get("loss") or math.nan)
@@ -513,6 +576,8 @@ def node_table(result: NetResult) -> str:
         state = (
             "stalled"
             if "stalled" in n.problem
+            else "stopped"  # by net up, after the final round (a sampled node that could not know it)
+            if n.told
             else f"killed@{n.killed_at}"
             if n.killed_at is not None
             else "finished"

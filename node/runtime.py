@@ -13,6 +13,14 @@ What the runtime adds around the protocol:
   (round, step) is not newer than the last one accepted from that peer is dropped as ``replay``;
 - after each round: evaluate, write the checkpoint atomically, log one JSON line, update metrics.
 
+**When the run ends.** The node finishes when its protocol says the run is over (``Protocol.finished``),
+once the rounds reported before are written; then it lingers ``linger`` seconds, still answering (a
+MoDeST straggler may still ping it), and stops. A protocol whose every node reports every round also
+finishes when it reported ``rounds`` rounds (a plug-in that does not implement ``finished``); a sampled one
+(MoDeST) never by counting: its node reports only the rounds it is sampled in, with numbers that may skip,
+and reporting the last round does not mean its part is done (an aggregator may still hand the final
+model to the other trainers).
+
 Log lines go to ``log`` (stdout by default), one JSON object per line, so that ``net up`` and tests can
 follow a node by reading its output.
 """
@@ -71,6 +79,7 @@ class RuntimeSettings:
     byzantine: str = ""
     send_retry: float = 3.0  # seconds to keep retrying a failed send
     eval_samples: int = 200  # local samples an Evaluate action uses when it names no number
+    sampled: bool = False  # only a sample reports each round: finish on Protocol.finished, never by counting
 
 
 class NodeRuntime:
@@ -101,10 +110,12 @@ class NodeRuntime:
         self._last_seen: dict[str, tuple[int, int]] = {}
         self._timers: dict[str, trio.CancelScope] = {}
         self._learner_lock = trio.Lock()
-        self._rounds_out: trio.MemorySendChannel[tuple[RoundCompleted, torch.Tensor, int]]
-        self._rounds_in: trio.MemoryReceiveChannel[tuple[RoundCompleted, torch.Tensor, int]]
+        # a round to write, or None: the protocol finished (written after the rounds queued before it)
+        self._rounds_out: trio.MemorySendChannel[tuple[RoundCompleted, torch.Tensor, int] | None]
+        self._rounds_in: trio.MemoryReceiveChannel[tuple[RoundCompleted, torch.Tensor, int] | None]
         self._rounds_out, self._rounds_in = trio.open_memory_channel(math.inf)
         self._finished = trio.Event()
+        self._finish_queued = False
         self._nursery: trio.Nursery | None = None
         self._t0 = time.monotonic()
         self.metrics.round = start_round
@@ -131,6 +142,7 @@ class NodeRuntime:
             else:
                 self._apply(self.protocol.start(self.clock()))
             await self._finished.wait()
+            # keep answering during the linger: the protocol still gets every event
             await trio.sleep(self.settings.linger)
             m = self.metrics
             self.log(
@@ -141,10 +153,13 @@ class NodeRuntime:
                 messages_in=m.messages_in,
                 messages_out=m.messages_out,
                 rejected=sum(m.rejected.values()),
+                protocol=self.protocol.stats(),
             )
             nursery.cancel_scope.cancel()
 
     def _finish(self) -> None:
+        if self._finished.is_set():
+            return
         self.metrics.finished = True
         self.log("finished", round=self._completed)
         self._finished.set()
@@ -188,6 +203,9 @@ class NodeRuntime:
                 self._reject(action.peer, PENALISED, action.reason)
             elif isinstance(action, Evaluate):
                 self._nursery.start_soon(self._evaluate, action)
+        if not self._finish_queued and self.protocol.finished:
+            self._finish_queued = True
+            self._rounds_out.send_nowait(None)  # finish once the rounds reported so far are written
 
     # ------------------------------------------------------------------ actions
 
@@ -250,7 +268,11 @@ class NodeRuntime:
     # ------------------------------------------------------------------ rounds: evaluate, checkpoint, log
 
     async def _round_writer(self) -> None:
-        async for done, momentum, steps in self._rounds_in:
+        async for item in self._rounds_in:
+            if item is None:
+                self._finish()
+                continue
+            done, momentum, steps = item
             await self._complete_round(done, momentum, steps)
 
     async def _complete_round(self, done: RoundCompleted, momentum: torch.Tensor, steps: int) -> None:
@@ -301,7 +323,7 @@ class NodeRuntime:
             rejected=sum(self.metrics.rejected.values()),
             peers=self.metrics.peers,
         )
-        if self.settings.rounds and number >= self.settings.rounds and not self._finished.is_set():
+        if not self.settings.sampled and self.settings.rounds and number >= self.settings.rounds:
             self._finish()
 
     # ------------------------------------------------------------------ inbound

@@ -58,11 +58,13 @@ def register(sub: Any) -> None:
         action="append",
         default=[],
         metavar="NODE@ROUND",
-        help="SIGKILL NODE once it completed ROUND",
+        help="SIGKILL NODE once it completed ROUND (a sampled protocol, MoDeST: once any node reported ROUND)",
     )
     p.add_argument("--out", type=Path, help="run directory (default runs/net-<time>)")
     p.add_argument(
-        "--overwrite", action="store_true", help="write into a non-empty --out (files of the same name are replaced)"
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out (files of the same name are replaced)",
     )
     p.add_argument("--timeout", type=positive_float, default=600.0, help="give up after this many seconds")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -207,6 +209,7 @@ def run_net(args: argparse.Namespace) -> int:
 
     out = args.out or Path("runs") / f"net-{time.strftime('%Y%m%d-%H%M%S')}"
     check_out_dir(out, overwrite=args.overwrite)
+    sampled = checked.protocol.report == "sampled"  # only a round's sample reports it (MoDeST)
     spec = NetSpec(
         n=args.nodes,
         edges=sorted(tuple(sorted(e)) for e in checked.graph.edges()),
@@ -218,6 +221,7 @@ def run_net(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         stall=args.stall_timeout or max(60.0, 6 * args.round_timeout * args.gossip_steps),
         node_memory=(args.node_memory << 20) if args.node_memory else node_memory_estimate(args.dataset),
+        sampled=sampled,
     )
     check_memory(spec.n, spec.node_memory)  # before anything is written
     print(
@@ -255,7 +259,10 @@ def run_net(args: argparse.Namespace) -> int:
     print(table)
     killed = {n.index for n in result.nodes if n.killed_at is not None}
     sim_result = Result(
-        plan=checked, rows=rows(result, args.rounds), crashed_ids=killed, wall_time=result.wall_time
+        plan=checked,
+        rows=rows(result, args.rounds, sampled=sampled),
+        crashed_ids=killed,
+        wall_time=result.wall_time,
     )
     info = write_run(sim_result, out, plots=not args.no_plots)
     (out / "nodes.json").write_text(

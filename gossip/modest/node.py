@@ -73,7 +73,7 @@ from phalanx.gossip.modest import timers
 from phalanx.gossip.modest.admission import Gate
 from phalanx.gossip.modest.config import ModestConfig
 from phalanx.gossip.modest.roles import Added, Aggregator, RobustTrainer
-from phalanx.gossip.modest.search import Role, Searches
+from phalanx.gossip.modest.search import Phase, Role, Searches
 from phalanx.gossip.protocol import LocalProtocolError, Protocol
 from phalanx.gossip.sampling import AGGREGATORS, TRAINERS, candidates, ranking, sample
 
@@ -144,10 +144,22 @@ class Modest(Protocol):
             node=node, config=config, deliver_local=self._deliver_local, counters=self.counters
         )
 
+    @property
+    def finished(self) -> bool:
+        """The run is over as far as this node knows: it holds (or aggregated, or saw ``round_witnesses``
+        members vouch for) round ``rounds``, and no search of its own is still handing a model on (the final
+        aggregate must reach round ``rounds``' trainers first). A node sampled in no late round never learns
+        it: the runner stops it (``net up`` does, once the final round was reported)."""
+        if not self.config.rounds or self.round < self.config.rounds:
+            return False
+        return all(search.phase is Phase.WATCHING for search in self.searches.active.values())
+
     def stats(self) -> dict[str, float]:
         out: dict[str, float] = dict(self.counters)
         out["rejected_record"] = self.view.rejected
         out["refused_admission"] = self.gate.refused
+        verifier = self.view.verifier  # others' signed records it verified
+        out["signatures_checked"] = verifier.checked if verifier is not None else 0
         combiners = [self.aggregator.combiner] + ([self.robust.combiner] if self.robust else [])
         out["rule_failures"] = sum(c.failures for c in combiners)
         out["dropped_nonfinite"] = sum(c.dropped_nonfinite for c in combiners)
