@@ -89,10 +89,11 @@ def geometric_median(
 
 
 def rfa_gossip(updates: Tensor, *, own: Tensor, nu: float = 0.1, iterations: int = 8) -> Tensor:
-    """RFA as the ClippedGossip experiments run it in gossip (He, Karimireddy & Jaggi, 2022,
-    arXiv:2202.01545; RFA: Pillutla, Kakade & Harchaoui, 2022): a few smoothed Weiszfeld steps
-    towards the geometric median of the node's own vector and its n neighbours' vectors,
-    started from the node's own vector.
+    """RFA in gossip: a few smoothed Weiszfeld steps over own and the neighbours, from own.
+
+    As the ClippedGossip experiments run RFA (He, Karimireddy & Jaggi, 2022, arXiv:2202.01545;
+    RFA: Pillutla, Kakade & Harchaoui, 2022): steps towards the geometric median of the node's
+    own vector and its n neighbours' vectors, started from the node's own vector.
 
     With the n + 1 vectors ``v = [x_1, ..., x_n, own]`` (uniform weights) and ``z_0 = own``:
     ``beta_j = 1 / max(nu, ||z - v_j||)``, ``z <- sum_j beta_j v_j / sum_j beta_j``,
