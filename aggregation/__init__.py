@@ -12,7 +12,7 @@ Rules
 Who is a row
     For ordinary rules every vector to combine is a row: a node that wants its own model
     counted includes it as a row. The rules relative to the node (:data:`GOSSIP_RULES`: monna,
-    clipped-gossip, adaptive-clipped-gossip, cs-plus, gts) take the n neighbours' vectors as
+    clipped-gossip, adaptive-clipped-gossip, cs-plus, gts, rfa-gossip) take the n neighbours' vectors as
     rows and the node's own vector separately as ``own`` (d,); the gossip ones also take
     ``weights`` (n,), the node's mixing weights for those neighbours, its own weight being
     ``1 - weights.sum()``. ``mean`` and ``geometric-median`` accept optional per-row

@@ -13,7 +13,7 @@ from torch import Tensor
 from .gram import affine_sq_dists, central_rows, combine, geometry
 from .validation import AggregationError, check_own, check_updates, check_weights
 
-__all__ = ["centered_clipping", "geometric_median"]
+__all__ = ["centered_clipping", "geometric_median", "rfa_gossip"]
 
 
 def _check_positive(name: str, label: str, value: float) -> None:
@@ -86,6 +86,45 @@ def geometric_median(
         if float((coeffs - previous).abs().sum()) <= tolerance:
             break
     return combine(updates, coeffs)
+
+
+def rfa_gossip(updates: Tensor, *, own: Tensor, nu: float = 0.1, iterations: int = 8) -> Tensor:
+    """RFA in gossip: a few smoothed Weiszfeld steps over own and the neighbours, from own.
+
+    As the ClippedGossip experiments run RFA (He, Karimireddy & Jaggi, 2022, arXiv:2202.01545;
+    RFA: Pillutla, Kakade & Harchaoui, 2022): steps towards the geometric median of the node's
+    own vector and its n neighbours' vectors, started from the node's own vector.
+
+    With the n + 1 vectors ``v = [x_1, ..., x_n, own]`` (uniform weights) and ``z_0 = own``:
+    ``beta_j = 1 / max(nu, ||z - v_j||)``, ``z <- sum_j beta_j v_j / sum_j beta_j``,
+    ``iterations`` times, no stopping test. Neighbours within nu of z count alike (the step is their
+    mean), so with honest neighbours close together it is nearly plain averaging; a far neighbour
+    pulls z by a unit vector at most, whatever it sends. Unlike :func:`geometric_median`'s central
+    start (which is not relative to the node), the start is the node's own, trusted, vector, so
+    the rule is translation equivariant; nu is an absolute distance, so scale equivariance holds
+    with nu scaled along.
+
+    Args:
+        updates: (n, d) neighbours' vectors (own not included).
+        own: (d,) the node's own vector, trusted; the start.
+        nu: smoothing radius > 0 (the experiments' 0.1); distances below it count as nu.
+        iterations: number of Weiszfeld steps (>= 1; the experiments' ``rfa8``: 8).
+    Robustness: each step moves z by at most ``(n + 1) / (n + 1 - f) max(nu, R)``, with R the
+    largest distance from z to the honest vectors and own, whatever the f Byzantine rows are;
+    the geometric median it approaches tolerates f with n + 1 > 2f. f is not a parameter.
+    Cost: one Gram product ((n + 1)^2 d flops, own appended as a row), O(n^2) per step, one GEMV.
+    """
+    n, _ = check_updates("rfa-gossip", updates)
+    check_own("rfa-gossip", own, updates)
+    _check_positive("rfa-gossip", "nu", nu)
+    _check_count("rfa-gossip", "iterations", iterations)
+    gram = geometry("rfa-gossip", updates, (own,)).gram
+    coeffs = torch.zeros(n + 1, dtype=torch.float64)  # z = sum_j coeffs_j v_j, v_n = own
+    coeffs[n] = 1.0
+    for _ in range(iterations):
+        beta = 1.0 / affine_sq_dists(gram, coeffs).sqrt().clamp(min=float(nu))
+        coeffs = beta / beta.sum()
+    return combine(updates, coeffs, (own,))
 
 
 def centered_clipping(

@@ -43,6 +43,7 @@ RULES: dict[str, Function] = {
     "smea": spectral.smea,
     "geometric-median": geometric.geometric_median,
     "centered-clipping": geometric.centered_clipping,
+    "rfa-gossip": geometric.rfa_gossip,
     "clipped-gossip": gossip_rules.clipped_gossip,
     "adaptive-clipped-gossip": gossip_rules.adaptive_clipped_gossip,
     "cs-plus": gossip_rules.cs_plus,
@@ -51,7 +52,7 @@ RULES: dict[str, Function] = {
 
 #: Rules whose rows are the neighbours only and that take the node's ``own`` vector.
 GOSSIP_RULES: frozenset[str] = frozenset(
-    {"monna", "clipped-gossip", "adaptive-clipped-gossip", "cs-plus", "gts"}
+    {"monna", "clipped-gossip", "adaptive-clipped-gossip", "cs-plus", "gts", "rfa-gossip"}
 )
 
 #: Pre-aggregators: ``(n, d) -> (n', d)``.

@@ -81,6 +81,7 @@ REQUIREMENTS: dict[str, Requirement] = {
     "adaptive-clipped-gossip": Requirement(holds=lambda n, f: n > f, text="n > f"),
     "cs-plus": _MAJORITY,
     "gts": Requirement(holds=lambda n, f: n > f, text="n > f"),
+    "rfa-gossip": Requirement(holds=_honest_majority_with_own, text="n + 1 > 2f (own vector included)"),
     "nnm": _MAJORITY,
     "arc": _MAJORITY,
     "bucketing": Requirement(holds=_any_f, text="f <= n"),

@@ -176,6 +176,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
     settings = settings_from_args(args)
     settings.pop("seeds", None)  # a study setting (see run_sim), not one of a single run
+    settings.pop("tensorboard", None)  # an output setting (see run_sim)
     return from_mapping(settings)
 
 
@@ -199,6 +200,15 @@ def register(sub: Any) -> None:
         help="run once per seed (0,1,2) and report mean and standard deviation; a top-level "
         "'seeds = [...]' in the config file does the same",
     )
+    parser.add_argument(
+        "--tensorboard",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write each round's metrics as TensorBoard scalars under DIR/<run folder name> "
+        "(DIR/<name>/seed-S per seed); needs pip install 'phalanx[tensorboard]'; a top-level "
+        "'tensorboard = \"DIR\"' in the config file does the same",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_sim)
@@ -215,6 +225,20 @@ def crash_list(checked: Any, most: int = 24) -> str:
         + (f", ... ({more} more)" if more > 0 else "")
         + f" at round {', '.join(map(str, rounds))}"
     )
+
+
+def tensorboard_root(args: argparse.Namespace, settings: dict[str, Any]) -> Path | None:
+    """``--tensorboard DIR``, else the config file's ``tensorboard = "DIR"``, else None."""
+    from phalanx.sim.config import ConfigError
+
+    if args.tensorboard is not None:
+        return Path(args.tensorboard)
+    value = settings.get("tensorboard")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"tensorboard must be a folder path (a string), got {value!r}")
+    return Path(value)
 
 
 def run_sim(args: argparse.Namespace) -> int:
@@ -244,6 +268,11 @@ def run_sim(args: argparse.Namespace) -> int:
     checked = plan(config)  # every config error surfaces here, before training
     out = args.out or numbered(Path("runs") / config.name)
     check_out_dir(out, overwrite=args.overwrite)
+    board = tensorboard_root(args, settings)
+    if board is not None:
+        from phalanx.sim.tensorboard import check_available
+
+        check_available()  # one error line now, not after the first run
     print(
         f"sim: {config.nodes} nodes, {config.topology} (spectral gap {checked.spectral_gap:.4f}), "
         f"{config.protocol} + {config.rule}, {len(checked.byzantine)} Byzantine ({config.attack if checked.byzantine else '-'}), "
@@ -254,6 +283,11 @@ def run_sim(args: argparse.Namespace) -> int:
         print(f"sim: crashing (node: degree): {crash_list(checked)}", flush=True)
     for seed in seeds or [None]:
         one = checked if seed is None else plan(config.replace(seed=seed))
+        writer = None
+        if board is not None:
+            from phalanx.sim.tensorboard import open_writer
+
+            writer = open_writer(board / out.name if seed is None else seed_dir(board / out.name, seed))
         with tqdm(
             total=config.rounds,
             unit="round",
@@ -263,12 +297,18 @@ def run_sim(args: argparse.Namespace) -> int:
             desc=None if seed is None else f"seed {seed}",
         ) as bar:
 
-            def progress(row: dict[str, Any]) -> None:
+            def progress(row: dict[str, Any], sink: Any = writer) -> None:
                 bar.update(1)
+                if sink is not None:
+                    sink.write(row)
                 if row.get("acc_mean") is not None:
                     bar.set_postfix(acc=f"{row['acc_mean']:.3f}")
 
-            result = run(one, progress=progress)
+            try:
+                result = run(one, progress=progress)
+            finally:
+                if writer is not None:
+                    writer.close()
         if seed is None:
             info = write_run(result, out, plots=not args.no_plots)
         else:
@@ -278,4 +318,6 @@ def run_sim(args: argparse.Namespace) -> int:
     print(summary_table([info]))
     files = "config.toml, metrics.jsonl, summary.json" + ("" if seeds else ", nodes.jsonl")
     print(f"wrote {out}/ ({files}{'' if args.no_plots else ', plots'})")
+    if board is not None:
+        print(f"wrote TensorBoard events to {board / out.name}/ (tensorboard --logdir {board})")
     return 0

@@ -48,7 +48,8 @@ def random_weights(seed: int, n: int) -> Tensor:
 
 def params_for(name: str, sample: Sample, **overrides: Any) -> dict[str, Any]:
     """Parameters of rule ``name`` for ``sample``; tau is half the median distance to own (gossip)
-    or between rows: it moves with the data, and no row order changes it."""
+    or between rows, a gossip rule's nu a quarter of the median distance to own: they move with the
+    data, and no row order changes them."""
     takes = RULE_PARAMS[name]
     params: dict[str, Any] = {}
     if "f" in takes:
@@ -59,6 +60,11 @@ def params_for(name: str, sample: Sample, **overrides: Any) -> dict[str, Any]:
         else:
             dist = torch.cdist(sample.x, sample.x).flatten()
         params["tau"] = float(dist.median()) / 2 + 1e-12
+    if "nu" in takes and name in GOSSIP_RULES:
+        # an absolute distance like tau: a quarter of the median distance to own, so that it moves
+        # with the data and some rows fall within it
+        dist = torch.linalg.vector_norm(sample.x - sample.own, dim=1)
+        params["nu"] = float(dist.median()) / 4 + 1e-12
     if "own" in takes:
         params["own"] = sample.own
     if "weights" in takes and name in GOSSIP_RULES:

@@ -183,6 +183,17 @@ def geometric_median(x: Tensor, start: np.ndarray, nu: float, iterations: int) -
     return _out(z)
 
 
+def rfa_gossip(x: Tensor, own: Tensor, nu: float, iterations: int) -> Tensor:
+    """Smoothed Weiszfeld over own and the rows, uniform weights, from own."""
+    o = np.array(own.double().tolist())
+    rows = [o, *_rows(x)]
+    z = o.copy()
+    for _ in range(iterations):
+        betas = [1.0 / max(nu, math.sqrt(_dist2(z, r))) for r in rows]
+        z = sum(b * r for b, r in zip(betas, rows)) / sum(betas)
+    return _out(z)
+
+
 def centered_clipping(x: Tensor, tau: float, iterations: int, start: np.ndarray) -> Tensor:
     rows = _rows(x)
     v = start.copy()

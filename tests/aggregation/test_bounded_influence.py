@@ -134,3 +134,23 @@ def test_gossip_rules_stay_near_own_and_honest(name: str, dtype: torch.dtype, da
         tau = float(r.max())
     moved = float(torch.linalg.vector_norm((out - own).double()))
     assert moved <= (pull + byzantine_weight * tau) * (1 + 1e-5) + 1e-9
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@given(data=st.data(), iterations=st.integers(1, 3))
+def test_rfa_gossip_steps_are_bounded_by_the_honest_radius(
+    dtype: torch.dtype, data: st.DataObject, iterations: int
+) -> None:
+    """Far Byzantine neighbours (norm up to 1e30): each step moves z by at most c max(nu, R_t),
+    c = (n + 1) / (n + 1 - f), R_t the largest distance from z to own and the honest rows, so
+    ||out - own|| <= M_0 ((1 + c)^T - 1) with M_0 = max(nu, R_0): a bound the attackers cannot move."""
+    x, honest, _, own, _, f = data.draw(attacked("rfa-gossip", far=True, dtype=dtype))
+    n = x.shape[0]
+    nu = 0.1
+    out = aggregate("rfa-gossip", x, own=own, nu=nu, iterations=iterations)
+    assert bool(torch.isfinite(out).all())
+    r0 = float(torch.linalg.vector_norm((honest - own).double(), dim=1).max())
+    c = (n + 1) / (n + 1 - f)
+    bound = max(nu, r0) * ((1 + c) ** iterations - 1)
+    moved = float(torch.linalg.vector_norm((out - own).double()))
+    assert moved <= bound * (1 + 1e-5) + 1e-6

@@ -100,7 +100,14 @@ def test_positive_scale_equivariance(name: str, data: st.DataObject, factor: flo
 
 
 def test_gossip_rules_are_listed() -> None:
-    assert set(GOSSIP_RULES) == {"monna", "clipped-gossip", "adaptive-clipped-gossip", "cs-plus", "gts"}
+    assert set(GOSSIP_RULES) == {
+        "monna",
+        "clipped-gossip",
+        "adaptive-clipped-gossip",
+        "cs-plus",
+        "gts",
+        "rfa-gossip",
+    }
 
 
 PRE = {"nnm": {}, "arc": {}, "clipping": {"tau": 0.5}, "bucketing": {"s": 2, "seed": 1}}

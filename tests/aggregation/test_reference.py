@@ -75,6 +75,18 @@ def test_geometric_median_matches_weiszfeld(data: st.DataObject, iterations: int
     torch.testing.assert_close(fast, slow, rtol=1e-6, atol=1e-8 * max(1.0, float(sample.x.abs().max())))
 
 
+@given(data=st.data(), iterations=st.integers(1, 12), nu_scale=st.sampled_from([0.01, 0.25, 4.0]))
+def test_rfa_gossip_matches_weiszfeld_from_own(data: st.DataObject, iterations: int, nu_scale: float) -> None:
+    """nu from far below most distances (nearly plain Weiszfeld) to above most (near the mean); d >= 2 as for
+    the geometric median: in one dimension Weiszfeld creeps onto a row, where rounding dominates."""
+    sample = data.draw(samples("rfa-gossip", max_n=8, min_d=2, max_d=4))
+    nu = params_for("rfa-gossip", sample)["nu"] * 4 * nu_scale
+    fast = aggregate("rfa-gossip", sample.x, own=sample.own, nu=nu, iterations=iterations)
+    slow = ref.rfa_gossip(sample.x, sample.own, nu, iterations)
+    scale = max(1.0, float(sample.x.abs().max()), float(sample.own.abs().max()))
+    torch.testing.assert_close(fast, slow, rtol=1e-6, atol=1e-8 * scale)
+
+
 @given(seed=st.integers(0, 2**31 - 1), n=st.integers(3, 9), d=st.integers(2, 5))
 def test_geometric_median_is_optimal(seed: int, n: int, d: int) -> None:
     """First-order optimality: the unit vectors towards the rows sum to zero; or, when the median

@@ -125,7 +125,9 @@ def test_finite_rows_mask() -> None:
         finite_rows(torch.zeros(3))
 
 
-@pytest.mark.parametrize("name", ["monna", "clipped-gossip", "adaptive-clipped-gossip", "cs-plus", "gts"])
+@pytest.mark.parametrize(
+    "name", ["monna", "clipped-gossip", "adaptive-clipped-gossip", "cs-plus", "gts", "rfa-gossip"]
+)
 def test_own_and_weights_are_checked(name: str) -> None:
     x = random_rows(2, 5, 3)
     f = {"f": 1} if "f" in RULE_PARAMS[name] else {}
