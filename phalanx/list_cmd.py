@@ -49,7 +49,10 @@ def rules() -> list[tuple[str, str]]:
             out.append((name, _MEAN))
             continue
         text = _summary(agg.RULES.get(name)) or name
-        tag = " (gossip rule: own model + weights)" if name in gossip else ""
+        takes_weights = "weights" in agg.RULE_PARAMS.get(name, ())
+        tag = ""
+        if name in gossip:
+            tag = " (gossip rule: own model + mixing weights)" if takes_weights else " (gossip rule: own model)"
         out.append((name, text + tag + _params(agg.RULE_PARAMS.get(name, ()))))
     return out
 

@@ -207,7 +207,15 @@ def check_rule(
         received = {str(j): torch.zeros(4) for j in range(deg)}
         weights = {str(j): 1.0 / (deg + 1) for j in range(deg)}
         try:
-            if gossip or config.rule == "mean":
+            if gossip and combiner._fn is not None:
+                # the rule itself, not through the Combiner (which would swallow the error as a failure)
+                w = torch.tensor([weights[p] for p in sorted(received)])
+                rows = torch.zeros(deg, 4)
+                if combiner._takes_weights:
+                    combiner._fn(rows, own=own, weights=w, **combiner.params)
+                else:
+                    combiner._fn(rows, own=own, **combiner.params)
+            elif gossip or config.rule == "mean":
                 combiner(own, received, weights)
             else:
                 assert combiner._fn is not None

@@ -137,3 +137,17 @@ def test_an_attack_parameter_the_attack_does_not_take_is_refused_not_silently_dr
     )
     with pytest.raises(ConfigError, match="attack large-value takes no parameter sigma; it takes: value"):
         plan(config)
+
+
+@pytest.mark.parametrize(
+    ("rule", "params", "message"),
+    [
+        ("clipped-gossip", {}, "missing parameter"),
+        ("rfa-gossip", {"iterations": 0}, "iterations must be"),
+    ],
+)
+def test_a_gossip_rule_that_cannot_run_is_refused_before_training(rule, params, message):
+    """The trial call went through the Combiner, which counts a failing rule instead of raising: every node
+    then silently kept its own model for the whole run."""
+    with pytest.raises(ConfigError, match=message):
+        plan(SimConfig(nodes=8, topology="ring", dataset="blobs", rule=rule, rule_params=params))
