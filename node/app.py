@@ -62,6 +62,10 @@ def check(config: NodeConfig) -> None:
         registry.get(config.protocol).config(config)  # unknown protocol or protocol params: one line
     except SettingsError as exc:
         raise ConfigError(str(exc)) from None
+    if config.tensorboard is not None:
+        from phalanx.node.tensorboard import check_available
+
+        check_available()  # one line before anything starts when the optional package is missing
     byzantine_behaviour(config.byzantine)
     for addr in config.listen:
         _multiaddr(addr, "listen")
@@ -212,6 +216,7 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
                 protocol_name=config.protocol,
                 byzantine=config.byzantine,
                 sampled=spec.report == "sampled",
+                tensorboard=config.tensorboard,
             )
             runtime = NodeRuntime(
                 protocol=protocol,

@@ -51,6 +51,12 @@ class NodeConfig:
     )
     data_dir: Path = field(default=Path("phalanx-node"), metadata={"help": "checkpoint and key directory"})
     metrics_port: int = _f(0, "Prometheus /metrics and JSON /status port; 0 = a free port, -1 = off", min=-1)
+    tensorboard: Path | None = field(
+        default=None,
+        metadata={
+            "help": "write each round's scalars as TensorBoard events into this folder (phalanx[tensorboard])"
+        },
+    )
     metrics_host: str = _f("127.0.0.1", "address the metrics endpoint listens on")
     # data, model, training
     dataset: str = setting("dataset")

@@ -80,6 +80,7 @@ class RuntimeSettings:
     send_retry: float = 3.0  # seconds to keep retrying a failed send
     eval_samples: int = 200  # local samples an Evaluate action uses when it names no number
     sampled: bool = False  # only a sample reports each round: finish on Protocol.finished, never by counting
+    tensorboard: Path | None = None  # write each round line's scalars there (node/tensorboard.py)
 
 
 class NodeRuntime:
@@ -120,6 +121,11 @@ class NodeRuntime:
         self._t0 = time.monotonic()
         self.metrics.round = start_round
         self.metrics.protocol = settings.protocol_name
+        self._board: Any = None
+        if settings.tensorboard is not None:
+            from phalanx.node.tensorboard import NODE_TAGS, open_writer
+
+            self._board = open_writer(settings.tensorboard, NODE_TAGS)
         self.metrics.protocol_stats = protocol.stats
         self.metrics.byzantine = settings.byzantine
 
@@ -133,6 +139,13 @@ class NodeRuntime:
 
     async def run(self) -> None:
         """Run until the configured number of rounds is done (then linger) or until cancelled."""
+        try:
+            await self._run()
+        finally:
+            if self._board is not None:
+                self._board.close()
+
+    async def _run(self) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._pump_transport)
@@ -309,8 +322,7 @@ class NodeRuntime:
                 extra={"protocol": self.settings.protocol_name},
             )
             await trio.to_thread.run_sync(ckpt.save, self.settings.checkpoint_path, state)
-        self.log(
-            "round",
+        line = dict(
             round=number,
             accuracy=None if math.isnan(acc) else round(acc, 4),
             loss=None if math.isnan(loss) else round(loss, 4),
@@ -323,6 +335,9 @@ class NodeRuntime:
             rejected=sum(self.metrics.rejected.values()),
             peers=self.metrics.peers,
         )
+        self.log("round", **line)
+        if self._board is not None:
+            self._board.write(line)
         if not self.settings.sampled and self.settings.rounds and number >= self.settings.rounds:
             self._finish()
 

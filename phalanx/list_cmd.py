@@ -52,7 +52,9 @@ def rules() -> list[tuple[str, str]]:
         takes_weights = "weights" in agg.RULE_PARAMS.get(name, ())
         tag = ""
         if name in gossip:
-            tag = " (gossip rule: own model + mixing weights)" if takes_weights else " (gossip rule: own model)"
+            tag = (
+                " (gossip rule: own model + mixing weights)" if takes_weights else " (gossip rule: own model)"
+            )
         out.append((name, text + tag + _params(agg.RULE_PARAMS.get(name, ()))))
     return out
 

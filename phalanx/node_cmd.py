@@ -42,6 +42,7 @@ def register(sub: Any) -> None:
         net.add_argument(_flag(key), type=Path, help=help_of(key))
     net.add_argument("--metrics-host", help=help_of("metrics_host"))
     net.add_argument("--metrics-port", type=int, help=help_of("metrics_port"))
+    net.add_argument("--tensorboard", type=Path, help=help_of("tensorboard"))
     data = add_data_arguments(p)
     data.add_argument("--nodes", type=int, help=help_of("nodes"))
     data.add_argument("--index", type=int, help=help_of("index"))

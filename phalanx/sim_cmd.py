@@ -270,7 +270,7 @@ def run_sim(args: argparse.Namespace) -> int:
     check_out_dir(out, overwrite=args.overwrite)
     board = tensorboard_root(args, settings)
     if board is not None:
-        from phalanx.sim.tensorboard import check_available
+        from phalanx.node.tensorboard import check_available
 
         check_available()  # one error line now, not after the first run
     print(
@@ -285,7 +285,7 @@ def run_sim(args: argparse.Namespace) -> int:
         one = checked if seed is None else plan(config.replace(seed=seed))
         writer = None
         if board is not None:
-            from phalanx.sim.tensorboard import open_writer
+            from phalanx.node.tensorboard import open_writer
 
             writer = open_writer(board / out.name if seed is None else seed_dir(board / out.name, seed))
         with tqdm(

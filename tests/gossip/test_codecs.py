@@ -50,7 +50,9 @@ def small_vectors(draw: st.DrawFn) -> torch.Tensor:
     seed = draw(st.integers(0, 2**31))
     scale = draw(st.sampled_from([1e-6, 1e-2, 1.0, 1e4]))
     x = torch.randn(SMALL.dim, generator=gen(seed)) * scale
-    edits = draw(st.lists(st.tuples(st.integers(0, SMALL.dim - 1), f32.filter(lambda v: abs(v) < 1e30)), max_size=4))
+    edits = draw(
+        st.lists(st.tuples(st.integers(0, SMALL.dim - 1), f32.filter(lambda v: abs(v) < 1e30)), max_size=4)
+    )
     for i, v in edits:
         x[i] = v
     return x
@@ -65,8 +67,17 @@ def wire_round_trip(encoded: Encoded) -> Encoded:
 
 @pytest.mark.parametrize(
     ("spec", "canonical"),
-    [("fp16", "fp16"), ("BF16", "bf16"), ("int8", "int8"), ("int8:256", "int8:256"), ("topk:0.01", "topk:0.01"),
-     ("randk:0.5", "randk:0.5"), ("lowrank:4", "lowrank:4"), ("seeds:64", "seeds:64"), (" topk:1 ", "topk:1")],
+    [
+        ("fp16", "fp16"),
+        ("BF16", "bf16"),
+        ("int8", "int8"),
+        ("int8:256", "int8:256"),
+        ("topk:0.01", "topk:0.01"),
+        ("randk:0.5", "randk:0.5"),
+        ("lowrank:4", "lowrank:4"),
+        ("seeds:64", "seeds:64"),
+        (" topk:1 ", "topk:1"),
+    ],
 )
 def test_specs_parse_to_their_canonical_form(spec: str, canonical: str) -> None:
     assert codec_from_spec(spec, layout=MLP).spec == canonical
@@ -74,8 +85,27 @@ def test_specs_parse_to_their_canonical_form(spec: str, canonical: str) -> None:
 
 @pytest.mark.parametrize(
     "spec",
-    ["", "zip", "topk", "topk:0", "topk:1.5", "topk:abc", "topk:nan", "randk:-0.1", "fp16:3", "bf16:x",
-     "int8:4", "int8:x", "lowrank", "lowrank:0", "lowrank:65", "seeds", "seeds:0", "seeds:5000", "seeds:1.5"],
+    [
+        "",
+        "zip",
+        "topk",
+        "topk:0",
+        "topk:1.5",
+        "topk:abc",
+        "topk:nan",
+        "randk:-0.1",
+        "fp16:3",
+        "bf16:x",
+        "int8:4",
+        "int8:x",
+        "lowrank",
+        "lowrank:0",
+        "lowrank:65",
+        "seeds",
+        "seeds:0",
+        "seeds:5000",
+        "seeds:1.5",
+    ],
 )
 def test_bad_specs_raise_one_line(spec: str) -> None:
     with pytest.raises(CodecSpecError) as info:
@@ -97,7 +127,9 @@ def test_k_is_at_least_one_and_at_most_all() -> None:
 
 @pytest.mark.parametrize("spec", SPECS)
 @given(x=small_vectors(), seed=st.integers(0, 2**31))
-def test_every_codec_survives_msgpack_and_decodes_to_a_finite_model_vector(spec: str, x: torch.Tensor, seed: int) -> None:
+def test_every_codec_survives_msgpack_and_decodes_to_a_finite_model_vector(
+    spec: str, x: torch.Tensor, seed: int
+) -> None:
     c = codec(spec)
     enc = c.encode(x, new_state(), gen(seed))
     back = wire_round_trip(enc)
@@ -144,7 +176,9 @@ def test_int8_stochastic_rounding_is_unbiased() -> None:
     # each rounding has variance <= step^2 / 4: the mean of n is within 6 standard errors everywhere
     assert bool(((mean - x.double()).abs() <= 6 * step / (2 * math.sqrt(n))).all())
     # and deterministic rounding would be visibly biased on these values: the test can fail
-    assert float((torch.round(x.double() / step) * step - x.double()).abs().max()) > float((6 * step / (2 * math.sqrt(n))).min())
+    assert float((torch.round(x.double() / step) * step - x.double()).abs().max()) > float(
+        (6 * step / (2 * math.sqrt(n))).min()
+    )
 
 
 def test_int8_is_reproducible_from_the_generator() -> None:
@@ -221,7 +255,11 @@ def test_seeds_send_only_a_seed_and_k_scalars() -> None:
 
 def test_shared_stream_is_pinned() -> None:
     # If numpy ever changed Philox's raw stream, peers on different versions would desynchronise.
-    assert [int(v) for v in stream(12345).random_raw(3)] == [0xA5792C0A0ED6A560, 0xC63666BA8B756514, 0xC953E311F634209D]
+    assert [int(v) for v in stream(12345).random_raw(3)] == [
+        0xA5792C0A0ED6A560,
+        0xC63666BA8B756514,
+        0xC953E311F634209D,
+    ]
 
 
 @given(seed=st.integers(0, 2**64 - 1), dim=st.integers(1, 500), frac=st.floats(0.001, 1.0))
@@ -256,7 +294,9 @@ def test_error_feedback_conserves_mass(spec: str, xs: list[torch.Tensor], seed: 
         assert state.residual is not None
         total = (x + before).double()
         if spec == "lowrank:2":
-            assert torch.allclose((sent + state.residual).double(), total, rtol=1e-4, atol=1e-4 * float(total.abs().max()))
+            assert torch.allclose(
+                (sent + state.residual).double(), total, rtol=1e-4, atol=1e-4 * float(total.abs().max())
+            )
         else:
             assert torch.equal(sent + state.residual, x + before)
 
@@ -268,7 +308,9 @@ def test_error_feedback_delivers_everything_eventually() -> None:
     total += c.decode(c.encode(x, state, g), SMALL.dim)
     for _ in range(40):  # nothing new to send: the residual drains
         total += c.decode(c.encode(torch.zeros(SMALL.dim), state, g), SMALL.dim)
-    assert torch.allclose(total, x) and state.residual is not None and float(state.residual.abs().max()) == 0.0
+    assert (
+        torch.allclose(total, x) and state.residual is not None and float(state.residual.abs().max()) == 0.0
+    )
 
 
 @pytest.mark.parametrize("spec", [*EF_SPECS, "int8"])
@@ -278,7 +320,9 @@ def test_state_checkpoints_and_resumes_identically(spec: str) -> None:
     for _ in range(2):
         c.encode(torch.randn(SMALL.dim, generator=g), state, g)
     warm_size = c.warm_size if isinstance(c, LowRankCodec) else 0
-    restored = CodecState.from_fields(msgpack.unpackb(msgpack.packb(state.to_fields())), dim=SMALL.dim, warm_size=warm_size)
+    restored = CodecState.from_fields(
+        msgpack.unpackb(msgpack.packb(state.to_fields())), dim=SMALL.dim, warm_size=warm_size
+    )
     x = torch.randn(SMALL.dim, generator=g)
     rng_state = g.get_state()
     a = c.encode(x, state, g)
@@ -312,14 +356,25 @@ def rejects(spec: str, encoded: Encoded, reason: str, limits: DecodeLimits | Non
 
 def topk_with(index: list[int], values: list[float] | None = None) -> Encoded:
     vals = values if values is not None else [1.0] * len(index)
-    return Encoded(codec="topk", dim=SMALL.dim, count=len(index), index=np.array(index, "<u4").tobytes(),
-                   data=np.array(vals, "<f4").tobytes())
+    return Encoded(
+        codec="topk",
+        dim=SMALL.dim,
+        count=len(index),
+        index=np.array(index, "<u4").tobytes(),
+        data=np.array(vals, "<f4").tobytes(),
+    )
 
 
 @pytest.mark.parametrize(
     ("index", "reason"),
-    [([3, 5, SMALL.dim], "bad-index"), ([3, 3, 5], "bad-index"), ([5, 3, 9], "bad-index"),
-     ([0, 2**32 - 1], "bad-index"), (list(range(40)), "bad-count"), ([], "bad-count")],
+    [
+        ([3, 5, SMALL.dim], "bad-index"),
+        ([3, 3, 5], "bad-index"),
+        ([5, 3, 9], "bad-index"),
+        ([0, 2**32 - 1], "bad-index"),
+        (list(range(40)), "bad-count"),
+        ([], "bad-count"),
+    ],
 )
 def test_topk_rejects_bad_indices_and_counts(index: list[int], reason: str) -> None:
     rejects("topk:0.1", topk_with(index), reason)
@@ -367,7 +422,11 @@ def test_values_that_overflow_when_rebuilt_are_rejected() -> None:
     enc = valid("lowrank:2")
     huge = np.full(c.wire_values, 3e38, "<f4").tobytes()  # type: ignore[attr-defined]
     rejects("lowrank:2", dataclasses.replace(enc, data=huge), "non-finite")
-    rejects("seeds:32", dataclasses.replace(valid("seeds:32"), data=np.full(32, 3e38, "<f4").tobytes()), "non-finite")
+    rejects(
+        "seeds:32",
+        dataclasses.replace(valid("seeds:32"), data=np.full(32, 3e38, "<f4").tobytes()),
+        "non-finite",
+    )
 
 
 def test_receiver_caps_apply_whatever_the_codec_says() -> None:
@@ -378,9 +437,19 @@ def test_receiver_caps_apply_whatever_the_codec_says() -> None:
 
 @pytest.mark.parametrize(
     "fields",
-    [None, [], {"c": 3, "d": 10}, {"c": "topk", "d": "10"}, {"c": "topk", "d": 0}, {"c": "topk", "d": 10, "n": -1},
-     {"c": "topk", "d": 10, "n": True}, {"c": "topk", "d": 10, "s": 2**64}, {"c": "topk", "d": 10, "x": "ab"},
-     {"c": "x" * 40, "d": 10}, {"c": "topk", "d": 10, "i": [1, 2]}],
+    [
+        None,
+        [],
+        {"c": 3, "d": 10},
+        {"c": "topk", "d": "10"},
+        {"c": "topk", "d": 0},
+        {"c": "topk", "d": 10, "n": -1},
+        {"c": "topk", "d": 10, "n": True},
+        {"c": "topk", "d": 10, "s": 2**64},
+        {"c": "topk", "d": 10, "x": "ab"},
+        {"c": "x" * 40, "d": 10},
+        {"c": "topk", "d": 10, "i": [1, 2]},
+    ],
 )
 def test_bad_fields_are_rejected(fields: object) -> None:
     with pytest.raises(CodecError) as info:
@@ -389,9 +458,15 @@ def test_bad_fields_are_rejected(fields: object) -> None:
 
 
 @pytest.mark.parametrize("spec", SPECS)
-@given(data=st.binary(max_size=2000), index=st.binary(max_size=200), count=st.integers(0, 2**20),
-       seed=st.integers(0, 2**64 - 1))
-def test_fuzzed_encodings_decode_or_raise_codec_error(spec: str, data: bytes, index: bytes, count: int, seed: int) -> None:
+@given(
+    data=st.binary(max_size=2000),
+    index=st.binary(max_size=200),
+    count=st.integers(0, 2**20),
+    seed=st.integers(0, 2**64 - 1),
+)
+def test_fuzzed_encodings_decode_or_raise_codec_error(
+    spec: str, data: bytes, index: bytes, count: int, seed: int
+) -> None:
     c = codec(spec)
     enc = Encoded(codec=c.name, dim=SMALL.dim, count=count, seed=seed, data=data, index=index)
     try:
@@ -417,7 +492,9 @@ def test_feedback_off_keeps_no_residual(spec: str) -> None:
     first = c.decode(c.encode(x, state, gen(1)), SMALL.dim)
     assert state.residual is None
     again = c.decode(c.encode(x, state, gen(1)), SMALL.dim)
-    if spec != "lowrank:2":  # lowrank's warm start moves on; the sparse codecs are memoryless without feedback
+    if (
+        spec != "lowrank:2"
+    ):  # lowrank's warm start moves on; the sparse codecs are memoryless without feedback
         assert torch.equal(first, again)
 
 

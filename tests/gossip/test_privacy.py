@@ -24,7 +24,9 @@ from phalanx.gossip.privacy import (
 )
 
 # dp-accounting is the optional extra `privacy` (also in `test`): without it the accounting tests are skipped.
-needs_accounting = pytest.mark.skipif(importlib.util.find_spec("dp_accounting") is None, reason="dp-accounting absent")
+needs_accounting = pytest.mark.skipif(
+    importlib.util.find_spec("dp_accounting") is None, reason="dp-accounting absent"
+)
 
 
 def gen(seed: int) -> torch.Generator:
@@ -84,7 +86,9 @@ def test_epsilon_grows_with_rounds_and_matches_the_batch_answer(q: float) -> Non
     assert acc.rounds == 30
     assert eps[-1] == pytest.approx(epsilon_for(1.1, rounds=30, delta=1e-5, sampling_rate=q), rel=1e-9)
     # a restarted accountant given the rounds so far reports the same
-    assert PrivacyAccountant(noise_multiplier=1.1, delta=1e-5, sampling_rate=q, rounds=30).spent().epsilon == pytest.approx(eps[-1])
+    assert PrivacyAccountant(
+        noise_multiplier=1.1, delta=1e-5, sampling_rate=q, rounds=30
+    ).spent().epsilon == pytest.approx(eps[-1])
 
 
 @needs_accounting
@@ -109,7 +113,9 @@ def test_one_gaussian_release_matches_the_classical_bound() -> None:
 def test_sigma_for_round_trips(epsilon: float, rounds: int, q: float) -> None:
     sigma = sigma_for(epsilon, delta=1e-5, rounds=rounds, sampling_rate=q)
     assert epsilon_for(sigma, rounds=rounds, delta=1e-5, sampling_rate=q) <= epsilon * (1 + 1e-6)
-    assert epsilon_for(sigma * 0.99, rounds=rounds, delta=1e-5, sampling_rate=q) > epsilon  # and it is the smallest
+    assert (
+        epsilon_for(sigma * 0.99, rounds=rounds, delta=1e-5, sampling_rate=q) > epsilon
+    )  # and it is the smallest
 
 
 @needs_accounting
@@ -119,8 +125,15 @@ def test_sigma_for_a_loose_target_is_the_floor() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"epsilon": 0.0}, {"epsilon": float("inf")}, {"delta": 0.0}, {"delta": 1.0}, {"rounds": 0}, {"sampling_rate": 0.0},
-     {"sampling_rate": 1.5}],
+    [
+        {"epsilon": 0.0},
+        {"epsilon": float("inf")},
+        {"delta": 0.0},
+        {"delta": 1.0},
+        {"rounds": 0},
+        {"sampling_rate": 0.0},
+        {"sampling_rate": 1.5},
+    ],
 )
 def test_bad_privacy_settings_raise_one_line(kwargs: dict) -> None:
     args = {"epsilon": 1.0, "delta": 1e-5, "rounds": 10, "sampling_rate": 1.0, **kwargs}

@@ -53,7 +53,7 @@ def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
 
 @needs_tensorboard
 def test_writer_writes_each_rows_scalars_at_its_round(tmp_path: Path) -> None:
-    from phalanx.sim.tensorboard import open_writer
+    from phalanx.node.tensorboard import open_writer
 
     rows = [
         {"round": 0, "acc_mean": None, "acc_avg": None, "consensus": 0.5, "bytes": 1000, "live": 4},
@@ -123,3 +123,26 @@ def test_a_bad_config_value_is_one_error_line(tmp_path: Path, capsys: pytest.Cap
     assert status(["sim", "--config", str(path), *SMALL, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["phalanx sim: error: tensorboard must be a folder path (a string), got 3"]
+
+
+def test_node_run_without_the_package_is_one_error_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    argv = ["node", "run", "--dataset", "blobs", "--model", "logreg", "--data-dir", str(tmp_path / "n")]
+    assert status([*argv, "--alone", "train", "--rounds", "1", "--tensorboard", str(tmp_path / "tb")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--tensorboard needs the tensorboard package" in err[0]
+
+
+@needs_tensorboard
+def test_a_node_writes_its_round_lines_as_events(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from phalanx.node.tensorboard import NODE_TAGS, open_writer
+
+    with open_writer(tmp_path / "node", NODE_TAGS) as board:
+        board.write({"round": 1, "accuracy": 0.5, "loss": 1.0, "bytes_in": 10, "bytes_out": 20, "peers": 2})
+        board.write({"round": 2, "accuracy": None, "bytes_in": 30})
+    events = EventAccumulator(str(tmp_path / "node"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("accuracy")] == [0.5]
+    assert [e.step for e in events.Scalars("bytes/in")] == [1, 2]

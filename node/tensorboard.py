@@ -1,7 +1,8 @@
-"""Optional TensorBoard event files of a simulated run: each metrics row's scalars, one step per round.
+"""Optional TensorBoard event files: each metrics row's scalars, one step per round, for a simulated run
+(``phalanx sim --tensorboard DIR``, or ``tensorboard = "DIR"`` in its config file) and for a real node
+(``phalanx node run --tensorboard DIR``: its round lines, :data:`NODE_TAGS`).
 
-``phalanx sim --tensorboard DIR`` (or ``tensorboard = "DIR"`` in the config file) opens a
-:class:`Writer` before training and hands it every metrics row as the round finishes. The writer is
+The command opens a :class:`Writer` before training and hands it every metrics row as the round finishes. The writer is
 ``torch.utils.tensorboard.SummaryWriter``, which needs the ``tensorboard`` package, an optional extra
 (``pip install 'phalanx[tensorboard]'``); without it :func:`open_writer` raises one :class:`ConfigError`
 line, before any training.
@@ -18,9 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
+from phalanx.gossip.fields import ConfigError
 
-__all__ = ["MISSING", "TAGS", "Writer", "check_available", "open_writer"]
+__all__ = ["MISSING", "NODE_TAGS", "TAGS", "Writer", "check_available", "open_writer"]
 
 MISSING = (
     "--tensorboard needs the tensorboard package: pip install 'phalanx[tensorboard]' "
@@ -45,17 +46,31 @@ TAGS: dict[str, str] = {
 }
 
 
+#: a real node's round line key -> TensorBoard tag.
+NODE_TAGS: dict[str, str] = {
+    "accuracy": "accuracy",
+    "loss": "loss",
+    "bytes_in": "bytes/in",
+    "bytes_out": "bytes/out",
+    "messages_in": "messages/in",
+    "messages_out": "messages/out",
+    "rejected": "rejected",
+    "peers": "peers",
+}
+
+
 class Writer:
     """Writes metrics rows to one TensorBoard run folder; use as a context manager (closes the file)."""
 
-    def __init__(self, summary_writer: Any) -> None:
+    def __init__(self, summary_writer: Any, tags: dict[str, str] | None = None) -> None:
         self._writer = summary_writer
+        self.tags = TAGS if tags is None else tags
         self.rows = 0
 
     def write(self, row: dict[str, Any]) -> None:
         """The row's scalars at step ``row["round"]``; missing, ``None`` and non-numeric values are skipped."""
         step = int(row["round"])
-        for key, tag in TAGS.items():
+        for key, tag in self.tags.items():
             value = row.get(key)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 continue
@@ -86,9 +101,9 @@ def check_available() -> None:
     _summary_writer()
 
 
-def open_writer(folder: Path) -> Writer:
+def open_writer(folder: Path, tags: dict[str, str] | None = None) -> Writer:
     """A :class:`Writer` into ``folder`` (created); one ``ConfigError`` line when tensorboard is missing."""
     summary_writer = _summary_writer()
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--tensorboard: {folder} exists and is not a folder")
-    return Writer(summary_writer(log_dir=str(folder)))
+    return Writer(summary_writer(log_dir=str(folder)), tags)
