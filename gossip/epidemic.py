@@ -230,19 +230,18 @@ def _build(ctx: NodeContext, config: EpidemicConfig) -> Epidemic:
     return Epidemic(node=ctx.node, params=ctx.params, peers=peers, config=config, rng=ctx.rng)
 
 
-SPEC_LOCAL = ProtocolSpec(
-    name="el-local",
-    summary="Epidemic Learning, EL-Local: send to s random peers each round, combine what arrived",
-    params=EpidemicParams,
-    configure=_configurer("local"),
-    build=_build,
-    rule_inputs=lambda config, degree: config.s,
+def _spec(variant: str, summary: str) -> ProtocolSpec:
+    return ProtocolSpec(
+        name=f"el-{variant}",
+        summary=summary,
+        params=EpidemicParams,
+        configure=_configurer(variant),
+        build=_build,
+        rule_inputs=lambda config, degree: config.s,
+    )
+
+
+SPEC_LOCAL = _spec(
+    "local", "Epidemic Learning, EL-Local: send to s random peers each round, combine what arrived"
 )
-SPEC_ORACLE = ProtocolSpec(
-    name="el-oracle",
-    summary="Epidemic Learning, EL-Oracle: a fresh random s-regular graph each round",
-    params=EpidemicParams,
-    configure=_configurer("oracle"),
-    build=_build,
-    rule_inputs=lambda config, degree: config.s,
-)
+SPEC_ORACLE = _spec("oracle", "Epidemic Learning, EL-Oracle: a fresh random s-regular graph each round")
