@@ -122,7 +122,10 @@ class LowRankCodec:
             p = torch.linalg.qr(matrix @ q_prev, mode="reduced").Q.contiguous()
             q = (matrix.T @ p).contiguous()
             residual[part.offset : part.offset + part.size] = (matrix - p @ q.T).view(-1)
-            new_warm[q_at : q_at + q.numel()] = q.view(-1)
+            # the warm start only needs q's span: unit columns keep repeated starts from compounding the
+            # matrix's scale (a 4e16 entry overflowed float32 after two rounds)
+            norms = torch.linalg.vector_norm(q, dim=0).clamp_min(torch.finfo(torch.float32).tiny)
+            new_warm[q_at : q_at + q.numel()] = (q / norms).view(-1)
             pieces += [p.view(-1), q.view(-1)]
             q_at += q.numel()
         state.residual = residual if state.feedback else None
