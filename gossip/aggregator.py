@@ -54,6 +54,11 @@ def _finite_mask(rows: Tensor) -> Tensor:
     return agg.finite_rows(rows)
 
 
+def is_finite(vector: Tensor) -> bool:
+    """Whether one model vector is all finite (the check of :func:`_finite_mask`, for a single row)."""
+    return bool(_finite_mask(vector.unsqueeze(0))[0])
+
+
 def gossip_rule_names() -> frozenset[str]:
     """Rules that take (own, neighbours, weights): the aggregation package's gossip rules and ``mean``."""
     return frozenset({_MIXING, *agg.GOSSIP_RULES})
@@ -153,6 +158,20 @@ class Combiner:
         except ValueError:
             self.failures += 1
             return own
+
+    def trial(self, received: int, dim: int = 4) -> None:
+        """Run the rule once on zero vectors of ``received`` neighbours (and the node's own row where the rule
+        sees one) and raise what the rule raises: a check before training of what :meth:`__call__` would
+        only count as a failure, round after round."""
+        if self._fn is None:
+            return  # the mixing step cannot fail
+        if self._gossip:
+            weights = (
+                {"weights": torch.full((received,), 1.0 / (received + 1))} if self._takes_weights else {}
+            )
+            self._fn(torch.zeros(received, dim), own=torch.zeros(dim), **weights, **self.params)
+        else:
+            self._fn(torch.zeros(received + int(self.include_own), dim), **self.params)
 
     def of_rows(self, received: Mapping[PeerId, Tensor]) -> Tensor | None:
         """The rule over the received rows alone (no own row); ``None`` when no finite row is left."""

@@ -226,8 +226,7 @@ def _configurer(variant: str):  # type: ignore[no-untyped-def]
 
 
 def _build(ctx: NodeContext, config: EpidemicConfig) -> Epidemic:
-    peers = tuple(sorted({ctx.node, *ctx.peers, *ctx.neighbours}))
-    return Epidemic(node=ctx.node, params=ctx.params, peers=peers, config=config, rng=ctx.rng)
+    return Epidemic(node=ctx.node, params=ctx.params, peers=ctx.members(), config=config, rng=ctx.rng)
 
 
 def _spec(variant: str, summary: str) -> ProtocolSpec:

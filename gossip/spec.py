@@ -87,6 +87,10 @@ class NodeContext:
     signer: Signer | None = None  # this node's key, for records only it may sign (membership)
     verifier: Verifier | None = None  # checks other peers' signed records
 
+    def members(self) -> tuple[PeerId, ...]:
+        """The initial membership of a sampling protocol: the node, its peers and its neighbours, sorted."""
+        return tuple(sorted({self.node, *self.peers, *self.neighbours}))
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AttackSpec:

@@ -203,23 +203,8 @@ def check_rule(
                 )
                 raise ConfigError(f"rule {config.rule} cannot tolerate f={f} at {where}: {exc}") from None
     for deg in degrees:
-        own = torch.zeros(4)
-        received = {str(j): torch.zeros(4) for j in range(deg)}
-        weights = {str(j): 1.0 / (deg + 1) for j in range(deg)}
         try:
-            if gossip and combiner._fn is not None:
-                # the rule itself, not through the Combiner (which would swallow the error as a failure)
-                w = torch.tensor([weights[p] for p in sorted(received)])
-                rows = torch.zeros(deg, 4)
-                if combiner._takes_weights:
-                    combiner._fn(rows, own=own, weights=w, **combiner.params)
-                else:
-                    combiner._fn(rows, own=own, **combiner.params)
-            elif gossip or config.rule == "mean":
-                combiner(own, received, weights)
-            else:
-                assert combiner._fn is not None
-                combiner._fn(torch.zeros(deg + int(with_own), 4), **combiner.params)
+            combiner.trial(deg)
         except (ValueError, TypeError) as exc:
             raise ConfigError(
                 f"rule {config.rule} with {combiner.params} cannot run at a node of degree {deg} "

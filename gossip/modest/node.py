@@ -46,6 +46,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from phalanx.gossip.aggregator import is_finite
 from phalanx.gossip.events import (
     Action,
     CancelTimer,
@@ -385,7 +386,7 @@ class Modest(Protocol):
     def _refuse(self, peer: PeerId, params: torch.Tensor) -> list[Action] | None:
         """Admission of an aggregated model, the same in both worlds: a non-finite one is dropped, counted
         and struck (the real node's wire refuses it too; the simulator has no wire)."""
-        if bool(torch.isfinite(params.sum())) or bool(torch.isfinite(params).all()):
+        if is_finite(params):
             return None
         self.counters["rejected_nonfinite"] += 1
         return [] if peer == self.node else [PenalisePeer(peer=peer, reason="non-finite model")]

@@ -11,15 +11,11 @@ from phalanx.gossip.protocol import Protocol
 from phalanx.gossip.spec import AttackSpec, NodeContext, ProtocolSpec
 
 
-def _members(ctx: NodeContext) -> tuple[str, ...]:
-    return tuple(sorted({ctx.node, *ctx.peers, *ctx.neighbours}))
-
-
 def build(ctx: NodeContext, config: ModestConfig) -> Modest:
     return Modest(
         node=ctx.node,
         params=ctx.params,
-        peers=_members(ctx),
+        peers=ctx.members(),
         config=config,
         rng=ctx.rng,
         late=ctx.late,
