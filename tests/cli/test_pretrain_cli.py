@@ -4,6 +4,9 @@ and one-line errors with exit status 2."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tomllib
 
 import pytest
@@ -96,3 +99,52 @@ def test_a_corrupt_or_foreign_features_file_is_refused(features, tmp_path, capsy
 def test_pretrain_refuses_to_overwrite(features, capsys):
     assert status(["pretrain", "--dataset", "blobs", "--out", str(features)]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_net_up_nodes_log_the_same_features_hash(features, tmp_path):
+    """Real node processes load the file: each logs its sha256, and net up checks they all match."""
+    out = tmp_path / "net"
+    argv = [
+        *("net", "up", "--nodes", "3", "--rounds", "2", "--dataset", "blobs", "--topology", "ring"),
+        *("--train-only", "head", "--features", str(features), "--round-timeout", "5"),
+        *("--timeout", "120", "--no-plots", "--out", str(out)),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "phalanx", *argv],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    digest = read_weights(features).sha256
+    assert f"sha256 {digest}" in done.stdout
+    for i in range(3):
+        events = [
+            json.loads(line) for line in (out / "nodes" / f"node-{i}" / "log.jsonl").read_text().splitlines()
+        ]
+        (loaded,) = [e for e in events if e["event"] == "features"]
+        assert loaded["features_sha256"] == digest and loaded["head_params"] == 650
+        assert loaded["excluded_samples"] == 400
+        (listening,) = [e for e in events if e["event"] == "listening"]
+        assert listening["dim"] == 650 and listening["features_sha256"] == digest
+
+
+@pytest.mark.slow
+@pytest.mark.network
+async def test_net_up_stops_when_a_node_loaded_other_features(features, tmp_path):
+    from phalanx.node.netup import NetSpec, run_network
+
+    spec = NetSpec(
+        n=2,
+        edges=[(0, 1)],
+        rounds=2,
+        workdir=tmp_path,
+        timeout=60,
+        node_args=["--dataset", "blobs", "--train-only", "head", "--features", str(features)],
+        features_sha256="0" * 64,  # what net up expected: not what the nodes load
+    )
+    result = await run_network(spec)
+    assert result.problems and all("loaded frozen features" in p for p in result.problems)
