@@ -185,6 +185,9 @@ class Trainer:
                 self.module, model, features=config.features, input_shape=dataset.feature_shape
             )
             trainable = self.transfer.head
+        # What evaluation switches to eval mode and back: the whole module, or only the head when the rest
+        # is frozen (it never leaves eval mode), which saves a walk over every submodule per evaluation.
+        self._modal: nn.Module = self.module if self.transfer is None else self.transfer.head
         named = list(trainable.named_parameters())
         for name, p in named:
             if p.dtype != torch.float32:
@@ -344,13 +347,13 @@ class Trainer:
         self.check_vector(params)
         self.load(params, buffers)
         correct, loss_sum = 0, 0.0
-        self.module.eval()
+        self._modal.eval()
         for start in range(0, len(x), batch):
             logits = self._forward(x[start : start + batch])
             target = y[start : start + batch]
             loss_sum += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
             correct += int((logits.argmax(dim=1) == target).sum())
-        self.module.train()
+        self._modal.train()
         n = max(1, len(x))
         return correct / n, loss_sum / n
 
@@ -367,11 +370,11 @@ class Trainer:
         """Accuracy, mean loss, and the accuracy on each class's samples (NaN for a class with none)."""
         self.check_vector(params)
         self.load(params, buffers)
-        self.module.eval()
+        self._modal.eval()
         try:
             logits = self._forward(x) if len(x) else torch.zeros((0, num_classes))
         finally:
-            self.module.train()
+            self._modal.train()
         n = len(x)
         if n == 0:
             return math.nan, math.nan, tuple(math.nan for _ in range(num_classes))
