@@ -39,7 +39,7 @@ from torch import nn
 from phalanx.node.datasets import Dataset
 from phalanx.node.models import build_model
 from phalanx.node.train_settings import setting
-from phalanx.node.transfer import Transfer
+from phalanx.node.transfer import Transfer, linear_heads_per_class
 
 
 class LearnerError(ValueError):
@@ -386,6 +386,32 @@ class Trainer:
             float(c / k) if k > 0 else math.nan for c, k in zip(correct.tolist(), counts.tolist())
         )
         return float(hit.mean()), loss, per_class
+
+    @torch.no_grad()
+    def evaluate_per_class_many(
+        self,
+        vectors: list[torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        num_classes: int,
+        *,
+        buffers: torch.Tensor | None = None,
+    ) -> list[tuple[float, float, tuple[float, ...]]]:
+        """:meth:`evaluate_per_class` of each vector: in one batched product for linear heads on cached
+        features (``--train-only head``, phalanx.node.transfer), else one evaluation after the other."""
+        t = self.transfer
+        if (
+            vectors
+            and t is not None
+            and t.feature_shape is not None
+            and tuple(x.shape[1:]) == t.feature_shape
+            and isinstance(t.head, nn.Linear)
+            and self.dim == self.num_params
+        ):
+            for v in vectors:
+                self.check_vector(v)
+            return linear_heads_per_class(torch.stack(vectors), t.head, x, y, num_classes)
+        return [self.evaluate_per_class(v, x, y, num_classes, buffers=buffers) for v in vectors]
 
 
 def flip_labels(y: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -9,10 +9,12 @@ For each model on the embedded MNIST, with ``train_only = all`` and ``head``:
   sample, computed once);
 - ``step us``: one local SGD step of batch 32 (median of ``--steps`` steps of one node);
 - ``eval 10 heads us``: evaluating 10 candidate vectors on 200 of a node's own samples, per class (what
-  Bristle's integrator does each round), and its ratio to one step;
+  Bristle's integrator does each round), one after the other (``SimWorker.evaluate``) and ``batched``
+  (``SimWorker.evaluate_many``: one product for linear heads on cached features), each with its ratio to
+  one step;
 - ``round ms``: the wall time of one simulated D-PSGD round of ``--nodes`` nodes (random 8-regular graph,
-  mean, one local step, evaluation on 8 nodes and 500 test images at the last round only), and the
-  megabytes sent per round.
+  mean, one local step, evaluation on 8 nodes and 500 test images at the last round only), the run's
+  set-up (``setup s``, measured above) taken out, and the megabytes sent per round.
 
 The head-only runs use the model's seeded random frozen part (no ``--features`` file): its speed is the
 same as a pretrained one's. Ratios are whole / head, measured in the same run.
@@ -70,6 +72,12 @@ def measure(model: str, train_only: str, nodes: int, rounds: int, steps: int) ->
             worker.evaluate("0", c, 200)
         evals.append(time.perf_counter() - t)
     evaluate = statistics.median(evals)
+    batched = []
+    for _ in range(max(3, steps // 20)):
+        t = time.perf_counter()
+        worker.evaluate_many("0", candidates, 200)
+        batched.append(time.perf_counter() - t)
+    together = statistics.median(batched)
     start = time.perf_counter()
     result = run(p)
     wall = time.perf_counter() - start
@@ -81,7 +89,9 @@ def measure(model: str, train_only: str, nodes: int, rounds: int, steps: int) ->
         "step_us": step * 1e6,
         "eval_us": evaluate * 1e6,
         "eval_ratio": evaluate / step,
-        "round_ms": wall / rounds * 1e3,
+        "batched_us": together * 1e6,
+        "batched_ratio": together / step,
+        "round_ms": (wall - setup) / rounds * 1e3,
         "mb_round": result.rows[-1]["bytes"] / rounds / 1e6,
         "acc": result.rows[-1].get("acc_mean"),
     }
@@ -114,7 +124,9 @@ def main() -> None:
                 ("setup", "setup s", ".2f"),
                 ("step_us", "step us", ".0f"),
                 ("eval_us", "eval 10 heads us", ".0f"),
-                ("eval_ratio", "eval/step", ".2f"),
+                ("eval_ratio", "/step", ".2f"),
+                ("batched_us", "batched us", ".0f"),
+                ("batched_ratio", "/step", ".2f"),
                 ("round_ms", f"round ms ({args.nodes} nodes)", ".1f"),
                 ("mb_round", "MB/round", ".3f"),
                 ("speedup", "whole/head", ""),

@@ -106,17 +106,31 @@ class SimWorker:
         self, node: PeerId, params: torch.Tensor, samples: int
     ) -> tuple[float, float, tuple[float, ...], int]:
         """``params`` on ``node``'s own samples (the first ``samples`` of its shard, the labels it trains on)."""
-        x, y, sampler = self.data[node]
-        n = min(samples or self.eval_samples, len(sampler.shard))
-        kept = self._eval_sets.get(node)
-        if kept is not None and kept[2] == n:
-            xs, ys = kept[0], kept[1]
-        else:
-            idx = torch.from_numpy(sampler.shard[:n])
-            xs, ys = x.index_select(0, idx), y.index_select(0, idx)
-            if self._keep_eval_sets:
-                self._eval_sets[node] = (xs, ys, n)
+        xs, ys, n = self._eval_set(node, samples)
         acc, loss, per_class = self.trainer.evaluate_per_class(
             params, xs, ys, self.num_classes, buffers=self.state(node).buffers
         )
         return acc, loss, per_class, n
+
+    def evaluate_many(
+        self, node: PeerId, vectors: list[torch.Tensor], samples: int
+    ) -> list[tuple[float, float, tuple[float, ...], int]]:
+        """:meth:`evaluate` of each vector, batched for linear heads on cached features."""
+        xs, ys, n = self._eval_set(node, samples)
+        results = self.trainer.evaluate_per_class_many(
+            vectors, xs, ys, self.num_classes, buffers=self.state(node).buffers
+        )
+        return [(acc, loss, per_class, n) for acc, loss, per_class in results]
+
+    def _eval_set(self, node: PeerId, samples: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``node``'s local evaluation set: the first ``samples`` of its shard (0: the default size)."""
+        x, y, sampler = self.data[node]
+        n = min(samples or self.eval_samples, len(sampler.shard))
+        kept = self._eval_sets.get(node)
+        if kept is not None and kept[2] == n:
+            return kept
+        idx = torch.from_numpy(sampler.shard[:n])
+        xs, ys = x.index_select(0, idx), y.index_select(0, idx)
+        if self._keep_eval_sets:
+            self._eval_sets[node] = (xs, ys, n)
+        return xs, ys, n
