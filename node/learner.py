@@ -482,6 +482,21 @@ class Learner:
             raise LearnerError(f"checkpoint holds no local buffers of {self.trainer.local_dim} values")
         self.state.buffers.copy_(torch.from_numpy(np.frombuffer(raw, dtype="<f4").astype(np.float32)))
 
+    def checkpoint_extra(self) -> dict[str, str]:
+        """What a checkpoint records of the model beyond its vector: the frozen features' sha256 under
+        ``--train-only head`` (a head means nothing on other features)."""
+        t = self.trainer.transfer
+        return {"features_sha256": t.sha256} if t is not None else {}
+
+    def check_checkpoint_extra(self, extra: dict[str, Any], where: str) -> None:
+        """Refuse to resume a checkpoint whose head was trained on other frozen features (or none)."""
+        mine, theirs = self.checkpoint_extra().get("features_sha256", ""), extra.get("features_sha256", "")
+        if mine != theirs:
+            raise LearnerError(
+                f"checkpoint {where} was trained on frozen features {theirs or 'none'}, this node loads "
+                f"{mine or 'none'}; start with --fresh or give the same --train-only/--features"
+            )
+
     def evaluate_local(
         self, params: torch.Tensor, samples: int = 0
     ) -> tuple[float, float, tuple[float, ...], int]:

@@ -6,7 +6,7 @@ For each model on the embedded MNIST, with ``train_only = all`` and ``head``:
 
 - ``dim``: the model vector's length (what every message carries);
 - ``setup s``: building the simulated run's trainer and worker (for ``head``: the features of every training
-  sample, computed once);
+  sample and of the evaluated test samples, computed once);
 - ``step us``: one local SGD step of batch 32 (median of ``--steps`` steps of one node);
 - ``eval 10 heads us``: evaluating 10 candidate vectors on 200 of a node's own samples, per class (what
   Bristle's integrator does each round), one after the other (``SimWorker.evaluate``) and ``batched``
@@ -52,6 +52,7 @@ def measure(model: str, train_only: str, nodes: int, rounds: int, steps: int) ->
     start = time.perf_counter()
     trainer = Trainer(config.model, p.dataset, TrainConfig.from_settings(config), init_seed=config.seed)
     worker = SimWorker(trainer, p.dataset, p.shards, seed=config.seed, step_time=config.step_time)
+    trainer.inputs(p.dataset.test_x[: config.eval_samples])  # the run's test features, as run() makes them
     setup = time.perf_counter() - start
     x, y, sampler = worker.data["0"]
     state = trainer.new_state()
