@@ -319,7 +319,7 @@ class NodeRuntime:
                 view=sorted(self.transport.peers()),
                 counters=self.metrics.counters(),
                 bans=self.bans.to_dict(now),
-                extra={"protocol": self.settings.protocol_name},
+                extra={"protocol": self.settings.protocol_name, **self.learner.checkpoint_extra()},
             )
             await trio.to_thread.run_sync(ckpt.save, self.settings.checkpoint_path, state)
         line = dict(

@@ -1,8 +1,10 @@
 """Local training for every simulated node through one shared :class:`~phalanx.node.learner.Trainer`.
 
 Each node keeps only a :class:`NodeState` (parameters, momentum, step count, and the buffers the buffer
-policy keeps local, such as BatchNorm statistics under ``local``) and a sampler of its shard's indices; batches are gathered from the whole training set (no copy of each shard up front), and the module
-and its flat buffers are shared, so 1,000 nodes cost 1,000 parameter vectors, not 1,000 models.
+policy keeps local, such as BatchNorm statistics under ``local``) and a sampler of its shard's indices;
+batches are gathered from the whole training set (no copy of each shard up front), and the module and its
+flat buffers are shared, so 1,000 nodes cost 1,000 parameter vectors, not 1,000 models. Under
+``--train-only head`` the vectors are heads, and the training set is held as its cached features.
 """
 
 from __future__ import annotations
@@ -53,7 +55,14 @@ class SimWorker:
         self.steps_run = 0
         self.num_classes = dataset.num_classes
         self.eval_samples = 200  # the default size of a node's local evaluation set (an Evaluate action's)
+        # Per node, its local evaluation set as (samples, labels, n), when its rows are cached features:
+        # small (a head's inputs), and gathered once instead of at every Evaluate.
+        self._eval_sets: dict[PeerId, tuple[torch.Tensor, torch.Tensor, int]] = {}
+        self._keep_eval_sets = trainer.transfer is not None and trainer.transfer.cached
         flipped_y = flip_labels(dataset.train_y, dataset.num_classes) if flipped else dataset.train_y
+        # Under --train-only head with a cacheable frozen part, every sample's features are computed once,
+        # here, and all nodes train and evaluate heads on them (phalanx.node.transfer).
+        train_x = trainer.inputs(dataset.train_x)
         for i, shard in enumerate(shards):
             node = str(i)
             idx = np.asarray(shard, dtype=np.int64)
@@ -61,7 +70,7 @@ class SimWorker:
                 len(idx), trainer.config.batch_size, derive_seed(seed, "batches", i), shard=idx
             )
             y = flipped_y if node in flipped else dataset.train_y
-            self.data[node] = (dataset.train_x, y, sampler)
+            self.data[node] = (train_x, y, sampler)
 
     def buffers_of(self, node: PeerId) -> torch.Tensor:
         """The buffers ``node`` keeps local (empty unless the buffer policy keeps some local)."""
@@ -97,10 +106,31 @@ class SimWorker:
         self, node: PeerId, params: torch.Tensor, samples: int
     ) -> tuple[float, float, tuple[float, ...], int]:
         """``params`` on ``node``'s own samples (the first ``samples`` of its shard, the labels it trains on)."""
-        x, y, sampler = self.data[node]
-        n = min(samples or self.eval_samples, len(sampler.shard))
-        idx = torch.from_numpy(sampler.shard[:n])
+        xs, ys, n = self._eval_set(node, samples)
         acc, loss, per_class = self.trainer.evaluate_per_class(
-            params, x[idx], y[idx], self.num_classes, buffers=self.state(node).buffers
+            params, xs, ys, self.num_classes, buffers=self.state(node).buffers
         )
         return acc, loss, per_class, n
+
+    def evaluate_many(
+        self, node: PeerId, vectors: list[torch.Tensor], samples: int
+    ) -> list[tuple[float, float, tuple[float, ...], int]]:
+        """:meth:`evaluate` of each vector, batched for linear heads on cached features."""
+        xs, ys, n = self._eval_set(node, samples)
+        results = self.trainer.evaluate_per_class_many(
+            vectors, xs, ys, self.num_classes, buffers=self.state(node).buffers
+        )
+        return [(acc, loss, per_class, n) for acc, loss, per_class in results]
+
+    def _eval_set(self, node: PeerId, samples: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``node``'s local evaluation set: the first ``samples`` of its shard (0: the default size)."""
+        x, y, sampler = self.data[node]
+        n = min(samples or self.eval_samples, len(sampler.shard))
+        kept = self._eval_sets.get(node)
+        if kept is not None and kept[2] == n:
+            return kept
+        idx = torch.from_numpy(sampler.shard[:n])
+        xs, ys = x.index_select(0, idx), y.index_select(0, idx)
+        if self._keep_eval_sets:
+            self._eval_sets[node] = (xs, ys, n)
+        return xs, ys, n
