@@ -100,6 +100,14 @@ class BristleParams:
     certainty_std: float = field(
         default=1.0, metadata=_help("certainty = mean - certainty_std * std of a candidate's recalls", min=0)
     )
+    peer_classes: int = field(
+        default=0,
+        metadata=_help(
+            "judge each candidate on its best N familiar classes only (the paper's per-peer class count; "
+            "0: on all of them)",
+            min=0,
+        ),
+    )
     min_recall: float = field(
         default=0.0, metadata=_help("a class recall below this never gets weight", min=0, max=1)
     )
@@ -234,10 +242,13 @@ def integrate(
     den = torch.ones_like(own)
     for peer, vector, recall in candidates:
         theirs = [0.0 if math.isnan(recall[c]) else float(recall[c]) for c in range(classes)]
-        certainty = certainty_of([theirs[c] for c in familiar], params)
-        by_class = [math.nan] * classes
+        judged = familiar
+        if 0 < params.peer_classes < len(familiar):  # its best classes (ties: lower class first)
+            judged = sorted(sorted(familiar, key=lambda c: -theirs[c])[: params.peer_classes])
+        certainty = certainty_of([theirs[c] for c in judged], params)
+        by_class = [0.0 if c in familiar else math.nan for c in range(classes)]
         total = 0.0
-        for c in familiar:
+        for c in judged:
             mine = float(own_recall[c])
             gap = abs(theirs[c] - mine) * params.diff_scale
             if theirs[c] > mine:
@@ -249,7 +260,7 @@ def integrate(
             total += score
             bounded = max(-params.score_scale, score)
             by_class[c] = 0.0 if theirs[c] < params.min_recall else weight_of(bounded, certainty, params)
-        for c in familiar:  # later candidates pay for this one's shortfall on a class
+        for c in judged:  # later candidates pay for this one's shortfall on a class
             penalty[c] += params.sequence_penalty * max(0.0, float(own_recall[c]) - theirs[c])
         whole = weight_of(total, certainty, params)
         class_weights[peer] = tuple(by_class)

@@ -128,6 +128,16 @@ def test_rows_are_merged_per_class():
     assert torch.unique(whole.params).numel() == 1
 
 
+def test_a_peer_with_other_classes_is_judged_on_its_best_ones():
+    own, other = torch.zeros(20), torch.ones(20)
+    mine, theirs = [0.9, 0.9, 0.1, 0.1], [0.0, 0.0, 0.95, 0.95]  # it holds classes 2 and 3, the node 0 and 1
+    everything = integrate(own, mine, [("p", other, theirs)], BristleParams())
+    assert everything.class_weights["p"] == (0.0,) * 4  # judged on all four: no certainty, no weight
+    best = integrate(own, mine, [("p", other, theirs)], BristleParams(peer_classes=2))
+    assert best.class_weights["p"][:2] == (0.0, 0.0) and min(best.class_weights["p"][2:]) > 1
+    assert bool((best.params[8:16] > 0.5).all()) and bool((best.params[:8] == 0).all())
+
+
 def test_foreign_classes_take_the_candidates_overall_weight():
     own, other = torch.zeros(15), torch.ones(15)
     result = integrate(own, [0.8, 0.8, math.nan], [("p", other, [0.8, 0.8, math.nan])], BristleParams())
