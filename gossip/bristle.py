@@ -162,14 +162,6 @@ class HeadLayout:
             return None
         return cls(dim=dim, classes=classes, inputs=dim // classes - 1)
 
-    def spread(self, per_class: Tensor, rest: float) -> Tensor:
-        """A (dim,) vector: ``per_class[c]`` on row ``c`` and bias ``c``, ``rest`` everywhere else."""
-        out = torch.empty(self.dim, dtype=torch.float32)
-        w_end = self.classes * self.inputs
-        out[:w_end].view(self.classes, self.inputs).copy_(per_class.unsqueeze(1))
-        out[w_end:].copy_(per_class)
-        return out
-
 
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
@@ -238,9 +230,8 @@ def integrate(
     penalty = [0.0] * classes
     class_weights: dict[PeerId, tuple[float, ...]] = {}
     peer_weights: dict[PeerId, float] = {}
-    num = own.clone()
-    den = torch.ones_like(own)
-    for peer, vector, recall in candidates:
+    rows: list[list[float]] = []  # per candidate: its weight for each class (foreign: its overall weight)
+    for peer, _, recall in candidates:
         theirs = [0.0 if math.isnan(recall[c]) else float(recall[c]) for c in range(classes)]
         judged = familiar
         if 0 < params.peer_classes < len(familiar):  # its best classes (ties: lower class first)
@@ -265,15 +256,26 @@ def integrate(
         whole = weight_of(total, certainty, params)
         class_weights[peer] = tuple(by_class)
         peer_weights[peer] = whole
-        if layout is None:
-            coef = torch.full_like(own, whole)
-        else:
-            per = torch.tensor([whole if math.isnan(w) else w for w in by_class], dtype=torch.float32)
-            coef = layout.spread(per, whole)
-        if bool(coef.any()):
-            num.add_(coef * vector)
-            den.add_(coef)
-    return Integration(params=num.div_(den), class_weights=class_weights, peer_weights=peer_weights)
+        rows.append([whole if math.isnan(w) else w for w in by_class])
+    used = [i for i, r in enumerate(rows) if any(r)]
+    if not used:
+        return Integration(params=own.clone(), class_weights=class_weights, peer_weights=peer_weights)
+    stack = torch.stack([candidates[i][1] for i in used])
+    if layout is None:  # one weight per candidate for the whole vector
+        w = torch.tensor([peer_weights[candidates[i][0]] for i in used], dtype=torch.float32)
+        merged = (own + w @ stack) / (1.0 + float(w.sum()))
+        return Integration(params=merged, class_weights=class_weights, peer_weights=peer_weights)
+    coef = torch.tensor([rows[i] for i in used], dtype=torch.float32)  # (k, classes)
+    den = 1.0 + coef.sum(dim=0)  # (classes,)
+    split = layout.classes * layout.inputs
+    merged = torch.empty_like(own)
+    weights_part = stack[:, :split].view(len(used), layout.classes, layout.inputs)
+    merged[:split].view(layout.classes, layout.inputs).copy_(
+        (own[:split].view(layout.classes, layout.inputs) + torch.einsum("kc,kci->ci", coef, weights_part))
+        / den.unsqueeze(1)
+    )
+    merged[split:] = (own[split:] + (coef * stack[:, split:]).sum(dim=0)) / den
+    return Integration(params=merged, class_weights=class_weights, peer_weights=peer_weights)
 
 
 # ---------------------------------------------------------------- the protocol
