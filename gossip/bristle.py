@@ -293,6 +293,7 @@ class _Pending:
     """One round's integration in progress: the own model, the candidates, the answers so far."""
 
     round: int
+    batch: int  # which integration of this node: its tags carry it, so a late answer never fills a newer one
     received: int
     explored: int
     vectors: list[tuple[PeerId, Tensor]]  # index 0: the node itself ("")
@@ -315,6 +316,7 @@ class Bristle(DPSGD):
         self.per_class = config.per_class
         self.rng = rng
         self._pending: _Pending | None = None
+        self._batches = 0
         self.tally = {
             "candidates": 0,
             "explored": 0,
@@ -341,18 +343,22 @@ class Bristle(DPSGD):
         self.tally["candidates"] += len(chosen)
         self.tally["explored"] += len(explore)
         vectors = [("", self.params), *((p, finite[p]) for p in chosen)]
-        self._pending = _Pending(round=self.round, received=len(got), explored=len(explore), vectors=vectors)
+        self._batches += 1
+        batch = self._batches
+        self._pending = _Pending(
+            round=self.round, batch=batch, received=len(got), explored=len(explore), vectors=vectors
+        )
         self.phase = "integrate"
         samples = self.bristle.eval_samples
         actions.extend(
-            Evaluate(tag=f"bristle/{self.round}/{i}", round=self.round, params=v, samples=samples)
+            Evaluate(tag=f"bristle/{batch}/{i}", round=self.round, params=v, samples=samples)
             for i, (_, v) in enumerate(vectors)
         )
         return actions
 
     def on_evaluation_done(self, event: EvaluationDone, now: float) -> list[Action]:
         pending = self._pending
-        index = self._index(event.tag)
+        index = self._index(event.tag, pending.batch if pending is not None else -1)
         if self.phase != "integrate" or pending is None or event.round != pending.round or index is None:
             self.tally["stale_evaluations"] += 1
             return []
@@ -387,9 +393,10 @@ class Bristle(DPSGD):
         return self._end_round(result.params, received=pending.received, accepted=accepted)
 
     @staticmethod
-    def _index(tag: str) -> int | None:
+    def _index(tag: str, batch: int) -> int | None:
+        """The candidate index of a tag ``bristle/BATCH/INDEX`` of integration ``batch``, else None."""
         parts = tag.split("/")
-        if len(parts) != 3 or parts[0] != "bristle" or not parts[2].isdigit():
+        if len(parts) != 3 or parts[0] != "bristle" or parts[1] != str(batch) or not parts[2].isdigit():
             return None
         return int(parts[2])
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from phalanx.aggregation import attack
 from phalanx.gossip import registry
@@ -26,6 +27,8 @@ from phalanx.gossip.events import (
     MessageReceived,
     RoundCompleted,
     Send,
+    SetTimer,
+    TimerFired,
     Train,
     TrainingDone,
 )
@@ -189,7 +192,7 @@ def test_a_round_evaluates_the_candidates_then_integrates():
     assert len(evals) == 3  # own + k = 2 candidates: the closest (a) and one explored
     assert float(evals[1].params[0]) == 1.0
     assert b.handle(answer(evals[0], [1.0, 1.0, 1.0]), 2.0) == []
-    stale = EvaluationDone(tag="bristle/7/1", round=7, accuracy=0, loss=0, per_class=(0.0,) * 3, samples=1)
+    stale = EvaluationDone(tag="bristle/7/1", round=0, accuracy=0, loss=0, per_class=(0.0,) * 3, samples=1)
     assert b.handle(stale, 2.0) == [] and b.stats()["stale_evaluations"] == 1
     assert b.handle(answer(evals[1], [1.0, 1.0, 1.0]), 2.0) == []
     out = b.handle(answer(evals[2], [0.0, 0.0, 0.0]), 2.0)  # the explored one is useless: rejected
@@ -242,3 +245,79 @@ def test_bristle_learns_where_an_attack_breaks_mean_aggregation():
         return float(run(plan(config)).rows[-1]["acc_mean"])
 
     assert acc("bristle") > 0.8 and acc("dpsgd") < 0.4
+
+
+# ---------------------------------------------------------------- random event sequences
+
+
+class BristleMachine(RuleBasedStateMachine):
+    """A model trained in round r is the constant 10r, a neighbour's round-r model 10r + 0.5. The integrator
+    is a convex combination (own weight 1, others >= 0), so a round-r result lies in [10r, 10r + 0.5]: a model
+    of another round, or an answer for the wrong candidate, shows up outside that band."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.b = node(k=2, explore=0.5)
+        self.now = 0.0
+        self.train: int | None = None
+        self.timer: str | None = None
+        self.evals: list[Evaluate] = []
+        self.completed: list[int] = []
+        self.do(self.b.start(self.now))
+
+    def do(self, actions) -> None:
+        for a in actions:
+            if isinstance(a, Train):
+                self.train = a.round
+            elif isinstance(a, SetTimer):
+                self.timer = a.name
+            elif isinstance(a, Evaluate):
+                assert a.tag not in {
+                    e.tag for e in self.evals
+                }  # a late answer can never fill a newer request
+                self.evals.append(a)
+            elif isinstance(a, RoundCompleted):
+                r = a.round
+                assert not self.completed or r > self.completed[-1]
+                assert bool(((a.params >= 10 * r - 1e-4) & (a.params <= 10 * r + 0.5 + 1e-4)).all()), a.params
+                assert a.accepted <= a.received
+                self.completed.append(r)
+
+    @precondition(lambda self: self.train is not None)
+    @rule()
+    def trained(self) -> None:
+        r, self.train = self.train, None
+        self.now += 1
+        self.do(self.b.handle(TrainingDone(round=r, params=torch.full((15,), 10.0 * r)), self.now))
+
+    @rule(peer=st.sampled_from(("a", "b", "c")), ahead=st.sampled_from((-1, 0, 0, 1, 4)))
+    def receive(self, peer: str, ahead: int) -> None:
+        r = max(0, self.b.round + ahead)
+        message = ModelUpdate(round=r, params=torch.full((15,), 10.0 * r + 0.5))
+        self.do(self.b.handle(MessageReceived(peer=peer, message=message), self.now))
+
+    @precondition(lambda self: self.timer is not None)
+    @rule()
+    def timeout(self) -> None:
+        self.now += 5
+        self.do(self.b.handle(TimerFired(name=self.timer), self.now))
+
+    @precondition(lambda self: bool(self.evals))
+    @rule(data=st.data(), recalls=st.lists(recall, min_size=3, max_size=3))
+    def answer(self, data, recalls) -> None:
+        action = self.evals.pop(data.draw(st.integers(0, len(self.evals) - 1)))
+        self.do(self.b.handle(answer(action, recalls), self.now))
+
+    @rule()
+    def resume(self) -> None:
+        self.do(self.b.resume(self.now))
+
+    @invariant()
+    def counters_are_sane(self) -> None:
+        stats = self.b.stats()
+        assert all(v >= 0 for v in stats.values())
+        assert stats["explored"] <= stats["candidates"]
+
+
+TestBristleMachine = BristleMachine.TestCase
+TestBristleMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
