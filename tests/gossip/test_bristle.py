@@ -129,6 +129,9 @@ def test_rows_are_merged_per_class():
     # the whole-vector merge uses one weight everywhere
     whole = integrate(own, [0.5, 0.9, 0.9], [("p", other, [0.9, 0.9, 0.1])], BristleParams(), per_class=False)
     assert torch.unique(whole.params).numel() == 1
+    weight = whole.peer_weights["p"]  # the mean of its class weights
+    assert abs(weight - sum(whole.class_weights["p"]) / 3) < 1e-9
+    assert abs(float(whole.params[0]) - weight / (1 + weight)) < 1e-6
 
 
 def test_a_peer_with_other_classes_is_judged_on_its_best_ones():
