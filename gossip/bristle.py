@@ -15,11 +15,11 @@ learning), and replaces D-PSGD's averaging by two steps at every node, every rou
    ``-(gap ** (4 + own)) * (1 + penalty)``, with ``gap = diff_scale * |difference|`` and ``penalty`` growing
    with the candidates already seen to be worse on that class (a sequence of attackers on one class is
    punished harder). A score maps to a weight ``max(0, ceiling * sigmoid(score / scale) - floor)``, times the
-   candidate's *certainty* ``max(0, mean - std)`` of its familiar-class recalls. Row ``c`` of the output layer
-   (its weights and its bias ``c``) is then the weighted average of the own row ``c`` (weight 1) and the
-   candidates' rows ``c`` with their class-``c`` weights. *Foreign* classes (no local sample to judge by) and
-   every coordinate outside the output layer take one weight per candidate, the same mapping of the sum of its
-   (unbounded) class scores.
+   candidate's *certainty* ``max(0, mean - std)`` of its familiar-class recalls (``peer_classes``: only its best
+   N familiar classes judge it). Row ``c`` of the output layer (its weights and its bias ``c``) is then the
+   weighted average of the own row ``c`` (weight 1) and the candidates' rows ``c`` with their class-``c``
+   weights. *Foreign* classes (no local sample to judge by) take one weight per candidate, the same mapping of
+   the sum of its (unbounded) class scores.
 
 A candidate worse than the own model by more than :func:`rejection_gap` on a class gets no weight for that
 class, whatever its distance. The round structure (train, send to the graph's neighbours, wait for all of them
