@@ -34,8 +34,8 @@ from phalanx.node.datasets import load_dataset
 from phalanx.node.identity import load_or_create_key, peer_id_of, signer_of
 from phalanx.node.learner import Learner, TrainConfig, derive_seed
 from phalanx.node.metrics import Metrics, serve
-from phalanx.node.partition import shard_of
 from phalanx.node.runtime import NodeRuntime, RuntimeSettings
+from phalanx.node.transfer import check_features, partition_for
 from phalanx.node.transport import Libp2pTransport, TransportError, open_libp2p_transport
 
 
@@ -146,7 +146,14 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
     alone = alone_policy(config, neighbour_addrs)
 
     dataset = load_dataset(config.dataset)
-    shard = shard_of(dataset.train_y.numpy(), config.nodes, config.index, config.partition, seed=config.seed)
+    features = check_features(config, dataset)  # --train-only head: the frozen part's samples stay out
+    shard = partition_for(
+        dataset,
+        config.nodes,
+        config.partition,
+        seed=config.seed,
+        excluded=features.excluded if features else None,
+    )[config.index]
     train = TrainConfig.from_settings(config)
     learner = Learner(
         dataset=dataset,
@@ -246,7 +253,10 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
                     dim=learner.dim,
                     neighbours=list(neighbours),
                     byzantine=config.byzantine or None,
+                    features_sha256=features.sha256 if features else None,
                 )
+                if features is not None:  # which frozen part this node loaded (net up compares the hashes)
+                    runtime.log("features", train_only=config.train_only, **features.record())
                 if resumed:
                     runtime.log("resumed", **resumed)
                 if not neighbours:

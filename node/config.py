@@ -71,6 +71,9 @@ class NodeConfig:
     batch_size: int = setting("batch_size")
     sam_rho: float = setting("sam_rho")
     buffers: str = setting("buffers")
+    # transfer learning (docs/transfer.md)
+    train_only: str = setting("train_only")
+    features: str = setting("features")
     # protocol
     protocol: str = _f("dpsgd", "the protocol")
     protocol_params: dict[str, Any] = field(

@@ -39,6 +39,7 @@ from torch import nn
 from phalanx.node.datasets import Dataset
 from phalanx.node.models import build_model
 from phalanx.node.train_settings import setting
+from phalanx.node.transfer import Transfer
 
 
 class LearnerError(ValueError):
@@ -80,6 +81,9 @@ class TrainConfig:
     batch_size: int = setting("batch_size")
     sam_rho: float = setting("sam_rho")
     buffers: str = setting("buffers")  # the buffer policy (parse_buffer_policy)
+    # transfer learning (phalanx.node.transfer): which part trains, and the frozen part's weights file
+    train_only: str = setting("train_only")
+    features: str = setting("features")
 
     def __post_init__(self) -> None:
         parse_buffer_policy(self.buffers)
@@ -93,6 +97,10 @@ class TrainConfig:
             raise LearnerError(f"batch size must be >= 1, got {self.batch_size}")
         if self.sam_rho < 0:
             raise LearnerError(f"SAM radius rho must be >= 0, got {self.sam_rho}")
+        if self.train_only not in ("all", "head"):
+            raise LearnerError(f"train-only must be all or head, got {self.train_only!r}")
+        if self.features and self.train_only != "head":
+            raise LearnerError("--features is the frozen part of --train-only head; add --train-only head")
 
     @classmethod
     def from_settings(cls, settings: Any) -> TrainConfig:
@@ -105,6 +113,8 @@ class TrainConfig:
             batch_size=settings.batch_size,
             sam_rho=settings.sam_rho,
             buffers=getattr(settings, "buffers", "average"),
+            train_only=getattr(settings, "train_only", "all"),
+            features=str(getattr(settings, "features", "") or ""),
         )
 
 
@@ -166,7 +176,16 @@ class Trainer:
         )
         self.model_name = model if isinstance(model, str) else getattr(model, "__qualname__", "model")
         self.config = config
-        named = list(self.module.named_parameters())
+        # With --train-only head, the vector is the head's alone (its parameters and buffers): the rest of
+        # the module is frozen (phalanx.node.transfer), and ``inputs`` maps samples to cached features.
+        self.transfer: Transfer | None = None
+        trainable = self.module
+        if config.train_only == "head":
+            self.transfer = Transfer(
+                self.module, model, features=config.features, input_shape=dataset.feature_shape
+            )
+            trainable = self.transfer.head
+        named = list(trainable.named_parameters())
         for name, p in named:
             if p.dtype != torch.float32:
                 raise LearnerError(
@@ -176,8 +195,8 @@ class Trainer:
         params = [p for _, p in named]
         self.num_params = sum(p.numel() for p in params)
         policy = parse_buffer_policy(config.buffers)
-        persistent = set(self.module.state_dict(keep_vars=True))
-        buffers = [(n, b) for n, b in self.module.named_buffers() if n in persistent]
+        persistent = set(trainable.state_dict(keep_vars=True))
+        buffers = [(n, b) for n, b in trainable.named_buffers() if n in persistent]
         shared = [
             (n, b) for n, b in buffers if policy["float" if b.is_floating_point() else "int"] == "average"
         ]
@@ -207,7 +226,7 @@ class Trainer:
                 view.copy_(b.detach().reshape(-1))
                 if b.dtype == torch.float32 and b.is_contiguous():
                     owner_name, _, leaf = name.rpartition(".")
-                    setattr(self.module.get_submodule(owner_name), leaf, view.view_as(b))
+                    setattr(trainable.get_submodule(owner_name), leaf, view.view_as(b))
                 else:
                     self._casts.append((b, view.view(b.shape)))
                 offset += n
@@ -215,6 +234,14 @@ class Trainer:
         self.initial = self.flat.clone()
         self.initial_local = self.local.clone()
         self._loss = nn.CrossEntropyLoss()
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """What to train and evaluate on for samples ``x``: their features under a cached frozen part
+        (computed once here), else ``x`` itself. Every method also takes the samples themselves."""
+        return x if self.transfer is None else self.transfer.inputs(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x) if self.transfer is None else self.transfer.forward(x)  # type: ignore[no-any-return]
 
     def new_state(self) -> NodeState:
         return NodeState(
@@ -244,7 +271,7 @@ class Trainer:
 
     def _forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.grad.zero_()
-        loss = self._loss(self.module(x), y)
+        loss = self._loss(self._forward(x), y)
         loss.backward()
         return float(loss.detach())
 
@@ -319,7 +346,7 @@ class Trainer:
         correct, loss_sum = 0, 0.0
         self.module.eval()
         for start in range(0, len(x), batch):
-            logits = self.module(x[start : start + batch])
+            logits = self._forward(x[start : start + batch])
             target = y[start : start + batch]
             loss_sum += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
             correct += int((logits.argmax(dim=1) == target).sum())
@@ -342,7 +369,7 @@ class Trainer:
         self.load(params, buffers)
         self.module.eval()
         try:
-            logits = self.module(x) if len(x) else torch.zeros((0, num_classes))
+            logits = self._forward(x) if len(x) else torch.zeros((0, num_classes))
         finally:
             self.module.train()
         n = len(x)
@@ -381,7 +408,8 @@ class Learner:
         self.dataset = dataset
         self.trainer = trainer or Trainer(model, dataset, config or TrainConfig(), init_seed=seed)
         idx = torch.from_numpy(np.asarray(shard, dtype=np.int64))
-        self.x = dataset.train_x[idx]
+        self.x = self.trainer.inputs(dataset.train_x[idx])
+        self.test_x = self.trainer.inputs(dataset.test_x)  # the test samples, as features when cached
         y = dataset.train_y[idx]
         self.y = flip_labels(y, dataset.num_classes) if flipped else y
         self.state = self.trainer.new_state()
@@ -407,7 +435,7 @@ class Learner:
 
     def evaluate(self) -> tuple[float, float]:
         return self.trainer.evaluate(
-            self.state.params, self.dataset.test_x, self.dataset.test_y, buffers=self.state.buffers
+            self.state.params, self.test_x, self.dataset.test_y, buffers=self.state.buffers
         )
 
     def local_buffers(self) -> dict[str, bytes]:

@@ -56,6 +56,7 @@ class NetSpec:
     node_memory: int = 900 << 20  # bytes one node process is expected to take (see check_memory)
     sampled: bool = False  # only a round's sample reports it (the protocol spec's report == "sampled")
     final_grace: float = 5.0  # sampled: seconds after the final round's first report before the rest are told
+    features_sha256: str = ""  # --train-only head: the frozen part every node must report having loaded
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -349,6 +350,12 @@ async def run_network(
                 if kind == "listening":
                     record.metrics_port = int(event.get("metrics_port", -1))
                     record.listening_at = record.progress_at = trio.current_time()
+                    loaded = event.get("features_sha256") or ""
+                    if loaded != spec.features_sha256 and not record.problem:
+                        record.problem = (
+                            f"node {record.index} ({record.peer_id}) loaded frozen features "
+                            f"{loaded or 'none'}, not {spec.features_sha256 or 'none'}"
+                        )
                 elif kind == "round":
                     record.rounds.append(event)
                     now = record.progress_at = trio.current_time()

@@ -50,6 +50,19 @@ TRAINING: dict[str, tuple[Any, dict[str, Any]]] = {
         0.0,
         {"help": "sharpness-aware minimisation radius (DFedSAM); 0 = plain SGD", "min": 0, "finite": True},
     ),
+    # transfer learning (docs/transfer.md): train, send and aggregate only the model's head
+    "train_only": (
+        "all",
+        {
+            "help": "all (the whole model) or head (only the final layer: a frozen feature part from "
+            "--features, or its seeded random initialisation without it; docs/transfer.md)",
+            "choices": ("all", "head"),
+        },
+    ),
+    "features": (
+        "",
+        {"help": "the frozen feature part for --train-only head: a weights file written by phalanx pretrain"},
+    ),
 }
 
 

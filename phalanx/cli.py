@@ -24,6 +24,7 @@ from phalanx import __version__
 COMMAND_MODULES = (
     "phalanx.demo_cmd",
     "phalanx.train_cmd",
+    "phalanx.pretrain_cmd",
     "phalanx.node_cmd",
     "phalanx.key_cmd",
     "phalanx.net_cmd",

@@ -138,6 +138,8 @@ def sim_config(args: argparse.Namespace) -> Any:
         "batch_size": args.batch_size,
         "sam_rho": args.sam_rho,
         "buffers": args.buffers,
+        "train_only": args.train_only,
+        "features": args.features,
         "eval_every": max(1, args.eval_every),
     }
     if args.byzantine:
@@ -172,6 +174,8 @@ def node_args(args: argparse.Namespace) -> list[str]:
         str(args.sam_rho),
         "--buffers",
         args.buffers,
+        "--train-only",
+        args.train_only,
         "--seed",
         str(args.seed),
         "--protocol",
@@ -187,6 +191,8 @@ def node_args(args: argparse.Namespace) -> list[str]:
         "--eval-every",
         str(args.eval_every),
     ]
+    if args.features:  # children start in their own folders
+        out += ["--features", str(Path(args.features).resolve())]
     for pair in args.rule_param:
         out += ["--rule-param", pair]
     for pair in args.attack_param:
@@ -222,6 +228,7 @@ def run_net(args: argparse.Namespace) -> int:
         stall=args.stall_timeout or max(60.0, 6 * args.round_timeout * args.gossip_steps),
         node_memory=(args.node_memory << 20) if args.node_memory else node_memory_estimate(args.dataset),
         sampled=sampled,
+        features_sha256=checked.features.sha256 if checked.features else "",
     )
     check_memory(spec.n, spec.node_memory)  # before anything is written
     print(
@@ -229,6 +236,10 @@ def run_net(args: argparse.Namespace) -> int:
         f"{len(spec.kills)} to kill, {args.rounds} rounds on {args.dataset}; run directory {out}/",
         flush=True,
     )
+    if checked.features is not None:  # every node must report this hash (node.netup checks)
+        print(
+            f"net up: frozen features {checked.features.source} sha256 {checked.features.sha256}", flush=True
+        )
 
     live = sys.stderr.isatty()  # a terminal gets one line that updates; a pipe or file gets periodic lines
 

@@ -36,6 +36,11 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     _add(group, "batch_size", positive_int)
     _add(group, "sam_rho", non_negative_float)
     _add(group, "buffers")
+    # transfer learning (docs/transfer.md)
+    group.add_argument(
+        "--train-only", choices=("all", "head"), default=default("train_only"), help=help_of("train_only")
+    )
+    _add(group, "features")
     _add(group, "seed", int)
 
 

@@ -71,6 +71,8 @@ FLAGS: tuple[tuple[str, Any], ...] = (
     ("batch_size", positive_int),
     ("sam_rho", non_negative_float),
     ("buffers", str),
+    ("train_only", str),  # transfer learning (docs/transfer.md)
+    ("features", str),
     ("step_time", positive_float),
     ("latency", non_negative_float),
     ("bandwidth", positive_float),

@@ -37,11 +37,17 @@ def run_train(args: argparse.Namespace) -> int:
 
     from phalanx.node.datasets import load_dataset
     from phalanx.node.learner import Learner
-    from phalanx.node.partition import shard_of
+    from phalanx.node.transfer import check_features, partition_for
 
     config = train_config_from(args)
     dataset = load_dataset(args.dataset)
-    shard = shard_of(dataset.train_y.numpy(), args.nodes, args.index, args.partition, seed=args.seed)
+    features = check_features(args, dataset)  # --train-only head: the frozen part's samples stay out
+    shards = partition_for(
+        dataset, args.nodes, args.partition, seed=args.seed, excluded=features.excluded if features else None
+    )
+    if args.index >= args.nodes:
+        raise ValueError(f"node index {args.index} out of range for {args.nodes} nodes (0..{args.nodes - 1})")
+    shard = shards[args.index]
     learner = Learner(
         dataset=dataset,
         shard=shard,

@@ -89,6 +89,9 @@ class SimConfig:
     batch_size: int = setting("batch_size")
     sam_rho: float = setting("sam_rho")
     buffers: str = setting("buffers")
+    # transfer learning (docs/transfer.md)
+    train_only: str = setting("train_only")
+    features: str = setting("features")
     # virtual network and time
     step_time: float = _f(0.01, "virtual seconds per local step", **_POSITIVE)
     latency: float = _f(0.01, "default link latency (virtual seconds)", **_SECONDS)

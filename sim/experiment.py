@@ -29,7 +29,8 @@ from phalanx.gossip.spec import AttackSpec, NodeContext, ProtocolSpec, WorldDefa
 from phalanx.node.datasets import Dataset, load_dataset
 from phalanx.node.learner import TrainConfig, Trainer, derive_seed
 from phalanx.node.models import check_model
-from phalanx.node.partition import parse_partition, partition
+from phalanx.node.partition import parse_partition
+from phalanx.node.transfer import Features, check_features, partition_for
 from phalanx.sim.churn import ChurnError, Trace
 from phalanx.sim.config import ConfigError, SimConfig, settings_errors
 from phalanx.sim.engine import Engine
@@ -81,6 +82,7 @@ class Plan:
     protocol: ProtocolSpec
     protocol_config: Any  # what the protocol's spec made of the settings (its ``configure``)
     churn: Trace = field(default_factory=dict)
+    features: Features | None = None  # the frozen part under --train-only head (phalanx.node.transfer)
 
     @property
     def honest(self) -> list[int]:
@@ -243,7 +245,14 @@ def plan(config: SimConfig) -> Plan:
         raise ConfigError("every node would be Byzantine")
     check_rule(config, graph, byzantine, spec, protocol_config)
     dataset = load_dataset(config.dataset)
-    shards = partition(dataset.train_y.numpy(), config.nodes, config.partition, seed=config.seed)
+    features = check_features(config, dataset)  # the samples the frozen part was pretrained on stay out
+    shards = partition_for(
+        dataset,
+        config.nodes,
+        config.partition,
+        seed=config.seed,
+        excluded=features.excluded if features else None,
+    )
     crashed = place_crashes(config, graph, byzantine, shards, rng)
     honest = [i for i in range(config.nodes) if i not in byzantine]
     stragglers = frozenset(_pick(rng, honest, round(config.straggler_fraction * len(honest))))
@@ -268,6 +277,7 @@ def plan(config: SimConfig) -> Plan:
         protocol=spec,
         protocol_config=protocol_config,
         churn=churn,
+        features=features,
     )
 
 
@@ -404,6 +414,7 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
     test_x, test_y = plan.dataset.test_x, plan.dataset.test_y
     if config.eval_samples and config.eval_samples < len(test_y):
         test_x, test_y = test_x[: config.eval_samples], test_y[: config.eval_samples]
+    test_x = trainer.inputs(test_x)  # features, once, under a cached frozen part (--train-only head)
     metrics = Metrics(
         honest=honest,
         eval_nodes=frozenset(str(i) for i in plan.eval_nodes),

@@ -116,6 +116,7 @@ def summary(result: Result) -> dict[str, Any]:
         "crashed_degrees": {str(i): int(plan.graph.degree[i]) for i in sorted(result.crashed_ids)},
         "wall_time": round(result.wall_time, 3),
         **result.engine_stats,
+        **(plan.features.record() if plan.features is not None else {}),  # --train-only head's frozen part
     }
 
 

@@ -1,8 +1,10 @@
 """Local training for every simulated node through one shared :class:`~phalanx.node.learner.Trainer`.
 
 Each node keeps only a :class:`NodeState` (parameters, momentum, step count, and the buffers the buffer
-policy keeps local, such as BatchNorm statistics under ``local``) and a sampler of its shard's indices; batches are gathered from the whole training set (no copy of each shard up front), and the module
-and its flat buffers are shared, so 1,000 nodes cost 1,000 parameter vectors, not 1,000 models.
+policy keeps local, such as BatchNorm statistics under ``local``) and a sampler of its shard's indices;
+batches are gathered from the whole training set (no copy of each shard up front), and the module and its
+flat buffers are shared, so 1,000 nodes cost 1,000 parameter vectors, not 1,000 models. Under
+``--train-only head`` the vectors are heads, and the training set is held as its cached features.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ class SimWorker:
         self.num_classes = dataset.num_classes
         self.eval_samples = 200  # the default size of a node's local evaluation set (an Evaluate action's)
         flipped_y = flip_labels(dataset.train_y, dataset.num_classes) if flipped else dataset.train_y
+        # Under --train-only head with a cacheable frozen part, every sample's features are computed once,
+        # here, and all nodes train and evaluate heads on them (phalanx.node.transfer).
+        train_x = trainer.inputs(dataset.train_x)
         for i, shard in enumerate(shards):
             node = str(i)
             idx = np.asarray(shard, dtype=np.int64)
@@ -61,7 +66,7 @@ class SimWorker:
                 len(idx), trainer.config.batch_size, derive_seed(seed, "batches", i), shard=idx
             )
             y = flipped_y if node in flipped else dataset.train_y
-            self.data[node] = (dataset.train_x, y, sampler)
+            self.data[node] = (train_x, y, sampler)
 
     def buffers_of(self, node: PeerId) -> torch.Tensor:
         """The buffers ``node`` keeps local (empty unless the buffer policy keeps some local)."""
