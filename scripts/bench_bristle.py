@@ -79,7 +79,7 @@ def base(args: argparse.Namespace, **over: Any) -> SimConfig:
         seed=args.seed,
     )
     if args.features:  # head-only training on frozen pretrained features
-        settings.update(train_only="head", features=args.features)
+        settings.update(train_only="head", features=args.features, model=args.model)
     settings.update(over)
     if settings.get("protocol") == "bristle":
         params = {"merge": "per-class", "eval_samples": 100, **settings.pop("protocol_params", {})}
@@ -149,7 +149,8 @@ def iid_local_eval(samples: int = 100, pool_start: int = 1000) -> Iterator[None]
 
     def patched_init(self: SimWorker, trainer: Trainer, dataset: Any, shards: Any, **kw: Any) -> None:
         init(self, trainer, dataset, shards, **kw)
-        self._pool = (dataset.test_x[pool_start:], dataset.test_y[pool_start:])  # type: ignore[attr-defined]
+        pool_x = trainer.inputs(dataset.test_x[pool_start:])  # their features under a cached frozen part
+        self._pool = (pool_x, dataset.test_y[pool_start:])  # type: ignore[attr-defined]
 
     def patched_evaluate(self: SimWorker, node: str, params: torch.Tensor, n: int) -> Any:
         x, y = self._pool  # type: ignore[attr-defined]
@@ -324,6 +325,7 @@ def main() -> None:
     ap.add_argument("--scale-nodes", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--features", default="", help="a phalanx pretrain file: train only the head on it")
+    ap.add_argument("--model", default="mlp", help="the model the features file was pretrained with")
     args = ap.parse_args()
     torch.set_num_threads(1)
     for name in args.sections.split(","):

@@ -225,6 +225,14 @@ def test_registry_entry_and_its_refusals():
         plan(SimConfig(nodes=4, dataset="blobs", protocol="bristle", protocol_params={"merge": "rows"}))
 
 
+def test_merge_auto_is_per_class_exactly_when_only_the_head_trains():
+    spec = registry.get("bristle")
+    assert spec.config(SimConfig(protocol="bristle", train_only="head")).per_class
+    assert not spec.config(SimConfig(protocol="bristle")).per_class
+    forced = SimConfig(protocol="bristle", protocol_params={"merge": "per-class"})
+    assert spec.config(forced).per_class
+
+
 # ---------------------------------------------------------------- simulated
 
 
