@@ -197,13 +197,12 @@ def section_speed(args: argparse.Namespace) -> None:
     runs = {
         "bristle, head": base(args, protocol="bristle", rounds=rounds, eval_every=1, local_steps=1),
         "D-PSGD mean, same head": base(args, rounds=rounds, eval_every=1, local_steps=1),
-        "D-PSGD mean, full MLP from scratch": base(
-            args, model="mlp", rounds=rounds, eval_every=1, local_steps=1
-        ),
     }
-    if args.features:
-        runs["D-PSGD mean, full MLP from scratch"] = base(
-            args, model="mlp", rounds=rounds, eval_every=1, local_steps=1, train_only="all", features=""
+    # the full models train from scratch, without a frozen part
+    scratch: dict[str, Any] = {"train_only": "all", "features": ""} if args.features else {}
+    for model in dict.fromkeys(("mlp", args.model if args.features else "mlp")):
+        runs[f"D-PSGD mean, full {model} from scratch"] = base(
+            args, model=model, rounds=rounds, eval_every=1, local_steps=1, **scratch
         )
     for name, config in runs.items():
         result = run(plan(config))
