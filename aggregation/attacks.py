@@ -23,6 +23,7 @@ from .validation import AggregationError, check_own, check_updates, check_weight
 __all__ = [
     "alie",
     "alie_z",
+    "class_poison",
     "dissensus",
     "gaussian",
     "inf",
@@ -169,6 +170,38 @@ def model_replacement(honest: Tensor, *, target: Tensor, factor: float | None = 
     mu = honest.mean(dim=0)
     gamma = float(h + 1 if factor is None else factor)
     return mu + (target - mu) * gamma
+
+
+def class_poison(
+    honest: Tensor, *, target: int = 0, classes: int = 10, head_inputs: int = 0, scale: float = 1.0
+) -> Tensor:
+    """One-class poisoning aimed at per-class integrators (Bristle): the honest mean with the output layer's
+    row ``target`` (its weights and its bias) replaced by ``-scale`` times itself.
+
+    With ``scale = 1`` the poisoned row has the norm of the honest one, and the vector differs from the honest
+    mean in that row alone, so it sits among honest models in distance and passes distance-based filters
+    while class ``target`` is (almost) never predicted. The output layer is the tail of the vector: its
+    ``(classes, inputs)`` weights row-major, then its ``classes`` biases; ``head_inputs = 0`` means the whole
+    vector is that layer (head-only training), otherwise ``inputs = head_inputs``.
+    """
+    _, d = check_updates("class-poison", honest)
+    if head_inputs < 0 or classes < 1 or not 0 <= target < classes:
+        raise AggregationError(
+            f"class-poison: need 0 <= target < classes and head_inputs >= 0, got {target}, {classes}"
+        )
+    inputs = head_inputs or d // classes - 1
+    size = classes * (inputs + 1)
+    if inputs < 1 or size > d or (head_inputs == 0 and d % classes):
+        raise AggregationError(
+            f"class-poison: a vector of {d} values holds no output layer of {classes} classes"
+        )
+    out = honest.mean(dim=0)
+    start = d - size
+    row = slice(start + target * inputs, start + (target + 1) * inputs)
+    bias = start + classes * inputs + target
+    out[row] *= -float(scale)
+    out[bias] *= -float(scale)
+    return out
 
 
 def _resolve(rule: str | Rule, rule_params: Mapping[str, Any] | None) -> Rule:

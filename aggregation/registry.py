@@ -77,6 +77,7 @@ ATTACKS: dict[str, Function] = {
     "mimic": attacks.mimic,
     "dissensus": attacks.dissensus,
     "model-replacement": attacks.model_replacement,
+    "class-poison": attacks.class_poison,
 }
 
 

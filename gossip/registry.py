@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from functools import cache
 
+from phalanx.gossip.bristle import SPEC as BRISTLE_SPEC
 from phalanx.gossip.dpsgd import SPEC as DPSGD_SPEC
 from phalanx.gossip.epidemic import SPEC_LOCAL, SPEC_ORACLE
 from phalanx.gossip.modest import SPEC as MODEST_SPEC
 from phalanx.gossip.spec import ProtocolSpec, SettingsError
 
-BUILTIN: tuple[ProtocolSpec, ...] = (DPSGD_SPEC, MODEST_SPEC, SPEC_LOCAL, SPEC_ORACLE)
+BUILTIN: tuple[ProtocolSpec, ...] = (DPSGD_SPEC, MODEST_SPEC, SPEC_LOCAL, SPEC_ORACLE, BRISTLE_SPEC)
 
 ENTRY_POINT_GROUP = "phalanx.protocols"
 

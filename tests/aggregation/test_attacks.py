@@ -103,6 +103,7 @@ def test_every_attack_keeps_dtype_and_shape(name: str) -> None:
         "optimal-ipm": {"rule": "median", "f": 2},
         "dissensus": {"own": honest[0], "weights": torch.full((5,), 0.1), "byzantine_weight": 0.2},
         "model-replacement": {"target": honest[1]},
+        "class-poison": {"classes": 2},
     }.get(name, {})
     out = attack(name, honest, **params)
     assert out.shape == (4,) and out.dtype == torch.float32

@@ -34,7 +34,7 @@ def node_protocol(protocol: str, params: dict[str, object], byzantine: str = "")
 def test_the_builtin_protocols_are_registered():
     assert set(registry.names()) >= {"dpsgd", "modest", "el-local", "el-oracle"}
     assert all(isinstance(registry.get(n), ProtocolSpec) for n in registry.names())
-    with pytest.raises(SettingsError, match="unknown protocol 'gossipy'; choose one of: dpsgd, el-local"):
+    with pytest.raises(SettingsError, match="unknown protocol 'gossipy'; choose one of: bristle, dpsgd, el-local"):
         registry.get("gossipy")
 
 

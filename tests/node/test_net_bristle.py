@@ -1,0 +1,50 @@
+"""``phalanx net up --protocol bristle`` on real node processes: every node evaluates its candidates on its own
+samples through the runtime (``Evaluate``), integrates, finishes; an attacker's poisoned class is refused."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.network, pytest.mark.slow]
+
+ROUNDS = 3
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def test_net_up_bristle_integrates_per_class_on_real_nodes(tmp_path: Path) -> None:
+    # logreg: the model is one linear layer, so the vector is the output layer and merges per class
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "phalanx", "net", "up", "--nodes", "4", "--topology", "complete",
+            "--rounds", str(ROUNDS), "--dataset", "mnist", "--model", "logreg", "--local-steps", "10", "--no-plots",
+            "--timeout", "35", "--out", str(tmp_path), "--protocol", "bristle",
+            "--protocol-param", "merge=per-class", "--protocol-param", "eval_samples=50",
+            "--byzantine", "3:class-poison", "--attack-param", "scale=30",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=40,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = lines(tmp_path / "metrics.jsonl")
+    assert [r["round"] for r in rows] == list(range(ROUNDS))
+    nodes = json.loads((tmp_path / "nodes.json").read_text())
+    assert all(n["exit_code"] == 0 and n["rounds"] == ROUNDS for n in nodes), nodes
+    for i in range(3):  # the honest nodes
+        (stopped,) = [
+            e for e in lines(tmp_path / "nodes" / f"node-{i}" / "log.jsonl") if e["event"] == "stopped"
+        ]
+        counters = stopped["protocol"]
+        # each round: its own model and its three neighbours' models evaluated on its 50 samples
+        assert counters["evaluations"] == 4 * ROUNDS and counters["stale_evaluations"] == 0
+        assert counters["classes_accepted"] > 0 and counters["classes_rejected"] > 0
+        assert counters["peers_accepted"] <= 2 * ROUNDS  # the attacker's class rows are never taken whole
