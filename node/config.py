@@ -71,6 +71,12 @@ class NodeConfig:
     batch_size: int = setting("batch_size")
     sam_rho: float = setting("sam_rho")
     buffers: str = setting("buffers")
+    # compressed exchange and differential privacy (issue 18; docs/compression.md)
+    compress: str = setting("compress")
+    dp_clip: float = setting("dp_clip")
+    dp_sigma: float = setting("dp_sigma")
+    dp_epsilon: float = setting("dp_epsilon")
+    dp_delta: float = setting("dp_delta")
     # protocol
     protocol: str = _f("dpsgd", "the protocol")
     protocol_params: dict[str, Any] = field(
@@ -104,6 +110,7 @@ class NodeConfig:
 
     def __post_init__(self) -> None:
         fields_.check_bounds(self, error=ConfigError)
+        self.channel_settings(calibrate=False)
         for key in _LISTS:
             if not all(isinstance(v, str) and v for v in getattr(self, key)):
                 raise ConfigError(f"{key} must be a list of multiaddr strings")
@@ -113,6 +120,24 @@ class NodeConfig:
             raise ConfigError("topology-file and address-book go together")
         if self.alone not in ALONE:
             raise ConfigError(f"alone must be one of {', '.join(a for a in ALONE if a)}, got {self.alone!r}")
+
+    def channel_settings(self, *, calibrate: bool = True) -> Any:
+        """The run's compression and privacy settings (gossip/compression/channel.py), checked; with
+        ``dp_epsilon``, sigma is calibrated over ``rounds * gossip_steps`` releases."""
+        from phalanx.gossip.compression.channel import ChannelSettingsError, channel_settings
+
+        try:
+            return channel_settings(
+                compress=self.compress,
+                dp_clip=self.dp_clip,
+                dp_sigma=self.dp_sigma,
+                dp_epsilon=self.dp_epsilon,
+                dp_delta=self.dp_delta,
+                releases=max(1, self.rounds) * self.gossip_steps,
+                calibrate=calibrate,
+            )
+        except ChannelSettingsError as exc:
+            raise ConfigError(str(exc)) from None
 
     @property
     def key_path(self) -> Path:

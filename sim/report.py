@@ -116,6 +116,12 @@ def summary(result: Result) -> dict[str, Any]:
         "crashed_degrees": {str(i): int(plan.graph.degree[i]) for i in sorted(result.crashed_ids)},
         "wall_time": round(result.wall_time, 3),
         **result.engine_stats,
+        # differential privacy (issue 18): the worst honest node's (epsilon, delta) at the end
+        **(
+            {"dp_epsilon": rows[-1]["dp_epsilon"], "dp_delta": rows[-1]["dp_delta"]}
+            if rows and "dp_epsilon" in rows[-1]
+            else {}
+        ),
     }
 
 
