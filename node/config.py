@@ -126,6 +126,8 @@ class NodeConfig:
         ``dp_epsilon``, sigma is calibrated over ``rounds * gossip_steps`` releases."""
         from phalanx.gossip.compression.channel import ChannelSettingsError, channel_settings
 
+        if self.dp_epsilon and not self.rounds:
+            raise ConfigError("--dp-epsilon spends epsilon over the planned rounds: give --rounds N")
         try:
             return channel_settings(
                 compress=self.compress,
