@@ -237,16 +237,17 @@ class Engine:
                             self.channels[node].lost(peer)
                         continue  # a message to a dead node is dropped on arrival
                     self.events_handled += 1
-                    if type(message) is Compressed:
+                    received = message
+                    if type(message) is Compressed:  # each receiver rebuilds it from its own replica
                         got = self._decompress(node, peer, message)
                         if got is None:
                             continue
-                        message = got
+                        received = got
                     direct = on_message[peer]
                     if direct is not None:
-                        actions = direct(node, message, time)
+                        actions = direct(node, received, time)
                     else:
-                        actions = protocols[peer].handle(MessageReceived(peer=node, message=message), time)
+                        actions = protocols[peer].handle(MessageReceived(peer=node, message=received), time)
                     if actions:
                         self._apply(peer, actions)
                 continue
