@@ -117,8 +117,8 @@ class NodeRuntime:
         self._timers: dict[str, trio.CancelScope] = {}
         self._learner_lock = trio.Lock()
         # a round to write, or None: the protocol finished (written after the rounds queued before it)
-        self._rounds_out: trio.MemorySendChannel[tuple[RoundCompleted, torch.Tensor, int] | None]
-        self._rounds_in: trio.MemoryReceiveChannel[tuple[RoundCompleted, torch.Tensor, int] | None]
+        self._rounds_out: trio.MemorySendChannel[tuple[RoundCompleted, torch.Tensor, int, Any] | None]
+        self._rounds_in: trio.MemoryReceiveChannel[tuple[RoundCompleted, torch.Tensor, int, Any] | None]
         self._rounds_out, self._rounds_in = trio.open_memory_channel(math.inf)
         self._finished = trio.Event()
         self._finish_queued = False
@@ -237,7 +237,9 @@ class NodeRuntime:
                 # Snapshot the optimiser state now, before the next round's training can start: no training
                 # runs between a round's exchange and its end, so it belongs with action.params.
                 state = self.learner.state
-                self._rounds_out.send_nowait((action, state.momentum.clone(), state.steps))
+                # and the privacy spent by the end of this round (issue 18), before later sends add to it
+                spent = self.channel.spent()
+                self._rounds_out.send_nowait((action, state.momentum.clone(), state.steps, spent))
             elif isinstance(action, PenalisePeer):
                 self._reject(action.peer, PENALISED, action.reason)
             elif isinstance(action, Evaluate):
@@ -312,10 +314,12 @@ class NodeRuntime:
             if item is None:
                 self._finish()
                 continue
-            done, momentum, steps = item
-            await self._complete_round(done, momentum, steps)
+            done, momentum, steps, spent = item
+            await self._complete_round(done, momentum, steps, spent)
 
-    async def _complete_round(self, done: RoundCompleted, momentum: torch.Tensor, steps: int) -> None:
+    async def _complete_round(
+        self, done: RoundCompleted, momentum: torch.Tensor, steps: int, spent: Any = None
+    ) -> None:
         number = done.round + 1
         acc, loss = math.nan, math.nan
         evaluate = self.settings.eval_every and (
@@ -365,7 +369,6 @@ class NodeRuntime:
             rejected=sum(self.metrics.rejected.values()),
             peers=self.metrics.peers,
         )
-        spent = self.channel.spent()
         if spent is not None:
             line.update(dp_epsilon=spent.epsilon, dp_delta=spent.delta)
         self.log("round", **line)
