@@ -44,6 +44,7 @@ codec's checks (:class:`~phalanx.gossip.compression.base.CodecError`), and repli
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -72,6 +73,8 @@ from phalanx.gossip.messages import (
 )
 from phalanx.gossip.privacy import PrivacyAccountant, PrivacySpent, gaussian_mechanism
 from phalanx.gossip.wire import Limits, WireError
+
+_ONE = b"\x00\x00\x00\x00"  # one float32 zero: the stand-in vector of the fields check
 
 #: A peer whose copy of this node's ``x_hat`` is unknown: it gets a keyframe.
 UNKNOWN = -1
@@ -227,8 +230,11 @@ class Channel:
             vector = held[1] + decoded
             if not bool(torch.isfinite(vector).all()):
                 raise WireError("codec-non-finite", "the replica overflows")
+        # the carried fields (round, step, view) are checked by the message's own reader, on a one-value
+        # stand-in vector (no copy of the model), then the rebuilt vector takes its place
         cls = MESSAGE_TYPES[message.kind]
-        inner = cls.from_fields({**message.fields, "p": vector_to_bytes(vector)}, limits)
+        probe = Limits(dim=1, max_view=limits.max_view, max_round=limits.max_round)
+        inner = dataclasses.replace(cls.from_fields({**message.fields, "p": _ONE}, probe), params=vector)
         self.replicas[sender] = (message.seq, vector)
         self.replicas.move_to_end(sender)
         while len(self.replicas) > self.max_replicas:
