@@ -59,6 +59,7 @@ from phalanx.gossip.compression.base import (
     CodecError,
     CodecState,
     DecodeLimits,
+    all_finite,
     float32_from_bytes,
     vector_to_bytes,
 )
@@ -228,7 +229,7 @@ class Channel:
             except CodecError as exc:
                 raise WireError(f"codec-{exc.reason}", str(exc)) from None
             vector = held[1] + decoded
-            if not bool(torch.isfinite(vector).all()):
+            if not all_finite(vector):
                 raise WireError("codec-non-finite", "the replica overflows")
         # the carried fields (round, step, view) are checked by the message's own reader, on a one-value
         # stand-in vector (no copy of the model), then the rebuilt vector takes its place
