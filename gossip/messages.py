@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from phalanx.gossip.compression.base import CodecError, Encoded
 from phalanx.gossip.identity import SIGNATURE_BYTES
 from phalanx.gossip.membership import EMPTY_VIEW, MAX_COUNTER, ViewDelta
 from phalanx.gossip.wire import Limits, WireError, pack, read_int, read_vector, unpack, vector_bytes
@@ -245,8 +246,75 @@ class ViewUpdate:
         )
 
 
+# ---------------------------------------------------------------- compressed model payloads (issue 18)
+
+#: The message types whose ``params`` the compression channel may carry (gossip/compression/channel.py).
+MODEL_TYPES: tuple[str, ...] = (ModelUpdate.TYPE, TrainedModel.TYPE, AggregatedModel.TYPE)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Compressed:
+    """A model message whose vector travels through the sender's compression channel.
+
+    ``kind`` is the carried message's type and ``fields`` its wire fields without the vector (round, step,
+    view), checked again when the channel rebuilds it. ``seq`` numbers the sender's public copy ``x_hat``
+    that this message brings the receiver to. Exactly one of:
+
+    - ``encoded``: a codec's encoding of ``x_hat[seq] - x_hat[seq - 1]`` (difference coding; the receiver
+      must hold the sender's ``x_hat[seq - 1]``);
+    - ``params``: ``x_hat[seq]`` itself, dense float32 (a keyframe, for a receiver not known to hold the
+      previous copy).
+
+    The codec fields are parsed here (:meth:`Encoded.from_fields`, bounded); decoding them needs the
+    receiver's codec and replica, which is the channel's job.
+    """
+
+    TYPE: ClassVar[str] = "z"
+    kind: str
+    fields: dict[str, Any]
+    seq: int
+    encoded: Encoded | None = None
+    params: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if (self.encoded is None) == (self.params is None):
+            raise ValueError("Compressed carries exactly one of encoded and params")
+        if self.params is not None:
+            _check_params("Compressed", self.params)
+
+    def to_fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"k": self.kind, "f": self.fields, "q": self.seq}
+        if self.encoded is not None:
+            out["z"] = self.encoded.to_fields()
+        else:
+            assert self.params is not None
+            out["p"] = vector_bytes(self.params)
+        return out
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any], limits: Limits) -> Compressed:
+        kind = fields.get("k")
+        if kind not in MODEL_TYPES:
+            raise WireError("bad-field", f"'k' must name a model message type, got {kind!r}"[:200])
+        inner = fields.get("f")
+        if not isinstance(inner, dict) or "p" in inner:
+            raise WireError("bad-field", "'f' must be a map of the carried message's fields, without 'p'")
+        seq = read_int(fields, "q", hi=2**48)
+        if ("z" in fields) == ("p" in fields):
+            raise WireError("bad-field", "a compressed message carries exactly one of 'z' and 'p'")
+        if "p" in fields:
+            return cls(kind=kind, fields=inner, seq=seq, params=read_vector(fields, "p", dim=limits.dim))
+        try:
+            encoded = Encoded.from_fields(fields["z"])
+        except CodecError as exc:
+            raise WireError(f"codec-{exc.reason}", str(exc)) from None
+        if seq < 1:
+            raise WireError("bad-field", "a difference has a sequence number >= 1")
+        return cls(kind=kind, fields=inner, seq=seq, encoded=encoded)
+
+
 # Every message type (extend as a union: ModelUpdate | Ping | ...).
-Message = ModelUpdate | Ping | Pong | TrainedModel | AggregatedModel | Join | Leave | ViewUpdate
+Message = ModelUpdate | Ping | Pong | TrainedModel | AggregatedModel | Join | Leave | ViewUpdate | Compressed
 
 MESSAGE_TYPES: dict[str, Any] = {
     ModelUpdate.TYPE: ModelUpdate,
@@ -257,6 +325,7 @@ MESSAGE_TYPES: dict[str, Any] = {
     Join.TYPE: Join,
     Leave.TYPE: Leave,
     ViewUpdate.TYPE: ViewUpdate,
+    Compressed.TYPE: Compressed,
 }
 
 

@@ -22,6 +22,7 @@ import trio
 from phalanx.gossip import registry
 from phalanx.gossip.aggregator import rule_names
 from phalanx.gossip.byzantine import BEHAVIOURS, attack_names
+from phalanx.gossip.compression.channel import Channel
 from phalanx.gossip.identity import PeerIdKeys, Signer, Verifier
 from phalanx.gossip.protocol import Protocol
 from phalanx.gossip.spec import AttackSpec, NodeContext, SettingsError, WorldDefaults
@@ -96,6 +97,22 @@ def _peer_multiaddr(text: str) -> None:
         raise ConfigError(f"peer multiaddr {text!r} needs /ip4/HOST/tcp/PORT/p2p/PEER_ID") from None
 
 
+def build_channel(config: NodeConfig, learner: Learner) -> Channel:
+    """This node's compression/privacy channel (gossip/compression/channel.py): the learner's initial model is
+    ``x_hat[0]``, peers are not assumed to share it (the first model message to each is a keyframe)."""
+    from phalanx.gossip.compression.channel import layout_for
+
+    settings = config.channel_settings()
+    trainer = learner.trainer
+    return settings.build(
+        trainer.initial,
+        rng=torch.Generator().manual_seed(derive_seed(config.seed, "channel", config.index)),
+        layout=layout_for((p.shape for p in trainer.module.parameters()), int(trainer.initial.numel())),
+        shared_reference=False,
+        private=not config.byzantine,
+    )
+
+
 def build_protocol(
     config: NodeConfig,
     me: str,
@@ -166,6 +183,7 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
     )
     key = load_or_create_key(config.key_path)
     peer_id = peer_id_of(key)
+    channel = build_channel(config, learner)  # before a checkpoint replaces the initial model (issue 18)
     checkpoint_path = config.data_dir / ckpt.FILENAME
     loaded = ckpt.load_latest(checkpoint_path, dim=learner.dim)
     saved = None if loaded is None else loaded.checkpoint
@@ -191,6 +209,11 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
         # optimiser state and counters and count rounds from 0 again.
         start_round = saved.round if registry.get(config.protocol).resumable else 0
         metrics.restore(saved.counters)
+        if channel.active and "channel" in saved.extra:
+            try:
+                channel.restore(saved.extra["channel"])
+            except ValueError as exc:
+                raise ConfigError(f"checkpoint {checkpoint_path}: {exc}") from None
     resumed = resumed_record(config, saved.round if saved is not None else None, start_round, checkpoint_path)
 
     # a protocol whose frames carry no membership view decodes under the model-only limits (a frame of one
@@ -237,6 +260,7 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
                 settings=settings,
                 start_round=start_round,
                 log=log,
+                channel=channel,
             )
             metrics.listen = transport.listen_addresses()  # the announced addresses, with /p2p/PEER_ID
             async with trio.open_nursery() as nursery:

@@ -74,6 +74,12 @@ class NodeConfig:
     # transfer learning (docs/transfer.md)
     train_only: str = setting("train_only")
     features: str = setting("features")
+    # compressed exchange and differential privacy (issue 18; docs/compression.md)
+    compress: str = setting("compress")
+    dp_clip: float = setting("dp_clip")
+    dp_sigma: float = setting("dp_sigma")
+    dp_epsilon: float = setting("dp_epsilon")
+    dp_delta: float = setting("dp_delta")
     # protocol
     protocol: str = _f("dpsgd", "the protocol")
     protocol_params: dict[str, Any] = field(
@@ -107,6 +113,7 @@ class NodeConfig:
 
     def __post_init__(self) -> None:
         fields_.check_bounds(self, error=ConfigError)
+        self.channel_settings(calibrate=False)
         for key in _LISTS:
             if not all(isinstance(v, str) and v for v in getattr(self, key)):
                 raise ConfigError(f"{key} must be a list of multiaddr strings")
@@ -116,6 +123,26 @@ class NodeConfig:
             raise ConfigError("topology-file and address-book go together")
         if self.alone not in ALONE:
             raise ConfigError(f"alone must be one of {', '.join(a for a in ALONE if a)}, got {self.alone!r}")
+
+    def channel_settings(self, *, calibrate: bool = True) -> Any:
+        """The run's compression and privacy settings (gossip/compression/channel.py), checked; with
+        ``dp_epsilon``, sigma is calibrated over ``rounds * gossip_steps`` releases."""
+        from phalanx.gossip.compression.channel import ChannelSettingsError, channel_settings
+
+        if self.dp_epsilon and not self.rounds:
+            raise ConfigError("--dp-epsilon spends epsilon over the planned rounds: give --rounds N")
+        try:
+            return channel_settings(
+                compress=self.compress,
+                dp_clip=self.dp_clip,
+                dp_sigma=self.dp_sigma,
+                dp_epsilon=self.dp_epsilon,
+                dp_delta=self.dp_delta,
+                releases=max(1, self.rounds) * self.gossip_steps,
+                calibrate=calibrate,
+            )
+        except ChannelSettingsError as exc:
+            raise ConfigError(str(exc)) from None
 
     @property
     def key_path(self) -> Path:

@@ -39,6 +39,7 @@ from typing import Any, TextIO
 import torch
 import trio
 
+from phalanx.gossip.compression.channel import OUT_OF_SYNC, Channel
 from phalanx.gossip.events import (
     Action,
     CancelTimer,
@@ -56,7 +57,7 @@ from phalanx.gossip.events import (
     Train,
     TrainingDone,
 )
-from phalanx.gossip.messages import ModelUpdate, decode, encode
+from phalanx.gossip.messages import Compressed, ModelUpdate, decode, encode
 from phalanx.gossip.protocol import Protocol, ProtocolError
 from phalanx.gossip.wire import Limits, WireError
 from phalanx.node import checkpoint as ckpt
@@ -97,8 +98,12 @@ class NodeRuntime:
         start_round: int = 0,
         log: TextIO | None = None,
         clock: Callable[[], float] = trio.current_time,
+        channel: Channel | None = None,
     ) -> None:
         self.protocol = protocol
+        # compression and privacy of model payloads (issue 18, gossip/compression/channel.py); inactive:
+        # model messages travel as they are and compressed ones are refused
+        self.channel = channel or Channel(reference=torch.zeros(limits.dim))
         self.transport = transport
         self.learner = learner
         self.limits = limits
@@ -112,8 +117,8 @@ class NodeRuntime:
         self._timers: dict[str, trio.CancelScope] = {}
         self._learner_lock = trio.Lock()
         # a round to write, or None: the protocol finished (written after the rounds queued before it)
-        self._rounds_out: trio.MemorySendChannel[tuple[RoundCompleted, torch.Tensor, int] | None]
-        self._rounds_in: trio.MemoryReceiveChannel[tuple[RoundCompleted, torch.Tensor, int] | None]
+        self._rounds_out: trio.MemorySendChannel[tuple[RoundCompleted, torch.Tensor, int, Any] | None]
+        self._rounds_in: trio.MemoryReceiveChannel[tuple[RoundCompleted, torch.Tensor, int, Any] | None]
         self._rounds_out, self._rounds_in = trio.open_memory_channel(math.inf)
         self._finished = trio.Event()
         self._finish_queued = False
@@ -126,8 +131,32 @@ class NodeRuntime:
             from phalanx.node.tensorboard import NODE_TAGS, open_writer
 
             self._board = open_writer(settings.tensorboard, NODE_TAGS)
-        self.metrics.protocol_stats = protocol.stats
+        self.metrics.protocol_stats = self._stats
         self.metrics.byzantine = settings.byzantine
+
+    def _stats(self) -> dict[str, float]:
+        """The protocol's counters, and the channel's (compression counters, privacy spent) when active."""
+        stats: dict[str, float] = dict(self.protocol.stats())
+        if self.channel.active:
+            stats.update({"codec_" + k: v for k, v in self.channel.stats().items()})
+            spent = self.channel.spent()
+            if spent is not None:
+                stats.update(dp_epsilon=spent.epsilon, dp_delta=spent.delta)
+        return stats
+
+    def _encode_sends(self, actions: list[Action]) -> dict[tuple[int, str], bytes]:
+        """Each Send's frame body, by (message id, peer): one pass through the channel and one encoding per
+        message object, however many peers get it."""
+        peers: dict[int, tuple[Any, list[str]]] = {}
+        for action in actions:
+            if isinstance(action, Send):
+                peers.setdefault(id(action.message), (action.message, []))[1].append(action.peer)
+        bodies: dict[tuple[int, str], bytes] = {}
+        for key, (message, group) in peers.items():
+            for wire_message, receivers in self.channel.outgoing(message, group):
+                body = encode(wire_message)
+                bodies.update(((key, peer), body) for peer in receivers)
+        return bodies
 
     # ------------------------------------------------------------------ logging
 
@@ -190,13 +219,10 @@ class NodeRuntime:
 
     def _apply(self, actions: list[Action]) -> None:
         assert self._nursery is not None
-        encoded: dict[int, bytes] = {}  # one encoding per message object, however many peers get it
+        bodies = self._encode_sends(actions)
         for action in actions:
             if isinstance(action, Send):
-                body = encoded.get(id(action.message))
-                if body is None:
-                    body = encoded[id(action.message)] = encode(action.message)
-                self._nursery.start_soon(self._send, action.peer, body)
+                self._nursery.start_soon(self._send, action.peer, bodies[(id(action.message), action.peer)])
             elif isinstance(action, Train):
                 self._nursery.start_soon(self._train, action)
             elif isinstance(action, SetTimer):
@@ -211,7 +237,9 @@ class NodeRuntime:
                 # Snapshot the optimiser state now, before the next round's training can start: no training
                 # runs between a round's exchange and its end, so it belongs with action.params.
                 state = self.learner.state
-                self._rounds_out.send_nowait((action, state.momentum.clone(), state.steps))
+                # and the privacy spent by the end of this round (issue 18), before later sends add to it
+                spent = self.channel.spent()
+                self._rounds_out.send_nowait((action, state.momentum.clone(), state.steps, spent))
             elif isinstance(action, PenalisePeer):
                 self._reject(action.peer, PENALISED, action.reason)
             elif isinstance(action, Evaluate):
@@ -233,6 +261,7 @@ class NodeRuntime:
                 break
             except TransportError as exc:
                 if trio.current_time() + delay > deadline:
+                    self.channel.lost(peer)  # its next model message is a keyframe
                     self.metrics.send_failures += 1
                     self.log("send-failed", peer=peer, error=str(exc)[:200])
                     return
@@ -285,10 +314,12 @@ class NodeRuntime:
             if item is None:
                 self._finish()
                 continue
-            done, momentum, steps = item
-            await self._complete_round(done, momentum, steps)
+            done, momentum, steps, spent = item
+            await self._complete_round(done, momentum, steps, spent)
 
-    async def _complete_round(self, done: RoundCompleted, momentum: torch.Tensor, steps: int) -> None:
+    async def _complete_round(
+        self, done: RoundCompleted, momentum: torch.Tensor, steps: int, spent: Any = None
+    ) -> None:
         number = done.round + 1
         acc, loss = math.nan, math.nan
         evaluate = self.settings.eval_every and (
@@ -319,7 +350,11 @@ class NodeRuntime:
                 view=sorted(self.transport.peers()),
                 counters=self.metrics.counters(),
                 bans=self.bans.to_dict(now),
-                extra={"protocol": self.settings.protocol_name, **self.learner.checkpoint_extra()},
+                extra={
+                    "protocol": self.settings.protocol_name,
+                    **self.learner.checkpoint_extra(),
+                    **({"channel": self.channel.to_fields()} if self.channel.active else {}),
+                },
             )
             await trio.to_thread.run_sync(ckpt.save, self.settings.checkpoint_path, state)
         line = dict(
@@ -335,6 +370,8 @@ class NodeRuntime:
             rejected=sum(self.metrics.rejected.values()),
             peers=self.metrics.peers,
         )
+        if spent is not None:
+            line.update(dp_epsilon=spent.epsilon, dp_delta=spent.delta)
         self.log("round", **line)
         if self._board is not None:
             self._board.write(line)
@@ -349,7 +386,7 @@ class NodeRuntime:
         if count > 1:
             extra["count"] = count  # a coalesced report (a banned peer's refused streams)
         self.log("rejected", peer=peer, reason=reason, **extra)
-        if reason in ("banned", "stale"):
+        if reason in ("banned", "stale", OUT_OF_SYNC):
             return  # already banned / an honest peer that is slow: not a strike
         now = self.clock()
         if self.bans.strike(peer, now):
@@ -363,6 +400,8 @@ class NodeRuntime:
             return
         try:
             message = decode(body, self.limits)
+            if isinstance(message, Compressed):
+                message = self.channel.incoming(peer, message, self.limits)
         except WireError as exc:
             self._reject(peer, exc.reason, str(exc))
             return
@@ -389,5 +428,6 @@ class NodeRuntime:
                 self.metrics.peers = len(self.transport.peers())
                 self.dispatch(PeerUp(peer=event.peer))
             elif isinstance(event, Disconnected):
+                self.channel.lost(event.peer)
                 self.metrics.peers = len(self.transport.peers())
                 self.dispatch(PeerDown(peer=event.peer))

@@ -63,6 +63,39 @@ TRAINING: dict[str, tuple[Any, dict[str, Any]]] = {
         "",
         {"help": "the frozen feature part for --train-only head: a weights file written by phalanx pretrain"},
     ),
+    # ---- compressed exchange and differential privacy (issue 18; docs/compression.md)
+    "compress": (
+        "",
+        {
+            "help": "codec for model messages, difference-coded against a public copy: fp16, bf16, int8[:CHUNK], "
+            "topk:F, randk:F, lowrank:R, seeds:K; empty = float32 as is"
+        },
+    ),
+    "dp_clip": (
+        0.0,
+        {
+            "help": "differential privacy: clip each sent update to this L2 norm C (0 = off)",
+            "min": 0,
+            "finite": True,
+        },
+    ),
+    "dp_sigma": (
+        0.0,
+        {
+            "help": "differential privacy: Gaussian noise multiplier sigma (noise std sigma*C)",
+            "min": 0,
+            "finite": True,
+        },
+    ),
+    "dp_epsilon": (
+        0.0,
+        {
+            "help": "differential privacy: pick sigma to reach this epsilon after the planned rounds",
+            "min": 0,
+            "finite": True,
+        },
+    ),
+    "dp_delta": (1e-5, {"help": "differential privacy: delta", "gt": 0, "lt": 1}),
 }
 
 

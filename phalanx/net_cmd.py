@@ -15,7 +15,14 @@ from typing import Any
 
 from phalanx.cli import non_negative_int, positive_float, positive_int
 from phalanx.node.config import default_of, help_of
-from phalanx.options import add_data_arguments, add_training_arguments, protocol_help, topology_help
+from phalanx.options import (
+    CHANNEL_SETTINGS,
+    add_channel_arguments,
+    add_data_arguments,
+    add_training_arguments,
+    protocol_help,
+    topology_help,
+)
 
 
 def _byzantine(text: str) -> tuple[int, str]:
@@ -82,6 +89,7 @@ def register(sub: Any) -> None:
     )
     add_data_arguments(p)
     add_training_arguments(p)
+    add_channel_arguments(p)
     g = p.add_argument_group("protocol")
     # the nodes' settings: default and help of each are NodeConfig's (phalanx.node.config)
     g.add_argument("--protocol", default=default_of("protocol"), help=protocol_help())
@@ -141,6 +149,7 @@ def sim_config(args: argparse.Namespace) -> Any:
         "train_only": args.train_only,
         "features": args.features,
         "eval_every": max(1, args.eval_every),
+        **{key: getattr(args, key) for key in CHANNEL_SETTINGS},
     }
     if args.byzantine:
         data["byzantine_nodes"] = [i for i, _ in args.byzantine]
@@ -193,6 +202,8 @@ def node_args(args: argparse.Namespace) -> list[str]:
     ]
     if args.features:  # children start in their own folders
         out += ["--features", str(Path(args.features).resolve())]
+    for key in CHANNEL_SETTINGS:  # compression and privacy (issue 18)
+        out += ["--" + key.replace("_", "-"), str(getattr(args, key))]
     for pair in args.rule_param:
         out += ["--rule-param", pair]
     for pair in args.attack_param:

@@ -11,7 +11,7 @@ from typing import Any
 
 from phalanx.cli import Parser
 from phalanx.node.config import help_of
-from phalanx.options import add_data_arguments, add_training_arguments, protocol_help
+from phalanx.options import add_channel_arguments, add_data_arguments, add_training_arguments, protocol_help
 
 # Flags whose value is a list or a KEY=VALUE table, and how they map onto config keys.
 _REPEATED = {"listen": "listen", "bootstrap": "bootstrap", "neighbour": "neighbours", "announce": "announce"}
@@ -47,6 +47,7 @@ def register(sub: Any) -> None:
     data.add_argument("--nodes", type=int, help=help_of("nodes"))
     data.add_argument("--index", type=int, help=help_of("index"))
     add_training_arguments(p)
+    add_channel_arguments(p)
     proto = p.add_argument_group("protocol")
     proto.add_argument("--protocol", help=protocol_help())
     proto.add_argument(

@@ -44,6 +44,20 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     _add(group, "seed", int)
 
 
+def add_channel_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--compress`` and the differential-privacy flags (issue 18; docs/compression.md)."""
+    group = parser.add_argument_group("compressed exchange and differential privacy")
+    _add(group, "compress")
+    _add(group, "dp_clip", non_negative_float)
+    _add(group, "dp_sigma", non_negative_float)
+    _add(group, "dp_epsilon", non_negative_float)
+    _add(group, "dp_delta", positive_float)
+
+
+#: the settings add_channel_arguments adds, for commands that hand them on (net up -> node run)
+CHANNEL_SETTINGS = ("compress", "dp_clip", "dp_sigma", "dp_epsilon", "dp_delta")
+
+
 def train_config_from(args: argparse.Namespace) -> TrainConfig:
     from phalanx.node.learner import TrainConfig
 

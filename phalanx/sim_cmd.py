@@ -101,6 +101,12 @@ FLAGS: tuple[tuple[str, Any], ...] = (
     ("eval_every", positive_int),
     ("eval_nodes", non_negative_int),
     ("eval_samples", non_negative_int),
+    # compressed exchange and differential privacy (issue 18)
+    ("compress", str),
+    ("dp_clip", non_negative_float),
+    ("dp_sigma", non_negative_float),
+    ("dp_epsilon", non_negative_float),
+    ("dp_delta", positive_float),
 )
 
 # on/off settings, each with its --no- form

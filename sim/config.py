@@ -92,6 +92,12 @@ class SimConfig:
     # transfer learning (docs/transfer.md)
     train_only: str = setting("train_only")
     features: str = setting("features")
+    # compressed exchange and differential privacy (issue 18; docs/compression.md)
+    compress: str = setting("compress")
+    dp_clip: float = setting("dp_clip")
+    dp_sigma: float = setting("dp_sigma")
+    dp_epsilon: float = setting("dp_epsilon")
+    dp_delta: float = setting("dp_delta")
     # virtual network and time
     step_time: float = _f(0.01, "virtual seconds per local step", **_POSITIVE)
     latency: float = _f(0.01, "default link latency (virtual seconds)", **_SECONDS)
@@ -154,6 +160,7 @@ class SimConfig:
                 raise ConfigError(message)
 
         fields_.check_bounds(self, error=ConfigError)
+        self.channel_settings(calibrate=False)
         need(self.byzantine_fraction < 1, "byzantine_fraction must leave at least one honest node")
         for key in ("crash_nodes", "byzantine_nodes", "partition_nodes"):
             ids = getattr(self, key)
@@ -188,6 +195,24 @@ class SimConfig:
             not self.attacks or {int(k) for k in self.attacks} <= set(self.byzantine_nodes),
             "attacks may only name nodes listed in byzantine_nodes",
         )
+
+    def channel_settings(self, *, calibrate: bool = True) -> Any:
+        """The run's compression and privacy settings (gossip/compression/channel.py), checked; with
+        ``dp_epsilon``, sigma is calibrated over ``rounds * gossip_steps`` releases."""
+        from phalanx.gossip.compression.channel import ChannelSettingsError, channel_settings
+
+        try:
+            return channel_settings(
+                compress=self.compress,
+                dp_clip=self.dp_clip,
+                dp_sigma=self.dp_sigma,
+                dp_epsilon=self.dp_epsilon,
+                dp_delta=self.dp_delta,
+                releases=max(1, self.rounds) * self.gossip_steps,
+                calibrate=calibrate,
+            )
+        except ChannelSettingsError as exc:
+            raise ConfigError(str(exc)) from None
 
     @property
     def num_byzantine(self) -> int:

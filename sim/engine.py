@@ -21,6 +21,14 @@ come back:
   at the same virtual instant (after the events already due then);
 - ``PenalisePeer`` -> counted.
 
+Compression and privacy (issue 18, ``docs/compression.md``): with ``channels`` (one
+:class:`~phalanx.gossip.compression.channel.Channel` per node), a model message goes through its sender's
+channel before it is sized and sent (a difference for the peers in sync, a keyframe for the others: the
+bytes counted are those of what travels), and each receiver's channel rebuilds it on arrival, before the
+protocol sees it; a delivery the channel refuses is dropped and counted in ``codec_rejected``. Messages the
+network loses or a dead node never gets are reported to the sender's channel (``lost``), whose next message
+to that peer is a keyframe. ``outbox`` keeps the uncompressed message (what an omniscient attacker reads).
+
 Faults go through the protocol's lifecycle: :meth:`Engine.leave` lets the node announce its departure
 (``Protocol.leave``) before it goes; :meth:`Engine.rejoin` brings it back and calls ``Protocol.resume``;
 :meth:`Engine.crash` takes it away silently.
@@ -45,6 +53,7 @@ from typing import Protocol as TypingProtocol
 
 import torch
 
+from phalanx.gossip.compression.channel import Channel
 from phalanx.gossip.events import (
     Action,
     CancelTimer,
@@ -63,8 +72,9 @@ from phalanx.gossip.events import (
     Train,
     TrainingDone,
 )
-from phalanx.gossip.messages import Message, ModelUpdate, encoded_size
+from phalanx.gossip.messages import Compressed, Message, ModelUpdate, encoded_size
 from phalanx.gossip.protocol import Protocol
+from phalanx.gossip.wire import Limits, WireError
 from phalanx.sim.network import Network
 
 _DELIVER, _TIMER, _TRAINED, _CALL, _TRAINED_READY, _EVALUATE = 0, 1, 2, 3, 4, 5
@@ -101,8 +111,15 @@ class Engine:
         worker: Worker,
         observers: tuple[Any, ...] = (),
         keep_outbox: bool = True,
+        channels: Mapping[PeerId, Channel] | None = None,
     ) -> None:
         self.protocols = dict(protocols)
+        # compression/privacy (issue 18): only the active channels; none means messages travel as they are
+        self.channels = {n: c for n, c in (channels or {}).items() if c.active}
+        self.codec_rejected: dict[str, int] = {}
+        self._limits: Limits | None = None
+        if self.channels:
+            self._limits = Limits(dim=next(iter(self.channels.values())).dim)
         self.network = network
         self.worker = worker
         self.observers = list(observers)
@@ -216,13 +233,21 @@ class Engine:
                         heapq.heappush(heap, (time, seq, kind, node, (message, receivers[i:])))
                         break
                     if peer not in alive:
+                        if type(message) is Compressed:
+                            self.channels[node].lost(peer)
                         continue  # a message to a dead node is dropped on arrival
                     self.events_handled += 1
+                    received = message
+                    if type(message) is Compressed:  # each receiver rebuilds it from its own replica
+                        got = self._decompress(node, peer, message)
+                        if got is None:
+                            continue
+                        received = got
                     direct = on_message[peer]
                     if direct is not None:
-                        actions = direct(node, message, time)
+                        actions = direct(node, received, time)
                     else:
-                        actions = protocols[peer].handle(MessageReceived(peer=node, message=message), time)
+                        actions = protocols[peer].handle(MessageReceived(peer=node, message=received), time)
                     if actions:
                         self._apply(peer, actions)
                 continue
@@ -295,7 +320,14 @@ class Engine:
                 while i < n and isinstance(nxt := actions[i], Send) and nxt.message is message:
                     peers.append(nxt.peer)
                     i += 1
-                self._send(node, peers, message, now)
+                channel = self.channels.get(node) if self.channels else None
+                if channel is None:
+                    self._send(node, peers, message, now)
+                else:
+                    if self.keep_outbox:
+                        self.outbox[node] = message
+                    for wire_message, group in channel.outgoing(message, peers):
+                        self._send(node, group, wire_message, now, outbox=False)
             elif isinstance(action, SetTimer):
                 key = (node, action.name)
                 gen = self._timer_gen.get(key, 0) + 1
@@ -314,7 +346,21 @@ class Engine:
             elif isinstance(action, Evaluate):
                 self._push(now, _EVALUATE, node, action)
 
-    def _send(self, node: PeerId, peers: list[PeerId], message: Message, now: float) -> None:
+    def _decompress(self, sender: PeerId, peer: PeerId, message: Compressed) -> Message | None:
+        """The model message ``peer``'s channel rebuilds from ``message``; None (counted) if it refuses."""
+        assert self._limits is not None
+        channel = self.channels.get(peer)
+        try:
+            if channel is None:
+                raise WireError("codec-unexpected", "a compressed message to a node without a channel")
+            return channel.incoming(sender, message, self._limits)
+        except WireError as exc:
+            self.codec_rejected[exc.reason] = self.codec_rejected.get(exc.reason, 0) + 1
+            return None
+
+    def _send(
+        self, node: PeerId, peers: list[PeerId], message: Message, now: float, outbox: bool = True
+    ) -> None:
         """``message`` from ``node`` to each of ``peers`` in turn: counted once per peer, sized once."""
         size_of = self._size_of
         if size_of[0] is message:
@@ -322,7 +368,7 @@ class Engine:
         else:
             size = self._size(message)
             self._size_of = (message, size)
-        if self.keep_outbox:
+        if self.keep_outbox and outbox:
             self.outbox[node] = message
         self.bytes_sent += size * len(peers)
         self.messages_sent += len(peers)
@@ -340,6 +386,8 @@ class Engine:
             delay = network.transit(node, peer, size, now)
             if delay is not None:
                 self._deliver_at(now + delay, node, peer, message)
+            elif type(message) is Compressed:
+                self.channels[node].lost(peer)
 
     def _deliver_at(self, time: float, node: PeerId, peer: PeerId, message: Message) -> None:
         group = self._group

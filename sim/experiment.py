@@ -410,6 +410,7 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
             )
         with settings_errors():
             protocols[node] = spec.build_node(ctx, protocol_config, attack)
+    channels = _channels(config, trainer, byz)
     honest = [str(i) for i in plan.honest]
     test_x, test_y = plan.dataset.test_x, plan.dataset.test_y
     if config.eval_samples and config.eval_samples < len(test_y):
@@ -436,6 +437,7 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
         worker=worker,
         observers=(faults, metrics),
         keep_outbox=hook is not None and bool(byz),
+        channels=channels,
     )
     holder["engine"] = engine
     metrics.engine = engine
@@ -461,11 +463,31 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
             "bytes": engine.bytes_sent,
             "messages": engine.messages_sent,
             "signatures_verified": verifier.checked if verifier is not None else 0,
+            **({"codec_rejected": dict(sorted(engine.codec_rejected.items()))} if channels else {}),
         },
         protocols=protocols,
         nodes=node_rows,
         faults=faults.log,
     )
+
+
+def _channels(config: SimConfig, trainer: Trainer, byz: frozenset[PeerId]) -> dict[PeerId, Any]:
+    """One compression/privacy channel per node (none when the run asks for neither): issue 18."""
+    settings = config.channel_settings()
+    if not settings.active:
+        return {}
+    from phalanx.gossip.compression.channel import layout_for
+
+    layout = layout_for((p.shape for p in trainer.module.parameters()), int(trainer.initial.numel()))
+    return {
+        str(i): settings.build(
+            trainer.initial,
+            rng=torch.Generator().manual_seed(derive_seed(config.seed, "channel", i)),
+            layout=layout,
+            private=str(i) not in byz,
+        )
+        for i in range(config.nodes)
+    }
 
 
 def _schedules(

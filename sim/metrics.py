@@ -177,7 +177,21 @@ class Metrics:
                 continue
             for key, value in protocol.stats().items():
                 total[key] = total.get(key, 0) + value
+            channel = engine.channels.get(node)
+            if channel is not None:  # compression (issue 18): differences, keyframes, out-of-sync drops
+                for key, value in channel.stats().items():
+                    total["codec_" + key] = total.get("codec_" + key, 0) + value
         return dict(sorted(total.items()))
+
+    def privacy(self, engine: Engine, nodes: Any = None) -> dict[PeerId, tuple[float, float]]:
+        """Each honest node's (epsilon, delta) spent so far, for runs with differential privacy."""
+        out: dict[PeerId, tuple[float, float]] = {}
+        for node in self.honest if nodes is None else nodes:
+            channel = engine.channels.get(node)
+            spent = channel.spent() if channel is not None else None
+            if spent is not None:
+                out[node] = (spent.epsilon, spent.delta)
+        return out
 
     def _emit(self, engine: Engine, r: int, p: _Pending) -> None:
         row: dict[str, Any] = {"round": r}
@@ -230,6 +244,11 @@ class Metrics:
             virtual_time=round(p.at[2], 6),
             wall_time=round(time.perf_counter() - self.start, 3),
         )
+        spent = self.privacy(engine) if engine.channels else {}
+        if spent:  # differential privacy: the worst honest node's epsilon after this round, and delta
+            row.update(
+                dp_epsilon=max(e for e, _ in spent.values()), dp_delta=max(d for _, d in spent.values())
+            )
         if p.models or r == self.rounds - 1:
             row["counters"] = self.counters(engine)
         self.rows.append(row)
@@ -250,6 +269,7 @@ class Metrics:
                 mean.add_(self.last[n][1].double())
             mean.div_(len(live))
         rows: list[dict[str, Any]] = []
+        spent = self.privacy(self.engine) if self.engine is not None and self.engine.channels else {}
         for node in order:
             row: dict[str, Any] = {
                 "node": int(node) if node.isdigit() else node,
@@ -268,5 +288,7 @@ class Metrics:
                 )
             else:
                 row.update(last_round=None, acc=None, loss=None, distance=None)
+            if node in spent:
+                row.update(dp_epsilon=spent[node][0], dp_delta=spent[node][1])
             rows.append(row)
         return rows

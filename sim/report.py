@@ -117,6 +117,12 @@ def summary(result: Result) -> dict[str, Any]:
         "wall_time": round(result.wall_time, 3),
         **result.engine_stats,
         **(plan.features.record() if plan.features is not None else {}),  # --train-only head's frozen part
+        # differential privacy (issue 18): the worst honest node's (epsilon, delta) at the end
+        **(
+            {"dp_epsilon": rows[-1]["dp_epsilon"], "dp_delta": rows[-1]["dp_delta"]}
+            if rows and "dp_epsilon" in rows[-1]
+            else {}
+        ),
     }
 
 
