@@ -31,8 +31,9 @@ from phalanx.node.addresses import addrs_factory, check_announce, watch_neighbou
 from phalanx.node.bans import BanList
 from phalanx.node.config import ConfigError, NodeConfig, neighbours_from_files
 from phalanx.node.datasets import load_dataset
+from phalanx.node.device import resolve_device
 from phalanx.node.identity import load_or_create_key, peer_id_of, signer_of
-from phalanx.node.learner import Learner, TrainConfig, derive_seed
+from phalanx.node.learner import Learner, LearnerError, TrainConfig, derive_seed
 from phalanx.node.metrics import Metrics, serve
 from phalanx.node.partition import shard_of
 from phalanx.node.runtime import NodeRuntime, RuntimeSettings
@@ -145,6 +146,7 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
         neighbour_addrs += neighbours_from_files(config.topology_file, config.address_book, config.index)
     alone = alone_policy(config, neighbour_addrs)
 
+    device = resolve_device(config.device)  # an absent device: one line, before any data loads
     dataset = load_dataset(config.dataset)
     shard = shard_of(dataset.train_y.numpy(), config.nodes, config.index, config.partition, seed=config.seed)
     train = TrainConfig.from_settings(config)
@@ -156,6 +158,7 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
         seed=config.seed,
         index=config.index,
         flipped=config.byzantine == "label-flip",
+        device=device,
     )
     key = load_or_create_key(config.key_path)
     peer_id = peer_id_of(key)
@@ -178,6 +181,11 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
         learner.state.params.copy_(saved.params)
         learner.state.momentum.copy_(saved.momentum)
         learner.state.steps = saved.steps
+        try:  # the buffers --buffers local keeps on the node, and Adam's second moment
+            learner.restore_local_buffers(saved.extra)
+            learner.restore_optimizer_extra(saved.extra)
+        except LearnerError as exc:
+            raise ConfigError(f"checkpoint {checkpoint_path}: {exc} (--fresh starts over)") from None
         # A resumable protocol (D-PSGD) restarts at the checkpoint's round; the others resume the model,
         # optimiser state and counters and count rounds from 0 again.
         start_round = saved.round if registry.get(config.protocol).resumable else 0

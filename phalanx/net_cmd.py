@@ -138,6 +138,9 @@ def sim_config(args: argparse.Namespace) -> Any:
         "batch_size": args.batch_size,
         "sam_rho": args.sam_rho,
         "buffers": args.buffers,
+        "optimizer": args.optimizer,
+        "loss_fn": args.loss_fn,
+        "device": args.device,
         "eval_every": max(1, args.eval_every),
     }
     if args.byzantine:
@@ -172,6 +175,12 @@ def node_args(args: argparse.Namespace) -> list[str]:
         str(args.sam_rho),
         "--buffers",
         args.buffers,
+        "--optimizer",
+        args.optimizer,
+        "--loss-fn",
+        args.loss_fn,
+        "--device",
+        args.device,
         "--seed",
         str(args.seed),
         "--protocol",
@@ -204,6 +213,9 @@ def run_net(args: argparse.Namespace) -> int:
     from phalanx.sim.report import summary_table, write_run
 
     config = sim_config(args)
+    from phalanx.node.device import resolve_device
+
+    resolve_device(config.device)  # an absent device: one line here, not one per node process
     checked = plan(config)  # the same checks as 'phalanx sim': topology, rule vs degree, attack names
     from phalanx.sim.report import check_out_dir
 

@@ -36,6 +36,10 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     _add(group, "batch_size", positive_int)
     _add(group, "sam_rho", non_negative_float)
     _add(group, "buffers")
+    # bring your own optimiser, loss and device (issue 16)
+    _add(group, "optimizer")
+    _add(group, "loss_fn")
+    _add(group, "device")
     _add(group, "seed", int)
 
 

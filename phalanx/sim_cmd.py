@@ -71,6 +71,9 @@ FLAGS: tuple[tuple[str, Any], ...] = (
     ("batch_size", positive_int),
     ("sam_rho", non_negative_float),
     ("buffers", str),
+    ("optimizer", str),  # optimizer, loss_fn, device: issue 16
+    ("loss_fn", str),
+    ("device", str),
     ("step_time", positive_float),
     ("latency", non_negative_float),
     ("bandwidth", positive_float),

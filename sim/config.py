@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from phalanx.gossip import fields as fields_
+from phalanx.node.device import parse_device
 from phalanx.node.train_settings import setting
 
 CRASH_PLACEMENTS = ("random", "hubs", "relays", "data")
@@ -89,6 +90,10 @@ class SimConfig:
     batch_size: int = setting("batch_size")
     sam_rho: float = setting("sam_rho")
     buffers: str = setting("buffers")
+    # bring your own optimiser, loss and device (issue 16)
+    optimizer: str = setting("optimizer")
+    loss_fn: str = setting("loss_fn")
+    device: str = setting("device")
     # virtual network and time
     step_time: float = _f(0.01, "virtual seconds per local step", **_POSITIVE)
     latency: float = _f(0.01, "default link latency (virtual seconds)", **_SECONDS)
@@ -151,6 +156,10 @@ class SimConfig:
                 raise ConfigError(message)
 
         fields_.check_bounds(self, error=ConfigError)
+        try:  # the spelling only; whether this machine has the device is asked when the run starts
+            parse_device(self.device)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         need(self.byzantine_fraction < 1, "byzantine_fraction must leave at least one honest node")
         for key in ("crash_nodes", "byzantine_nodes", "partition_nodes"):
             ids = getattr(self, key)

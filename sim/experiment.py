@@ -9,6 +9,7 @@ returns the metrics rows.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +28,8 @@ from phalanx.gossip.messages import ModelUpdate
 from phalanx.gossip.protocol import Protocol
 from phalanx.gossip.spec import AttackSpec, NodeContext, ProtocolSpec, WorldDefaults
 from phalanx.node.datasets import Dataset, load_dataset
-from phalanx.node.learner import TrainConfig, Trainer, derive_seed
+from phalanx.node.device import resolve_device
+from phalanx.node.learner import TrainConfig, Trainer, build_loss, derive_seed
 from phalanx.node.models import check_model
 from phalanx.node.partition import parse_partition, partition
 from phalanx.sim.churn import ChurnError, Trace
@@ -81,6 +83,10 @@ class Plan:
     protocol: ProtocolSpec
     protocol_config: Any  # what the protocol's spec made of the settings (its ``configure``)
     churn: Trace = field(default_factory=dict)
+    # in-memory objects from the Python API (phalanx.api), used instead of config.model / config.loss_fn
+    # (the config then holds their descriptions): a model factory and a loss callable
+    model: Callable[..., Any] | None = None
+    loss_fn: Callable[..., Any] | None = None
 
     @property
     def honest(self) -> list[int]:
@@ -212,14 +218,23 @@ def check_rule(
             ) from None
 
 
-def plan(config: SimConfig) -> Plan:
-    """Check the config and fix every random choice that does not need training."""
+def plan(
+    config: SimConfig,
+    *,
+    model: Callable[..., Any] | None = None,
+    dataset: Dataset | None = None,
+    loss_fn: Callable[..., Any] | None = None,
+) -> Plan:
+    """Check the config and fix every random choice that does not need training. ``model``, ``dataset``
+    and ``loss_fn``, when given (the Python API's in-memory objects), stand in for the config's specs."""
     spec, protocol_config = protocol_of(config)  # unknown protocols and protocol params refused here
     try:
-        TrainConfig.from_settings(config)  # the local optimiser's settings (and the buffer policy)
+        build_loss(loss_fn or TrainConfig.from_settings(config).loss_fn)  # optimiser settings, buffers, loss
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    check_model(config.model)  # a built-in name or a module:attr factory that resolves
+    resolve_device(config.device)  # a device this machine lacks: one line, before any data loads
+    if model is None:
+        check_model(config.model)  # a built-in name or a module:attr factory that resolves
     attacks = attack_names()
     from phalanx.aggregation import ATTACK_PARAMS
 
@@ -242,7 +257,7 @@ def plan(config: SimConfig) -> Plan:
     if len(byzantine) >= config.nodes:
         raise ConfigError("every node would be Byzantine")
     check_rule(config, graph, byzantine, spec, protocol_config)
-    dataset = load_dataset(config.dataset)
+    dataset = dataset if dataset is not None else load_dataset(config.dataset)
     shards = partition(dataset.train_y.numpy(), config.nodes, config.partition, seed=config.seed)
     crashed = place_crashes(config, graph, byzantine, shards, rng)
     honest = [i for i in range(config.nodes) if i not in byzantine]
@@ -268,6 +283,8 @@ def plan(config: SimConfig) -> Plan:
         protocol=spec,
         protocol_config=protocol_config,
         churn=churn,
+        model=model,
+        loss_fn=loss_fn,
     )
 
 
@@ -345,7 +362,12 @@ def run(
 def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Result:
     config = plan.config
     start = time.perf_counter()
-    trainer = Trainer(config.model, plan.dataset, TrainConfig.from_settings(config), init_seed=config.seed)
+    device = resolve_device(config.device)
+    train_config = TrainConfig.from_settings(config)
+    if plan.loss_fn is not None:  # an in-memory loss (the Python API); the config holds its description
+        train_config = dataclasses.replace(train_config, loss_fn=plan.loss_fn)
+    model = plan.model if plan.model is not None else config.model
+    trainer = Trainer(model, plan.dataset, train_config, init_seed=config.seed, device=device)
     from phalanx.sim.training import SimWorker
 
     byz = frozenset(str(i) for i in plan.byzantine)
@@ -404,6 +426,7 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
     test_x, test_y = plan.dataset.test_x, plan.dataset.test_y
     if config.eval_samples and config.eval_samples < len(test_y):
         test_x, test_y = test_x[: config.eval_samples], test_y[: config.eval_samples]
+    test_x, test_y = test_x.to(device), test_y.to(device)
     metrics = Metrics(
         honest=honest,
         eval_nodes=frozenset(str(i) for i in plan.eval_nodes),
@@ -414,6 +437,7 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
         on_row=progress,
         sampled=spec.report == "sampled",
         eval_cap=config.eval_nodes,
+        evaluate_node=_local_buffers_evaluation(trainer, worker, honest, test_x, test_y),
     )
     network = network_for(plan.graph, config)
     faults = FaultSchedule(
@@ -455,6 +479,26 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
         nodes=node_rows,
         faults=faults.log,
     )
+
+
+def _local_buffers_evaluation(
+    trainer: Trainer, worker: Any, honest: list[PeerId], test_x: torch.Tensor, test_y: torch.Tensor
+) -> Callable[[torch.Tensor, PeerId | None], tuple[float, float]] | None:
+    """Under a buffer policy that keeps buffers local (BatchNorm statistics under ``local``): evaluate each
+    node's model with its own buffers, and the average model with the mean of the honest nodes' buffers.
+    None when nothing is kept local (every buffer travels in the model vector)."""
+    if not trainer.local_dim:
+        return None
+
+    def evaluate(params: torch.Tensor, node: PeerId | None) -> tuple[float, float]:
+        if node is not None:
+            buffers = worker.buffers_of(node)
+        else:
+            kept = [worker.states[n].buffers for n in honest if n in worker.states]
+            buffers = torch.stack(kept).mean(dim=0) if kept else trainer.initial_local
+        return trainer.evaluate(params, test_x, test_y, buffers=buffers)
+
+    return evaluate
 
 
 def _schedules(

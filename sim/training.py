@@ -53,15 +53,17 @@ class SimWorker:
         self.steps_run = 0
         self.num_classes = dataset.num_classes
         self.eval_samples = 200  # the default size of a node's local evaluation set (an Evaluate action's)
-        flipped_y = flip_labels(dataset.train_y, dataset.num_classes) if flipped else dataset.train_y
+        # the training set on the trainer's device, once: every node's batches are gathered there
+        train_x, train_y = dataset.train_x.to(trainer.device), dataset.train_y.to(trainer.device)
+        flipped_y = flip_labels(train_y, dataset.num_classes) if flipped else train_y
         for i, shard in enumerate(shards):
             node = str(i)
             idx = np.asarray(shard, dtype=np.int64)
             sampler = ShardSampler(
                 len(idx), trainer.config.batch_size, derive_seed(seed, "batches", i), shard=idx
             )
-            y = flipped_y if node in flipped else dataset.train_y
-            self.data[node] = (dataset.train_x, y, sampler)
+            y = flipped_y if node in flipped else train_y
+            self.data[node] = (train_x, y, sampler)
 
     def buffers_of(self, node: PeerId) -> torch.Tensor:
         """The buffers ``node`` keeps local (empty unless the buffer policy keeps some local)."""
@@ -76,7 +78,7 @@ class SimWorker:
             # params are replaced by a fresh copy before every training, so the shared initial vector can stand in
             state = self.states[node] = NodeState(
                 params=self.trainer.initial,
-                momentum=torch.zeros(self.trainer.dim),
+                momentum=torch.zeros(self.trainer.dim, device=self.trainer.device),
                 buffers=self.trainer.initial_local.clone(),
             )
         return state
@@ -99,7 +101,7 @@ class SimWorker:
         """``params`` on ``node``'s own samples (the first ``samples`` of its shard, the labels it trains on)."""
         x, y, sampler = self.data[node]
         n = min(samples or self.eval_samples, len(sampler.shard))
-        idx = torch.from_numpy(sampler.shard[:n])
+        idx = torch.from_numpy(sampler.shard[:n]).to(x.device)
         acc, loss, per_class = self.trainer.evaluate_per_class(
             params, x[idx], y[idx], self.num_classes, buffers=self.state(node).buffers
         )
