@@ -6,6 +6,7 @@ and the metrics endpoint. ``phalanx node run`` is a thin shell around :func:`run
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -13,7 +14,7 @@ import signal
 import sys
 from collections.abc import Callable
 from functools import partial
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from phalanx.node import checkpoint as ckpt
 from phalanx.node.addresses import addrs_factory, check_announce, watch_neighbour
 from phalanx.node.bans import BanList
 from phalanx.node.config import ConfigError, NodeConfig, neighbours_from_files
-from phalanx.node.datasets import load_dataset
+from phalanx.node.datasets import Dataset, load_dataset
 from phalanx.node.device import resolve_device
 from phalanx.node.identity import load_or_create_key, peer_id_of, signer_of
 from phalanx.node.learner import Learner, LearnerError, TrainConfig, derive_seed
@@ -135,8 +136,16 @@ def build_protocol(
         raise ConfigError(str(exc)) from None
 
 
-def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
-    """Run the node until its rounds are done (or SIGTERM / SIGINT); returns the exit status."""
+def run_node(
+    config: NodeConfig,
+    *,
+    log: TextIO | None = None,
+    model: Callable[..., Any] | None = None,
+    dataset: Dataset | None = None,
+    loss_fn: Callable[..., Any] | None = None,
+) -> int:
+    """Run the node until its rounds are done (or SIGTERM / SIGINT); returns the exit status. ``model``,
+    ``dataset`` and ``loss_fn`` (the Python API's in-memory objects) stand in for the config's specs."""
     check(config)
     if not os.environ.get("PHALANX_DEBUG"):
         logging.getLogger("libp2p").setLevel(logging.CRITICAL)
@@ -147,13 +156,16 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
     alone = alone_policy(config, neighbour_addrs)
 
     device = resolve_device(config.device)  # an absent device: one line, before any data loads
-    dataset = load_dataset(config.dataset)
+    if dataset is None:
+        dataset = load_dataset(config.dataset)
     shard = shard_of(dataset.train_y.numpy(), config.nodes, config.index, config.partition, seed=config.seed)
     train = TrainConfig.from_settings(config)
+    if loss_fn is not None:
+        train = dataclasses.replace(train, loss_fn=loss_fn)
     learner = Learner(
         dataset=dataset,
         shard=shard,
-        model=config.model,
+        model=model if model is not None else config.model,
         config=train,
         seed=config.seed,
         index=config.index,
