@@ -41,7 +41,7 @@ RULES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("trimmed-mean", {"f": 2}),
     ("median", {}),
     ("krum", {"f": 2}),
-    ("centered-clipping", {}),
+    ("centered-clipping", {"tau": 1.0}),
 )
 
 
