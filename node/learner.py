@@ -264,6 +264,9 @@ class Trainer:
         self.initial = self.flat.clone()
         self.initial_local = self.local.clone()
         self._loss = build_loss(config.loss_fn)
+        # a loss with tensors of its own (class weights) follows the model to its device
+        if isinstance(self._loss, nn.Module):
+            self._loss.to(self.device)
 
     def new_state(self) -> NodeState:
         return NodeState(

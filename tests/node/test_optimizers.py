@@ -144,3 +144,24 @@ def test_bad_optimizer_or_loss_is_one_line_and_exit_2(args, needle, capsys, tmp_
     assert main(["sim", "--dataset", "blobs", *args, "--out", str(tmp_path / "r"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_takes_the_optimizer_and_the_loss(capsys):
+    args = ["train", "--dataset", "blobs", "--optimizer", "adamw", "--loss-fn", "torch.nn:MultiMarginLoss"]
+    assert main([*args, "--lr", "0.01", "--steps", "30", "--eval-every", "30", "--no-progress"]) == 0
+    accuracy = float(capsys.readouterr().out.split("final: test accuracy ")[1].split()[0])
+    assert accuracy > 0.5  # ten blobs: chance is 0.1
+
+
+def test_net_up_passes_the_optimizer_loss_and_device_to_every_node():
+    from phalanx.cli import build_parser
+    from phalanx.net_cmd import node_args, sim_config
+
+    args = build_parser().parse_args(
+        ["net", "up", "--optimizer", "adam", "--loss-fn", "torch.nn:MultiMarginLoss", "--device", "auto"]
+    )
+    argv = node_args(args)
+    for flag, value in (("--optimizer", "adam"), ("--loss-fn", "torch.nn:MultiMarginLoss"), ("--device", "auto")):
+        assert argv[argv.index(flag) + 1] == value
+    config = sim_config(args)  # the run folder's config.toml
+    assert (config.optimizer, config.loss_fn, config.device) == ("adam", "torch.nn:MultiMarginLoss", "auto")
