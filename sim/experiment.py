@@ -333,11 +333,12 @@ def _omniscient_hook(
         own = vector(target)
         if own is None and not vecs:
             return None
-        dim = own.numel() if own is not None else vecs[0].numel()  # the model's, for an empty stack
+        some = own if own is not None else vecs[0]
+        dim, device = some.numel(), some.device  # the model's, for an empty stack
         return HonestView(
             own=own,
-            neighbours=torch.stack(vecs) if vecs else torch.zeros((0, dim)),
-            weights=torch.tensor(ws, dtype=torch.float32),
+            neighbours=torch.stack(vecs) if vecs else torch.zeros((0, dim), device=device),
+            weights=torch.tensor(ws, dtype=torch.float32, device=device),
             byzantine_weight=byz_w,
             byzantine=byz_n,
         )
