@@ -50,7 +50,7 @@ def _finite_mask(rows: Tensor) -> Tensor:
     contiguous sum per row settles the common case; only a non-finite sum (a bad entry, or a finite
     row so large that its sum overflows) pays for the exact check."""
     if bool(torch.isfinite(rows.sum(dim=1)).all()):
-        return torch.ones(rows.shape[0], dtype=torch.bool)
+        return torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device)
     return agg.finite_rows(rows)
 
 
@@ -149,7 +149,7 @@ class Combiner:
             if ordinary:
                 assert self._fn is not None
                 return self._fn(stacked, **self.params)
-            w = torch.tensor([float(weights.get(p, 0.0)) for p in peers], dtype=own.dtype)
+            w = torch.tensor([float(weights.get(p, 0.0)) for p in peers], dtype=own.dtype, device=own.device)
             if self._fn is None:
                 return _weighted_mean(own, rows, w)
             if self._takes_weights:

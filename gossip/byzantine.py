@@ -213,7 +213,7 @@ class Byzantine(Protocol):
         return HonestView(
             own=seen.get(peer, msg.params),
             neighbours=stack,
-            weights=torch.full((k,), 1.0 / (k + 2)),
+            weights=torch.full((k,), 1.0 / (k + 2), device=msg.params.device),
             byzantine_weight=1.0 / (k + 2),
         )
 

@@ -6,6 +6,7 @@ and the metrics endpoint. ``phalanx node run`` is a thin shell around :func:`run
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -13,7 +14,7 @@ import signal
 import sys
 from collections.abc import Callable
 from functools import partial
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -31,9 +32,10 @@ from phalanx.node import checkpoint as ckpt
 from phalanx.node.addresses import addrs_factory, check_announce, watch_neighbour
 from phalanx.node.bans import BanList
 from phalanx.node.config import ConfigError, NodeConfig, neighbours_from_files
-from phalanx.node.datasets import load_dataset
+from phalanx.node.datasets import Dataset, load_dataset
+from phalanx.node.device import resolve_device
 from phalanx.node.identity import load_or_create_key, peer_id_of, signer_of
-from phalanx.node.learner import Learner, TrainConfig, derive_seed
+from phalanx.node.learner import Learner, LearnerError, TrainConfig, derive_seed
 from phalanx.node.metrics import Metrics, serve
 from phalanx.node.runtime import NodeRuntime, RuntimeSettings
 from phalanx.node.transfer import check_features, partition_for
@@ -151,8 +153,16 @@ def build_protocol(
         raise ConfigError(str(exc)) from None
 
 
-def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
-    """Run the node until its rounds are done (or SIGTERM / SIGINT); returns the exit status."""
+def run_node(
+    config: NodeConfig,
+    *,
+    log: TextIO | None = None,
+    model: Callable[..., Any] | None = None,
+    dataset: Dataset | None = None,
+    loss_fn: Callable[..., Any] | None = None,
+) -> int:
+    """Run the node until its rounds are done (or SIGTERM / SIGINT); returns the exit status. ``model``,
+    ``dataset`` and ``loss_fn`` (the Python API's in-memory objects) stand in for the config's specs."""
     check(config)
     if not os.environ.get("PHALANX_DEBUG"):
         logging.getLogger("libp2p").setLevel(logging.CRITICAL)
@@ -162,7 +172,9 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
         neighbour_addrs += neighbours_from_files(config.topology_file, config.address_book, config.index)
     alone = alone_policy(config, neighbour_addrs)
 
-    dataset = load_dataset(config.dataset)
+    device = resolve_device(config.device)  # an absent device: one line, before any data loads
+    if dataset is None:
+        dataset = load_dataset(config.dataset)
     features = check_features(config, dataset)  # --train-only head: the frozen part's samples stay out
     shard = partition_for(
         dataset,
@@ -172,14 +184,17 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
         excluded=features.excluded if features else None,
     )[config.index]
     train = TrainConfig.from_settings(config)
+    if loss_fn is not None:
+        train = dataclasses.replace(train, loss_fn=loss_fn)
     learner = Learner(
         dataset=dataset,
         shard=shard,
-        model=config.model,
+        model=model if model is not None else config.model,
         config=train,
         seed=config.seed,
         index=config.index,
         flipped=config.byzantine == "label-flip",
+        device=device,
     )
     key = load_or_create_key(config.key_path)
     peer_id = peer_id_of(key)
@@ -205,6 +220,11 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
         learner.state.params.copy_(saved.params)
         learner.state.momentum.copy_(saved.momentum)
         learner.state.steps = saved.steps
+        try:  # the buffers --buffers local keeps on the node, and Adam's second moment
+            learner.restore_local_buffers(saved.extra)
+            learner.restore_optimizer_extra(saved.extra)
+        except LearnerError as exc:
+            raise ConfigError(f"checkpoint {checkpoint_path}: {exc} (--fresh starts over)") from None
         # A resumable protocol (D-PSGD) restarts at the checkpoint's round; the others resume the model,
         # optimiser state and counters and count rounds from 0 again.
         start_round = saved.round if registry.get(config.protocol).resumable else 0

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from phalanx.gossip import fields as fields_
+from phalanx.node.device import parse_device
 from phalanx.node.train_settings import setting
 
 ConfigError = fields_.ConfigError  # one class for the node and the simulator (phalanx.gossip.fields)
@@ -80,6 +81,10 @@ class NodeConfig:
     dp_sigma: float = setting("dp_sigma")
     dp_epsilon: float = setting("dp_epsilon")
     dp_delta: float = setting("dp_delta")
+    # bring your own optimiser, loss and device (issue 16)
+    optimizer: str = setting("optimizer")
+    loss_fn: str = setting("loss_fn")
+    device: str = setting("device")
     # protocol
     protocol: str = _f("dpsgd", "the protocol")
     protocol_params: dict[str, Any] = field(
@@ -114,6 +119,10 @@ class NodeConfig:
     def __post_init__(self) -> None:
         fields_.check_bounds(self, error=ConfigError)
         self.channel_settings(calibrate=False)
+        try:  # the spelling only; whether this machine has the device is asked when the run starts
+            parse_device(self.device)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         for key in _LISTS:
             if not all(isinstance(v, str) and v for v in getattr(self, key)):
                 raise ConfigError(f"{key} must be a list of multiaddr strings")

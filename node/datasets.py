@@ -411,20 +411,32 @@ def load_import(spec: str, *, norm: str = "none") -> Dataset:
         data = fn()
     except Exception as exc:  # the user's code: one line here, the traceback with PHALANX_DEBUG=1
         raise DatasetError(f"{spec}: failed: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+    return from_python(data, spec, norm=norm)
+
+
+def from_python(data: Any, name: str, *, norm: str = "none", test: str = "0.2") -> Dataset:
+    """A :class:`Dataset` from Python objects: a Dataset; ``(x_train, y_train, x_test, y_test)`` tensors or
+    arrays; ``(train, test)`` torch ``Dataset`` objects; or one labelled set, ``(x, y)`` or a single torch
+    ``Dataset``, of which a ``test`` fraction is held out by a fixed shuffle."""
     if isinstance(data, Dataset):
         return data
-    if (
+    if isinstance(data, torch.utils.data.Dataset):
+        data = _materialise(data, name)
+    elif (
         isinstance(data, tuple | list)
         and len(data) == 2
         and all(isinstance(d, torch.utils.data.Dataset) for d in data)
     ):
-        data = (*_materialise(data[0], spec), *_materialise(data[1], spec))
+        data = (*_materialise(data[0], name), *_materialise(data[1], name))
+    if isinstance(data, tuple | list) and len(data) == 2:
+        x, y = (np.asarray(d.detach().cpu() if isinstance(d, torch.Tensor) else d) for d in data)
+        data = _split(x, y, test, name)
     if not isinstance(data, tuple | list) or len(data) != 4:
         raise DatasetError(
-            f"{spec}: returned {type(data).__name__}; expected a phalanx Dataset, (x_train, y_train, x_test, y_test) "
-            "or (train Dataset, test Dataset)"
+            f"{name}: got {type(data).__name__}; expected a phalanx Dataset, (x_train, y_train, x_test, y_test), "
+            "(x, y), a torch Dataset or (train Dataset, test Dataset)"
         )
-    return from_arrays(spec, *data, norm=norm)
+    return from_arrays(name, *data, norm=norm)
 
 
 # ---------------------------------------------------------------------------------------------------- blobs, specs

@@ -71,9 +71,45 @@ def parse_buffer_policy(spec: str) -> dict[str, str]:
     return policy
 
 
+OPTIMIZERS = ("sgd", "adam", "adamw")
+ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, and the papers'
+ADAM_EPS = 1e-8
+CROSS_ENTROPY = "cross-entropy"
+
+
+def build_loss(spec: str | Callable[..., Any]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The training loss ``spec`` names: ``cross-entropy``, a ``module:attr`` import path, or a callable.
+
+    A loss is called as ``loss(outputs, labels)`` and returns a scalar tensor (the batch mean). An
+    ``nn.Module`` class (``torch.nn:MultiMarginLoss``) is instantiated with no arguments first.
+    """
+    if isinstance(spec, str):
+        if spec == CROSS_ENTROPY:
+            return nn.CrossEntropyLoss()
+        from phalanx.node.imports import ImportPathError, is_import_path, resolve
+
+        if not is_import_path(spec):
+            raise LearnerError(f"unknown loss {spec!r}; use {CROSS_ENTROPY} or a loss as module:attr")
+        try:
+            obj = resolve(spec)
+        except ImportPathError as exc:
+            raise LearnerError(str(exc)) from exc
+    else:
+        obj = spec
+    if isinstance(obj, type) and issubclass(obj, nn.Module):
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise LearnerError(f"loss {obj.__name__}(): {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+    if not callable(obj):
+        raise LearnerError(f"loss {spec!r} is a {type(obj).__name__}, not a callable")
+    return obj  # type: ignore[no-any-return]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrainConfig:
-    """Local optimiser settings: SGD with momentum and weight decay, optionally SAM with radius ``sam_rho``."""
+    """Local optimiser settings: SGD with momentum, Adam or AdamW, with weight decay, optionally SAM with
+    radius ``sam_rho`` around any of them; the training loss (``loss_fn``)."""
 
     lr: float = setting("lr")  # defaults, bounds and help: phalanx.node.train_settings (shared)
     momentum: float = setting("momentum")
@@ -84,9 +120,15 @@ class TrainConfig:
     # transfer learning (phalanx.node.transfer): which part trains, and the frozen part's weights file
     train_only: str = setting("train_only")
     features: str = setting("features")
+    optimizer: str = setting("optimizer")  # sgd, adam, adamw (Trainer._update)
+    loss_fn: str | Callable[..., Any] = setting("loss_fn")  # noqa: RUF009 (build_loss: a name, module:attr, a callable)
 
     def __post_init__(self) -> None:
         parse_buffer_policy(self.buffers)
+        if self.optimizer not in OPTIMIZERS:
+            raise LearnerError(
+                f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}"
+            )
         if not self.lr > 0:
             raise LearnerError(f"learning rate must be > 0, got {self.lr}")
         if not 0 <= self.momentum < 1:
@@ -115,6 +157,8 @@ class TrainConfig:
             buffers=getattr(settings, "buffers", "average"),
             train_only=getattr(settings, "train_only", "all"),
             features=str(getattr(settings, "features", "") or ""),
+            optimizer=getattr(settings, "optimizer", "sgd"),
+            loss_fn=getattr(settings, "loss_fn", CROSS_ENTROPY),
         )
 
 
@@ -133,6 +177,8 @@ class NodeState:
     steps: int = 0
     # the buffers kept local by the buffer policy, as float32 (empty when none are)
     buffers: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    # Adam's second moment (``momentum`` holds its first); empty until an Adam step creates it
+    second: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
 
 
 @dataclass(slots=True)
@@ -169,11 +215,14 @@ class Trainer:
         config: TrainConfig,
         *,
         init_seed: int = 0,
+        device: torch.device | str = "cpu",
     ) -> None:
         torch.manual_seed(init_seed)
+        self.device = torch.device(device)
+        # built on the CPU (the same initial weights on every device), then moved
         self.module: nn.Module = build_model(
             model, dataset.feature_shape, dataset.num_classes, seed=derive_seed(init_seed, "dropout")
-        )
+        ).to(self.device)
         self.model_name = model if isinstance(model, str) else getattr(model, "__qualname__", "model")
         self.config = config
         # With --train-only head, the vector is the head's alone (its parameters and buffers): the rest of
@@ -208,9 +257,9 @@ class Trainer:
         self.dim = self.num_params + sum(b.numel() for _, b in shared)
         self.local_dim = sum(b.numel() for _, b in kept)
         self.buffer_names = {"average": [n for n, _ in shared], "local": [n for n, _ in kept]}
-        self.flat = torch.zeros(self.dim, dtype=torch.float32)
-        self.grad = torch.zeros(self.num_params, dtype=torch.float32)
-        self.local = torch.zeros(self.local_dim, dtype=torch.float32)
+        self.flat = torch.zeros(self.dim, dtype=torch.float32, device=self.device)
+        self.grad = torch.zeros(self.num_params, dtype=torch.float32, device=self.device)
+        self.local = torch.zeros(self.local_dim, dtype=torch.float32, device=self.device)
         # The parameters without the buffers; the very tensor ``flat`` when there are no buffers to carry.
         self.weights = self.flat if self.dim == self.num_params else self.flat[: self.num_params]
         offset = 0
@@ -236,7 +285,10 @@ class Trainer:
         self.has_buffers = bool(buffers)
         self.initial = self.flat.clone()
         self.initial_local = self.local.clone()
-        self._loss = nn.CrossEntropyLoss()
+        self._loss = build_loss(config.loss_fn)
+        # a loss with tensors of its own (class weights) follows the model to its device
+        if isinstance(self._loss, nn.Module):
+            self._loss.to(self.device)
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         """What to train and evaluate on for samples ``x``: their features under a cached frozen part
@@ -248,7 +300,9 @@ class Trainer:
 
     def new_state(self) -> NodeState:
         return NodeState(
-            params=self.initial.clone(), momentum=torch.zeros(self.dim), buffers=self.initial_local.clone()
+            params=self.initial.clone(),
+            momentum=torch.zeros(self.dim, device=self.device),
+            buffers=self.initial_local.clone(),
         )
 
     def check_vector(self, vector: torch.Tensor) -> None:
@@ -303,14 +357,7 @@ class Trainer:
                 self.flat[self.num_params :].copy_(kept[0])
                 self.local.copy_(kept[1])
                 self._load_casts()
-        g = self.grad
-        if cfg.weight_decay:
-            g = g.add(w, alpha=cfg.weight_decay)
-        if cfg.momentum:
-            m = state.momentum if w is self.flat else state.momentum[: self.num_params]
-            m.mul_(cfg.momentum).add_(g)
-            g = m
-        w.sub_(g, alpha=cfg.lr)
+        self._update(state, w, self.grad)
         if self.has_buffers:
             self._save_casts()
             if self.local_dim:
@@ -318,6 +365,36 @@ class Trainer:
         state.params.copy_(self.flat)
         state.steps += 1
         return loss
+
+    def _update(self, state: NodeState, w: torch.Tensor, g: torch.Tensor) -> None:
+        """Apply gradient ``g`` to weights ``w`` with the configured optimiser; its state lives in ``state``
+        (per node: a simulator keeps one NodeState per node, a real node checkpoints it)."""
+        cfg = self.config
+        n = self.num_params
+        m = state.momentum if w is self.flat else state.momentum[:n]
+        if cfg.optimizer == "sgd":
+            if cfg.weight_decay:
+                g = g.add(w, alpha=cfg.weight_decay)
+            if cfg.momentum:
+                m.mul_(cfg.momentum).add_(g)
+                g = m
+            w.sub_(g, alpha=cfg.lr)
+            return
+        # Adam (Kingma & Ba, 2015) and AdamW (Loshchilov & Hutter, 2019), as torch.optim implements them
+        if state.second.shape != state.momentum.shape:
+            state.second = torch.zeros_like(state.momentum)
+        v = state.second if w is self.flat else state.second[:n]
+        b1, b2 = ADAM_BETAS
+        t = state.steps + 1
+        if cfg.weight_decay:
+            if cfg.optimizer == "adamw":
+                w.mul_(1 - cfg.lr * cfg.weight_decay)
+            else:
+                g = g.add(w, alpha=cfg.weight_decay)
+        m.mul_(b1).add_(g, alpha=1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        denom = v.div(1 - b2**t).sqrt_().add_(ADAM_EPS)
+        w.addcdiv_(m, denom, value=-cfg.lr / (1 - b1**t))
 
     def train(
         self, state: NodeState, x: torch.Tensor, y: torch.Tensor, sampler: BatchSampler, steps: int
@@ -327,9 +404,12 @@ class Trainer:
             return float("nan")
         total = 0.0
         for _ in range(steps):
-            idx = torch.from_numpy(sampler.indices(state.steps))
+            idx = torch.from_numpy(sampler.indices(state.steps)).to(x.device)
             # index_select: the same rows as x[idx], without advanced indexing's overhead (~18 -> 5 us)
-            total += self.step(state, x.index_select(0, idx), y.index_select(0, idx))
+            xb, yb = x.index_select(0, idx), y.index_select(0, idx)
+            if xb.device != self.device:  # data held elsewhere: one batch moves, not the whole set
+                xb, yb = xb.to(self.device), yb.to(self.device)
+            total += self.step(state, xb, yb)
         return total / steps
 
     @torch.no_grad()
@@ -342,16 +422,16 @@ class Trainer:
         batch: int = 2000,
         buffers: torch.Tensor | None = None,
     ) -> tuple[float, float]:
-        """Accuracy in [0, 1] and mean cross-entropy loss of ``params`` on (x, y); ``buffers``: the local
+        """Accuracy in [0, 1] and mean training loss of ``params`` on (x, y); ``buffers``: the local
         buffers to evaluate with (None: those the module holds, the last node's it trained)."""
         self.check_vector(params)
         self.load(params, buffers)
         correct, loss_sum = 0, 0.0
         self._modal.eval()
         for start in range(0, len(x), batch):
-            logits = self._forward(x[start : start + batch])
-            target = y[start : start + batch]
-            loss_sum += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
+            logits = self._forward(x[start : start + batch].to(self.device))
+            target = y[start : start + batch].to(self.device)
+            loss_sum += float(self._loss(logits, target)) * len(target)  # the training loss, a batch mean
             correct += int((logits.argmax(dim=1) == target).sum())
         self._modal.train()
         n = max(1, len(x))
@@ -370,18 +450,19 @@ class Trainer:
         """Accuracy, mean loss, and the accuracy on each class's samples (NaN for a class with none)."""
         self.check_vector(params)
         self.load(params, buffers)
+        x, y = x.to(self.device), y.to(self.device)
         self._modal.eval()
         try:
-            logits = self._forward(x) if len(x) else torch.zeros((0, num_classes))
+            logits = self._forward(x) if len(x) else torch.zeros((0, num_classes), device=self.device)
         finally:
             self._modal.train()
         n = len(x)
         if n == 0:
             return math.nan, math.nan, tuple(math.nan for _ in range(num_classes))
-        loss = float(nn.functional.cross_entropy(logits, y))
+        loss = float(self._loss(logits, y))
         hit = (logits.argmax(dim=1) == y).to(torch.float64)
-        counts = torch.bincount(y, minlength=num_classes).to(torch.float64)
-        correct = torch.bincount(y, weights=hit, minlength=num_classes)
+        counts = torch.bincount(y, minlength=num_classes).to(torch.float64).cpu()
+        correct = torch.bincount(y, weights=hit, minlength=num_classes).cpu()
         per_class = tuple(
             float(c / k) if k > 0 else math.nan for c, k in zip(correct.tolist(), counts.tolist())
         )
@@ -433,14 +514,20 @@ class Learner:
         index: int = 0,
         flipped: bool = False,
         trainer: Trainer | None = None,
+        device: torch.device | str = "cpu",
     ) -> None:
         self.dataset = dataset
-        self.trainer = trainer or Trainer(model, dataset, config or TrainConfig(), init_seed=seed)
+        self.trainer = trainer or Trainer(
+            model, dataset, config or TrainConfig(), init_seed=seed, device=device
+        )
+        dev = self.trainer.device
         idx = torch.from_numpy(np.asarray(shard, dtype=np.int64))
-        self.x = self.trainer.inputs(dataset.train_x[idx])
-        self.test_x = self.trainer.inputs(dataset.test_x)  # the test samples, as features when cached
-        y = dataset.train_y[idx]
+        self.x = self.trainer.inputs(dataset.train_x[idx].to(dev))
+        y = dataset.train_y[idx].to(dev)
         self.y = flip_labels(y, dataset.num_classes) if flipped else y
+        # the test set on the device, once (the same tensors on the CPU)
+        self.test_x = self.trainer.inputs(dataset.test_x.to(dev))  # as features when cached
+        self.test_y = dataset.test_y.to(dev)
         self.state = self.trainer.new_state()
         self.sampler = BatchSampler(
             len(idx), self.trainer.config.batch_size, derive_seed(seed, "batches", index)
@@ -451,8 +538,9 @@ class Learner:
         return self.trainer.dim
 
     def get_vector(self) -> torch.Tensor:
-        """A copy of the model as one flat float32 vector."""
-        return self.state.params.clone()
+        """A copy of the model as one flat float32 vector, on the CPU (where the wire and the protocol
+        of a real node work, whatever the training device)."""
+        return self.state.params.to("cpu", copy=True)
 
     def set_vector(self, vector: torch.Tensor) -> None:
         """Replace the model by ``vector`` (exactly; the momentum buffer is kept)."""
@@ -462,16 +550,23 @@ class Learner:
     def train(self, steps: int) -> float:
         return self.trainer.train(self.state, self.x, self.y, self.sampler, steps)
 
-    def evaluate(self) -> tuple[float, float]:
+    def evaluate(
+        self, params: torch.Tensor | None = None, buffers: torch.Tensor | None = None
+    ) -> tuple[float, float]:
+        """Test accuracy and loss of this node's model (or of ``params``, with ``buffers`` when given, else
+        this node's local buffers)."""
         return self.trainer.evaluate(
-            self.state.params, self.test_x, self.dataset.test_y, buffers=self.state.buffers
+            self.state.params if params is None else params,
+            self.test_x,
+            self.test_y,
+            buffers=self.state.buffers if buffers is None else buffers,
         )
 
     def local_buffers(self) -> dict[str, bytes]:
         """The buffers the policy keeps local, for a checkpoint's ``extra`` (empty when there are none)."""
         if not self.trainer.local_dim:
             return {}
-        return {"local_buffers": self.state.buffers.numpy().astype("<f4").tobytes()}
+        return {"local_buffers": _raw_f32(self.state.buffers)}
 
     def restore_local_buffers(self, extra: dict[str, Any]) -> None:
         """Take back the local buffers a checkpoint's ``extra`` holds (see :meth:`local_buffers`)."""
@@ -480,7 +575,22 @@ class Learner:
             return
         if not isinstance(raw, bytes) or len(raw) != 4 * self.trainer.local_dim:
             raise LearnerError(f"checkpoint holds no local buffers of {self.trainer.local_dim} values")
-        self.state.buffers.copy_(torch.from_numpy(np.frombuffer(raw, dtype="<f4").astype(np.float32)))
+        self.state.buffers.copy_(_from_raw_f32(raw))
+
+    def optimizer_extra(self) -> dict[str, bytes]:
+        """Optimiser state beyond the checkpoint's momentum vector (Adam's second moment), for ``extra``."""
+        if self.state.second.numel() == 0:
+            return {}
+        return {"adam_second": _raw_f32(self.state.second)}
+
+    def restore_optimizer_extra(self, extra: dict[str, Any]) -> None:
+        """Take back :meth:`optimizer_extra`'s state; a checkpoint without it leaves Adam to start afresh."""
+        raw = extra.get("adam_second")
+        if raw is None or self.trainer.config.optimizer == "sgd":
+            return
+        if not isinstance(raw, bytes) or len(raw) != 4 * self.dim:
+            raise LearnerError(f"checkpoint's Adam state is not {self.dim} float32 values")
+        self.state.second = _from_raw_f32(raw).to(self.trainer.device)
 
     def checkpoint_extra(self) -> dict[str, str]:
         """What a checkpoint records of the model beyond its vector: the frozen features' sha256 under
@@ -506,3 +616,11 @@ class Learner:
             params, self.x[:n], self.y[:n], self.dataset.num_classes, buffers=self.state.buffers
         )
         return acc, loss, per_class, n
+
+
+def _raw_f32(vector: torch.Tensor) -> bytes:
+    return vector.detach().cpu().contiguous().numpy().astype("<f4").tobytes()
+
+
+def _from_raw_f32(raw: bytes) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(raw, dtype="<f4").astype(np.float32))

@@ -84,6 +84,18 @@ class RuntimeSettings:
     tensorboard: Path | None = None  # write each round line's scalars there (node/tensorboard.py)
 
 
+@dataclass(slots=True, kw_only=True)
+class RoundSnapshot:
+    """A finished round and the training state that belongs with it, taken before the next round trains."""
+
+    done: RoundCompleted
+    momentum: torch.Tensor
+    steps: int
+    buffers: torch.Tensor  # the local buffers (empty unless the buffer policy keeps some)
+    extra: dict[str, Any]  # checkpoint extras: local buffers, Adam's second moment
+    spent: Any = None  # the privacy spent by the end of the round (issue 18), or None
+
+
 class NodeRuntime:
     def __init__(
         self,
@@ -117,8 +129,8 @@ class NodeRuntime:
         self._timers: dict[str, trio.CancelScope] = {}
         self._learner_lock = trio.Lock()
         # a round to write, or None: the protocol finished (written after the rounds queued before it)
-        self._rounds_out: trio.MemorySendChannel[tuple[RoundCompleted, torch.Tensor, int, Any] | None]
-        self._rounds_in: trio.MemoryReceiveChannel[tuple[RoundCompleted, torch.Tensor, int, Any] | None]
+        self._rounds_out: trio.MemorySendChannel[RoundSnapshot | None]
+        self._rounds_in: trio.MemoryReceiveChannel[RoundSnapshot | None]
         self._rounds_out, self._rounds_in = trio.open_memory_channel(math.inf)
         self._finished = trio.Event()
         self._finish_queued = False
@@ -236,10 +248,19 @@ class NodeRuntime:
                 self._completed = max(self._completed, action.round + 1)
                 # Snapshot the optimiser state now, before the next round's training can start: no training
                 # runs between a round's exchange and its end, so it belongs with action.params.
-                state = self.learner.state
-                # and the privacy spent by the end of this round (issue 18), before later sends add to it
-                spent = self.channel.spent()
-                self._rounds_out.send_nowait((action, state.momentum.clone(), state.steps, spent))
+                learner = self.learner
+                self._rounds_out.send_nowait(
+                    RoundSnapshot(
+                        done=action,
+                        momentum=learner.state.momentum.to("cpu", copy=True),
+                        steps=learner.state.steps,
+                        buffers=learner.state.buffers.clone(),
+                        # local buffers (--buffers local) and Adam's second moment, as checkpoint bytes
+                        extra={**learner.local_buffers(), **learner.optimizer_extra()},
+                        # and the privacy spent by the end of this round (issue 18), before later sends add to it
+                        spent=self.channel.spent(),
+                    )
+                )
             elif isinstance(action, PenalisePeer):
                 self._reject(action.peer, PENALISED, action.reason)
             elif isinstance(action, Evaluate):
@@ -314,12 +335,10 @@ class NodeRuntime:
             if item is None:
                 self._finish()
                 continue
-            done, momentum, steps, spent = item
-            await self._complete_round(done, momentum, steps, spent)
+            await self._complete_round(item)
 
-    async def _complete_round(
-        self, done: RoundCompleted, momentum: torch.Tensor, steps: int, spent: Any = None
-    ) -> None:
+    async def _complete_round(self, snapshot: RoundSnapshot) -> None:
+        done = snapshot.done
         number = done.round + 1
         acc, loss = math.nan, math.nan
         evaluate = self.settings.eval_every and (
@@ -328,10 +347,9 @@ class NodeRuntime:
         async with self._learner_lock:
             learner = self.learner
             if evaluate:
+                # with the node's local buffers of that round (BatchNorm statistics under --buffers local)
                 acc, loss = await trio.to_thread.run_sync(
-                    lambda: learner.trainer.evaluate(
-                        done.params, learner.dataset.test_x, learner.dataset.test_y
-                    )
+                    lambda: learner.evaluate(done.params, snapshot.buffers)
                 )
         self.metrics.round = number
         self.metrics.rounds_completed += 1
@@ -344,14 +362,15 @@ class NodeRuntime:
             state = ckpt.Checkpoint(
                 round=number,
                 params=done.params,
-                momentum=momentum,
-                steps=steps,
+                momentum=snapshot.momentum,
+                steps=snapshot.steps,
                 peer_id=self.transport.peer_id,
                 view=sorted(self.transport.peers()),
                 counters=self.metrics.counters(),
                 bans=self.bans.to_dict(now),
                 extra={
                     "protocol": self.settings.protocol_name,
+                    **snapshot.extra,
                     **self.learner.checkpoint_extra(),
                     **({"channel": self.channel.to_fields()} if self.channel.active else {}),
                 },
@@ -370,8 +389,8 @@ class NodeRuntime:
             rejected=sum(self.metrics.rejected.values()),
             peers=self.metrics.peers,
         )
-        if spent is not None:
-            line.update(dp_epsilon=spent.epsilon, dp_delta=spent.delta)
+        if snapshot.spent is not None:
+            line.update(dp_epsilon=snapshot.spent.epsilon, dp_delta=snapshot.spent.delta)
         self.log("round", **line)
         if self._board is not None:
             self._board.write(line)

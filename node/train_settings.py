@@ -48,7 +48,30 @@ TRAINING: dict[str, tuple[Any, dict[str, Any]]] = {
     ),
     "sam_rho": (
         0.0,
-        {"help": "sharpness-aware minimisation radius (DFedSAM); 0 = plain SGD", "min": 0, "finite": True},
+        {
+            "help": "sharpness-aware minimisation radius (DFedSAM), around any optimizer; 0 = off",
+            "min": 0,
+            "finite": True,
+        },
+    ),
+    # bring your own optimiser, loss and device (issue 16): the API's choices, as settings too
+    "optimizer": (
+        "sgd",
+        {
+            "help": "sgd (with --momentum), adam or adamw (betas 0.9, 0.999; adam adds --weight-decay to "
+            "the gradient, adamw decays the weights)",
+            "choices": ("sgd", "adam", "adamw"),
+        },
+    ),
+    "loss_fn": (
+        "cross-entropy",
+        {
+            "help": "the training loss: cross-entropy, or a loss as module:attr (a function or nn.Module class)"
+        },
+    ),
+    "device": (
+        "cpu",
+        {"help": "where training runs: auto, cpu, cuda, cuda:N or mps (auto: cuda, else mps, else cpu)"},
     ),
     # transfer learning (docs/transfer.md): train, send and aggregate only the model's head
     "train_only": (

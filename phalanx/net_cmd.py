@@ -148,6 +148,9 @@ def sim_config(args: argparse.Namespace) -> Any:
         "buffers": args.buffers,
         "train_only": args.train_only,
         "features": args.features,
+        "optimizer": args.optimizer,
+        "loss_fn": args.loss_fn,
+        "device": args.device,
         "eval_every": max(1, args.eval_every),
         **{key: getattr(args, key) for key in CHANNEL_SETTINGS},
     }
@@ -185,6 +188,12 @@ def node_args(args: argparse.Namespace) -> list[str]:
         args.buffers,
         "--train-only",
         args.train_only,
+        "--optimizer",
+        args.optimizer,
+        "--loss-fn",
+        args.loss_fn,
+        "--device",
+        args.device,
         "--seed",
         str(args.seed),
         "--protocol",
@@ -221,6 +230,9 @@ def run_net(args: argparse.Namespace) -> int:
     from phalanx.sim.report import summary_table, write_run
 
     config = sim_config(args)
+    from phalanx.node.device import resolve_device
+
+    resolve_device(config.device)  # an absent device: one line here, not one per node process
     checked = plan(config)  # the same checks as 'phalanx sim': topology, rule vs degree, attack names
     from phalanx.sim.report import check_out_dir
 

@@ -41,6 +41,10 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "--train-only", choices=("all", "head"), default=default("train_only"), help=help_of("train_only")
     )
     _add(group, "features")
+    # bring your own optimiser, loss and device (issue 16)
+    _add(group, "optimizer")
+    _add(group, "loss_fn")
+    _add(group, "device")
     _add(group, "seed", int)
 
 

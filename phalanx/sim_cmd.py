@@ -73,6 +73,9 @@ FLAGS: tuple[tuple[str, Any], ...] = (
     ("buffers", str),
     ("train_only", str),  # transfer learning (docs/transfer.md)
     ("features", str),
+    ("optimizer", str),  # optimizer, loss_fn, device: issue 16
+    ("loss_fn", str),
+    ("device", str),
     ("step_time", positive_float),
     ("latency", non_negative_float),
     ("bandwidth", positive_float),
@@ -263,17 +266,10 @@ def run_sim(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     from tqdm import tqdm
 
-    from phalanx.sim.experiment import plan, run
-    from phalanx.sim.report import (
-        check_out_dir,
-        numbered,
-        seed_dir,
-        summary_table,
-        write_run,
-        write_seed_dirs,
-    )
+    from phalanx.api import execute, prepare  # the Python API's entry: the command is a layer over it
+    from phalanx.sim.report import check_out_dir, numbered, seed_dir, summary_table, write_seed_dirs
 
-    checked = plan(config)  # every config error surfaces here, before training
+    checked = prepare(config=config)  # every config error surfaces here, before training
     out = args.out or numbered(Path("runs") / config.name)
     check_out_dir(out, overwrite=args.overwrite)
     board = tensorboard_root(args, settings)
@@ -290,7 +286,7 @@ def run_sim(args: argparse.Namespace) -> int:
     if checked.crashed:
         print(f"sim: crashing (node: degree): {crash_list(checked)}", flush=True)
     for seed in seeds or [None]:
-        one = checked if seed is None else plan(config.replace(seed=seed))
+        one = checked if seed is None else prepare(config=config, seed=seed)
         writer = None
         if board is not None:
             from phalanx.node.tensorboard import open_writer
@@ -313,14 +309,19 @@ def run_sim(args: argparse.Namespace) -> int:
                     bar.set_postfix(acc=f"{row['acc_mean']:.3f}")
 
             try:
-                result = run(one, progress=progress)
+                # out was checked above (a seed's folder lies inside it)
+                done = execute(
+                    one,
+                    out=out if seed is None else seed_dir(out, seed),
+                    overwrite=True,
+                    plots=not args.no_plots,
+                    progress=progress,
+                )
             finally:
                 if writer is not None:
                     writer.close()
         if seed is None:
-            info = write_run(result, out, plots=not args.no_plots)
-        else:
-            write_run(result, seed_dir(out, seed), plots=not args.no_plots)
+            info = done.summary
     if seeds:
         info = write_seed_dirs(out, seeds, plots=not args.no_plots)
     print(summary_table([info]))

@@ -36,10 +36,12 @@ def run_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from phalanx.node.datasets import load_dataset
+    from phalanx.node.device import resolve_device
     from phalanx.node.learner import Learner
     from phalanx.node.transfer import check_features, partition_for
 
     config = train_config_from(args)
+    device = resolve_device(args.device)  # an absent device: one line, exit 2, before any data loads
     dataset = load_dataset(args.dataset)
     features = check_features(args, dataset)  # --train-only head: the frozen part's samples stay out
     shards = partition_for(
@@ -56,10 +58,11 @@ def run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         index=args.index,
         flipped=args.flip_labels,
+        device=device,
     )
     print(
         f"train: model {args.model} ({learner.dim:,} parameters), dataset {dataset.name}, "
-        f"{len(shard):,} training samples, {len(dataset.test_y):,} test samples",
+        f"{len(shard):,} training samples, {len(dataset.test_y):,} test samples, on {device}",
         flush=True,
     )
     if features is not None:

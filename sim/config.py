@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from phalanx.gossip import fields as fields_
+from phalanx.node.device import parse_device
 from phalanx.node.train_settings import setting
 
 CRASH_PLACEMENTS = ("random", "hubs", "relays", "data")
@@ -98,6 +99,10 @@ class SimConfig:
     dp_sigma: float = setting("dp_sigma")
     dp_epsilon: float = setting("dp_epsilon")
     dp_delta: float = setting("dp_delta")
+    # bring your own optimiser, loss and device (issue 16)
+    optimizer: str = setting("optimizer")
+    loss_fn: str = setting("loss_fn")
+    device: str = setting("device")
     # virtual network and time
     step_time: float = _f(0.01, "virtual seconds per local step", **_POSITIVE)
     latency: float = _f(0.01, "default link latency (virtual seconds)", **_SECONDS)
@@ -161,6 +166,10 @@ class SimConfig:
 
         fields_.check_bounds(self, error=ConfigError)
         self.channel_settings(calibrate=False)
+        try:  # the spelling only; whether this machine has the device is asked when the run starts
+            parse_device(self.device)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         need(self.byzantine_fraction < 1, "byzantine_fraction must leave at least one honest node")
         for key in ("crash_nodes", "byzantine_nodes", "partition_nodes"):
             ids = getattr(self, key)

@@ -9,6 +9,7 @@ returns the metrics rows.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +28,8 @@ from phalanx.gossip.messages import ModelUpdate
 from phalanx.gossip.protocol import Protocol
 from phalanx.gossip.spec import AttackSpec, NodeContext, ProtocolSpec, WorldDefaults
 from phalanx.node.datasets import Dataset, load_dataset
-from phalanx.node.learner import TrainConfig, Trainer, derive_seed
+from phalanx.node.device import resolve_device
+from phalanx.node.learner import TrainConfig, Trainer, build_loss, derive_seed
 from phalanx.node.models import check_model
 from phalanx.node.partition import parse_partition
 from phalanx.node.transfer import Features, check_features, partition_for
@@ -83,6 +85,10 @@ class Plan:
     protocol_config: Any  # what the protocol's spec made of the settings (its ``configure``)
     churn: Trace = field(default_factory=dict)
     features: Features | None = None  # the frozen part under --train-only head (phalanx.node.transfer)
+    # in-memory objects from the Python API (phalanx.api), used instead of config.model / config.loss_fn
+    # (the config then holds their descriptions): a model factory and a loss callable
+    model: Callable[..., Any] | None = None
+    loss_fn: Callable[..., Any] | None = None
 
     @property
     def honest(self) -> list[int]:
@@ -214,14 +220,23 @@ def check_rule(
             ) from None
 
 
-def plan(config: SimConfig) -> Plan:
-    """Check the config and fix every random choice that does not need training."""
+def plan(
+    config: SimConfig,
+    *,
+    model: Callable[..., Any] | None = None,
+    dataset: Dataset | None = None,
+    loss_fn: Callable[..., Any] | None = None,
+) -> Plan:
+    """Check the config and fix every random choice that does not need training. ``model``, ``dataset``
+    and ``loss_fn``, when given (the Python API's in-memory objects), stand in for the config's specs."""
     spec, protocol_config = protocol_of(config)  # unknown protocols and protocol params refused here
     try:
-        TrainConfig.from_settings(config)  # the local optimiser's settings (and the buffer policy)
+        build_loss(loss_fn or TrainConfig.from_settings(config).loss_fn)  # optimiser settings, buffers, loss
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    check_model(config.model)  # a built-in name or a module:attr factory that resolves
+    resolve_device(config.device)  # a device this machine lacks: one line, before any data loads
+    if model is None:
+        check_model(config.model)  # a built-in name or a module:attr factory that resolves
     attacks = attack_names()
     from phalanx.aggregation import ATTACK_PARAMS
 
@@ -244,7 +259,7 @@ def plan(config: SimConfig) -> Plan:
     if len(byzantine) >= config.nodes:
         raise ConfigError("every node would be Byzantine")
     check_rule(config, graph, byzantine, spec, protocol_config)
-    dataset = load_dataset(config.dataset)
+    dataset = dataset if dataset is not None else load_dataset(config.dataset)
     features = check_features(config, dataset)  # the samples the frozen part was pretrained on stay out
     shards = partition_for(
         dataset,
@@ -278,6 +293,8 @@ def plan(config: SimConfig) -> Plan:
         protocol_config=protocol_config,
         churn=churn,
         features=features,
+        model=model,
+        loss_fn=loss_fn,
     )
 
 
@@ -326,11 +343,12 @@ def _omniscient_hook(
         own = vector(target)
         if own is None and not vecs:
             return None
-        dim = own.numel() if own is not None else vecs[0].numel()  # the model's, for an empty stack
+        some = own if own is not None else vecs[0]
+        dim, device = some.numel(), some.device  # the model's, for an empty stack
         return HonestView(
             own=own,
-            neighbours=torch.stack(vecs) if vecs else torch.zeros((0, dim)),
-            weights=torch.tensor(ws, dtype=torch.float32),
+            neighbours=torch.stack(vecs) if vecs else torch.zeros((0, dim), device=device),
+            weights=torch.tensor(ws, dtype=torch.float32, device=device),
             byzantine_weight=byz_w,
             byzantine=byz_n,
         )
@@ -355,7 +373,12 @@ def run(
 def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Result:
     config = plan.config
     start = time.perf_counter()
-    trainer = Trainer(config.model, plan.dataset, TrainConfig.from_settings(config), init_seed=config.seed)
+    device = resolve_device(config.device)
+    train_config = TrainConfig.from_settings(config)
+    if plan.loss_fn is not None:  # an in-memory loss (the Python API); the config holds its description
+        train_config = dataclasses.replace(train_config, loss_fn=plan.loss_fn)
+    model = plan.model if plan.model is not None else config.model
+    trainer = Trainer(model, plan.dataset, train_config, init_seed=config.seed, device=device)
     from phalanx.sim.training import SimWorker
 
     byz = frozenset(str(i) for i in plan.byzantine)
@@ -415,6 +438,7 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
     test_x, test_y = plan.dataset.test_x, plan.dataset.test_y
     if config.eval_samples and config.eval_samples < len(test_y):
         test_x, test_y = test_x[: config.eval_samples], test_y[: config.eval_samples]
+    test_x, test_y = test_x.to(device), test_y.to(device)
     test_x = trainer.inputs(test_x)  # features, once, under a cached frozen part (--train-only head)
     metrics = Metrics(
         honest=honest,
@@ -426,6 +450,7 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
         on_row=progress,
         sampled=spec.report == "sampled",
         eval_cap=config.eval_nodes,
+        evaluate_node=_local_buffers_evaluation(trainer, worker, honest, test_x, test_y),
     )
     network = network_for(plan.graph, config)
     faults = FaultSchedule(
@@ -488,6 +513,24 @@ def _channels(config: SimConfig, trainer: Trainer, byz: frozenset[PeerId]) -> di
         )
         for i in range(config.nodes)
     }
+def _local_buffers_evaluation(
+    trainer: Trainer, worker: Any, honest: list[PeerId], test_x: torch.Tensor, test_y: torch.Tensor
+) -> Callable[[torch.Tensor, PeerId | None], tuple[float, float]] | None:
+    """Under a buffer policy that keeps buffers local (BatchNorm statistics under ``local``): evaluate each
+    node's model with its own buffers, and the average model with the mean of the honest nodes' buffers.
+    None when nothing is kept local (every buffer travels in the model vector)."""
+    if not trainer.local_dim:
+        return None
+
+    def evaluate(params: torch.Tensor, node: PeerId | None) -> tuple[float, float]:
+        if node is not None:
+            buffers = worker.buffers_of(node)
+        else:
+            kept = [worker.states[n].buffers for n in honest if n in worker.states]
+            buffers = torch.stack(kept).mean(dim=0) if kept else trainer.initial_local
+        return trainer.evaluate(params, test_x, test_y, buffers=buffers)
+
+    return evaluate
 
 
 def _schedules(

@@ -72,12 +72,15 @@ class Metrics:
         on_row: Callable[[dict[str, Any]], None] | None = None,
         sampled: bool = False,
         eval_cap: int = 0,
+        evaluate_node: Callable[[torch.Tensor, PeerId | None], tuple[float, float]] | None = None,
     ) -> None:
         self.honest = frozenset(honest)
         self.eval_nodes = eval_nodes
         self.rounds = rounds
         self.eval_every = eval_every
         self.evaluate = evaluate
+        # when set, it evaluates a node's model with that node's own local buffers (None: the average model)
+        self.evaluate_node = evaluate_node
         self.start = start
         self.on_row = on_row
         self.rows: list[dict[str, Any]] = []
@@ -94,6 +97,11 @@ class Metrics:
         self.completed: dict[PeerId, int] = {}
         self.last: dict[PeerId, tuple[int, torch.Tensor]] = {}
         self._evaluated: dict[PeerId, tuple[int, float, float]] = {}  # node -> (round, acc, loss)
+
+    def _evaluate(self, x: torch.Tensor, node: PeerId | None) -> tuple[float, float]:
+        if self.evaluate_node is not None:
+            return self.evaluate_node(x, node)
+        return self.evaluate(x)
 
     def is_eval_round(self, r: int) -> bool:
         return (r + 1) % self.eval_every == 0 or r == self.rounds - 1 or r == 0
@@ -200,7 +208,7 @@ class Metrics:
         dist2 = max(0.0, p.sq / p.count - float(shift.dot(shift)))
         accs, losses = [], []
         for node in sorted(p.models, key=lambda n: (len(n), n)):
-            acc, loss = self.evaluate(p.models[node])
+            acc, loss = self._evaluate(p.models[node], node)
             self._evaluated[node] = (r, acc, loss)
             accs.append(acc)
             losses.append(loss if math.isfinite(loss) else float("nan"))
@@ -208,7 +216,7 @@ class Metrics:
         if accs:
             assert p.ref is not None
             # the average of the round's honest models: ref + mean deviation (a new tensor; ref is shared)
-            acc_avg, loss_avg = self.evaluate(torch.div(p.total, p.count).add_(p.ref))
+            acc_avg, loss_avg = self._evaluate(torch.div(p.total, p.count).add_(p.ref), None)
             if not math.isfinite(loss_avg):
                 loss_avg = float("nan")
         if accs:
@@ -279,7 +287,7 @@ class Metrics:
             if node in self.last and mean is not None:
                 r, x = self.last[node]
                 seen = self._evaluated.get(node)
-                acc, loss = (seen[1], seen[2]) if seen and seen[0] == r else self.evaluate(x)
+                acc, loss = (seen[1], seen[2]) if seen and seen[0] == r else self._evaluate(x, node)
                 row.update(
                     last_round=r,
                     acc=acc,

@@ -59,17 +59,19 @@ class SimWorker:
         # small (a head's inputs), and gathered once instead of at every Evaluate.
         self._eval_sets: dict[PeerId, tuple[torch.Tensor, torch.Tensor, int]] = {}
         self._keep_eval_sets = trainer.transfer is not None and trainer.transfer.cached
-        flipped_y = flip_labels(dataset.train_y, dataset.num_classes) if flipped else dataset.train_y
+        # the training set on the trainer's device, once: every node's batches are gathered there
+        train_y = dataset.train_y.to(trainer.device)
+        flipped_y = flip_labels(train_y, dataset.num_classes) if flipped else train_y
         # Under --train-only head with a cacheable frozen part, every sample's features are computed once,
         # here, and all nodes train and evaluate heads on them (phalanx.node.transfer).
-        train_x = trainer.inputs(dataset.train_x)
+        train_x = trainer.inputs(dataset.train_x.to(trainer.device))
         for i, shard in enumerate(shards):
             node = str(i)
             idx = np.asarray(shard, dtype=np.int64)
             sampler = ShardSampler(
                 len(idx), trainer.config.batch_size, derive_seed(seed, "batches", i), shard=idx
             )
-            y = flipped_y if node in flipped else dataset.train_y
+            y = flipped_y if node in flipped else train_y
             self.data[node] = (train_x, y, sampler)
 
     def buffers_of(self, node: PeerId) -> torch.Tensor:
@@ -85,7 +87,7 @@ class SimWorker:
             # params are replaced by a fresh copy before every training, so the shared initial vector can stand in
             state = self.states[node] = NodeState(
                 params=self.trainer.initial,
-                momentum=torch.zeros(self.trainer.dim),
+                momentum=torch.zeros(self.trainer.dim, device=self.trainer.device),
                 buffers=self.trainer.initial_local.clone(),
             )
         return state
@@ -129,7 +131,7 @@ class SimWorker:
         kept = self._eval_sets.get(node)
         if kept is not None and kept[2] == n:
             return kept
-        idx = torch.from_numpy(sampler.shard[:n])
+        idx = torch.from_numpy(sampler.shard[:n]).to(x.device)
         xs, ys = x.index_select(0, idx), y.index_select(0, idx)
         if self._keep_eval_sets:
             self._eval_sets[node] = (xs, ys, n)
