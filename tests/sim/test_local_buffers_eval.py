@@ -60,7 +60,9 @@ def test_metrics_ask_for_each_node_by_name_and_for_the_average_without_one():
         evaluate_node=lambda p, node: (asked.append(node), (0.5, 1.0))[1],
         start=0.0,
     )
-    engine = SimpleNamespace(alive=set(nodes), alive_version=0, bytes_sent=0, messages_sent=0, protocols={})
+    engine = SimpleNamespace(
+        alive=set(nodes), alive_version=0, bytes_sent=0, messages_sent=0, protocols={}, channels={}
+    )
     metrics.engine = engine  # type: ignore[assignment]
     for node in nodes:
         metrics.on_round(engine, node, RoundCompleted(round=0, params=torch.ones(3)), 0.0)  # type: ignore[arg-type]
