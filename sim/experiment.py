@@ -475,6 +475,7 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
             "bytes": engine.bytes_sent,
             "messages": engine.messages_sent,
             "signatures_verified": verifier.checked if verifier is not None else 0,
+            "device": str(device),  # what device = "auto" resolved to
         },
         protocols=protocols,
         nodes=node_rows,
