@@ -433,7 +433,7 @@ def from_python(data: Any, name: str, *, norm: str = "none", test: str = "0.2") 
         data = _split(x, y, test, name)
     if not isinstance(data, tuple | list) or len(data) != 4:
         raise DatasetError(
-            f"{name}: got {type(data).__name__}; expected a phalanx Dataset, (x_train, y_train, x_test, y_test), "
+            f"{name}: returned {type(data).__name__}; expected a phalanx Dataset, (x_train, y_train, x_test, y_test), "
             "(x, y), a torch Dataset or (train Dataset, test Dataset)"
         )
     return from_arrays(name, *data, norm=norm)

@@ -489,6 +489,7 @@ def _run(plan: Plan, progress: Callable[[dict[str, Any]], None] | None) -> Resul
             "messages": engine.messages_sent,
             "signatures_verified": verifier.checked if verifier is not None else 0,
             **({"codec_rejected": dict(sorted(engine.codec_rejected.items()))} if channels else {}),
+            "device": str(device),  # what device = "auto" resolved to
         },
         protocols=protocols,
         nodes=node_rows,

@@ -49,6 +49,7 @@ def test_simulate_with_in_memory_model_data_and_loss_writes_what_ran(tmp_path):
     assert written["loss_fn"] == "<python object: torch.nn.modules.loss.CrossEntropyLoss>"
     assert written["optimizer"] == "adamw" and written == result.config
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["acc_mean"] == result.final_accuracy
+    assert result.summary["device"] == "cpu"  # the default; "auto" records what it resolved to here too
 
 
 def test_a_local_factory_is_recorded_by_a_marker_and_nothing_is_written_without_out():
