@@ -298,9 +298,7 @@ class NodeRuntime:
             learner = self.learner
             if evaluate:
                 acc, loss = await trio.to_thread.run_sync(
-                    lambda: learner.trainer.evaluate(
-                        done.params, learner.dataset.test_x, learner.dataset.test_y
-                    )
+                    lambda: learner.trainer.evaluate(done.params, learner.test_x, learner.dataset.test_y)
                 )
         self.metrics.round = number
         self.metrics.rounds_completed += 1
