@@ -42,6 +42,9 @@ def register(sub: Any) -> None:
         "--batch-size", type=positive_int, default=default("batch_size"), help=help_of("batch_size")
     )
     p.add_argument("--seed", type=int, default=default("seed"), help=help_of("seed"))
+    p.add_argument(
+        "--threads", type=positive_int, default=1, help="torch threads (default: 1, as phalanx sim's)"
+    )
     p.add_argument("--out", type=Path, required=True, help="the weights file to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=run_pretrain)
@@ -68,6 +71,9 @@ def run_pretrain(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.out} exists; pass --overwrite to replace it")
     if not args.out.parent.is_dir():
         raise ValueError(f"{args.out.parent} is not a folder")
+    import torch
+
+    torch.set_num_threads(args.threads)
     dataset = load_dataset(args.dataset)
     picked = source_indices(dataset.train_y.numpy(), args.source, seed=args.seed)
     config = TrainConfig(lr=args.lr, momentum=args.momentum, batch_size=args.batch_size)
