@@ -179,6 +179,8 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
         raise ConfigError(
             f"checkpoint {checkpoint_path} belongs to peer {saved.peer_id}, this key is {peer_id}"
         )
+    if saved is not None:
+        learner.check_checkpoint_extra(saved.extra, str(checkpoint_path))  # the same frozen features
     start_round = 0
     metrics = Metrics(peer_id=peer_id)
     if saved is not None:

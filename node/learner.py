@@ -39,7 +39,7 @@ from torch import nn
 from phalanx.node.datasets import Dataset
 from phalanx.node.models import build_model
 from phalanx.node.train_settings import setting
-from phalanx.node.transfer import Transfer
+from phalanx.node.transfer import Transfer, linear_heads_per_class
 
 
 class LearnerError(ValueError):
@@ -185,6 +185,9 @@ class Trainer:
                 self.module, model, features=config.features, input_shape=dataset.feature_shape
             )
             trainable = self.transfer.head
+        # What evaluation switches to eval mode and back: the whole module, or only the head when the rest
+        # is frozen (it never leaves eval mode), which saves a walk over every submodule per evaluation.
+        self._modal: nn.Module = self.module if self.transfer is None else self.transfer.head
         named = list(trainable.named_parameters())
         for name, p in named:
             if p.dtype != torch.float32:
@@ -344,13 +347,13 @@ class Trainer:
         self.check_vector(params)
         self.load(params, buffers)
         correct, loss_sum = 0, 0.0
-        self.module.eval()
+        self._modal.eval()
         for start in range(0, len(x), batch):
             logits = self._forward(x[start : start + batch])
             target = y[start : start + batch]
             loss_sum += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
             correct += int((logits.argmax(dim=1) == target).sum())
-        self.module.train()
+        self._modal.train()
         n = max(1, len(x))
         return correct / n, loss_sum / n
 
@@ -367,11 +370,11 @@ class Trainer:
         """Accuracy, mean loss, and the accuracy on each class's samples (NaN for a class with none)."""
         self.check_vector(params)
         self.load(params, buffers)
-        self.module.eval()
+        self._modal.eval()
         try:
             logits = self._forward(x) if len(x) else torch.zeros((0, num_classes))
         finally:
-            self.module.train()
+            self._modal.train()
         n = len(x)
         if n == 0:
             return math.nan, math.nan, tuple(math.nan for _ in range(num_classes))
@@ -383,6 +386,32 @@ class Trainer:
             float(c / k) if k > 0 else math.nan for c, k in zip(correct.tolist(), counts.tolist())
         )
         return float(hit.mean()), loss, per_class
+
+    @torch.no_grad()
+    def evaluate_per_class_many(
+        self,
+        vectors: list[torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        num_classes: int,
+        *,
+        buffers: torch.Tensor | None = None,
+    ) -> list[tuple[float, float, tuple[float, ...]]]:
+        """:meth:`evaluate_per_class` of each vector: in one batched product for linear heads on cached
+        features (``--train-only head``, phalanx.node.transfer), else one evaluation after the other."""
+        t = self.transfer
+        if (
+            vectors
+            and t is not None
+            and t.feature_shape is not None
+            and tuple(x.shape[1:]) == t.feature_shape
+            and isinstance(t.head, nn.Linear)
+            and self.dim == self.num_params
+        ):
+            for v in vectors:
+                self.check_vector(v)
+            return linear_heads_per_class(torch.stack(vectors), t.head, x, y, num_classes)
+        return [self.evaluate_per_class(v, x, y, num_classes, buffers=buffers) for v in vectors]
 
 
 def flip_labels(y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -452,6 +481,21 @@ class Learner:
         if not isinstance(raw, bytes) or len(raw) != 4 * self.trainer.local_dim:
             raise LearnerError(f"checkpoint holds no local buffers of {self.trainer.local_dim} values")
         self.state.buffers.copy_(torch.from_numpy(np.frombuffer(raw, dtype="<f4").astype(np.float32)))
+
+    def checkpoint_extra(self) -> dict[str, str]:
+        """What a checkpoint records of the model beyond its vector: the frozen features' sha256 under
+        ``--train-only head`` (a head means nothing on other features)."""
+        t = self.trainer.transfer
+        return {"features_sha256": t.sha256} if t is not None else {}
+
+    def check_checkpoint_extra(self, extra: dict[str, Any], where: str) -> None:
+        """Refuse to resume a checkpoint whose head was trained on other frozen features (or none)."""
+        mine, theirs = self.checkpoint_extra().get("features_sha256", ""), extra.get("features_sha256", "")
+        if mine != theirs:
+            raise LearnerError(
+                f"checkpoint {where} was trained on frozen features {theirs or 'none'}, this node loads "
+                f"{mine or 'none'}; start with --fresh or give the same --train-only/--features"
+            )
 
     def evaluate_local(
         self, params: torch.Tensor, samples: int = 0

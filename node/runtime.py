@@ -298,9 +298,7 @@ class NodeRuntime:
             learner = self.learner
             if evaluate:
                 acc, loss = await trio.to_thread.run_sync(
-                    lambda: learner.trainer.evaluate(
-                        done.params, learner.dataset.test_x, learner.dataset.test_y
-                    )
+                    lambda: learner.trainer.evaluate(done.params, learner.test_x, learner.dataset.test_y)
                 )
         self.metrics.round = number
         self.metrics.rounds_completed += 1
@@ -319,7 +317,7 @@ class NodeRuntime:
                 view=sorted(self.transport.peers()),
                 counters=self.metrics.counters(),
                 bans=self.bans.to_dict(now),
-                extra={"protocol": self.settings.protocol_name},
+                extra={"protocol": self.settings.protocol_name, **self.learner.checkpoint_extra()},
             )
             await trio.to_thread.run_sync(ckpt.save, self.settings.checkpoint_path, state)
         line = dict(

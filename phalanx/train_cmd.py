@@ -62,6 +62,12 @@ def run_train(args: argparse.Namespace) -> int:
         f"{len(shard):,} training samples, {len(dataset.test_y):,} test samples",
         flush=True,
     )
+    if features is not None:
+        print(
+            f"train: head {features.head!r} only, frozen features {features.source} sha256 {features.sha256}, "
+            f"{len(features.excluded):,} pretraining samples left out",
+            flush=True,
+        )
     start = time.perf_counter()
     done = 0
     acc, loss = learner.evaluate()

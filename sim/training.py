@@ -55,6 +55,10 @@ class SimWorker:
         self.steps_run = 0
         self.num_classes = dataset.num_classes
         self.eval_samples = 200  # the default size of a node's local evaluation set (an Evaluate action's)
+        # Per node, its local evaluation set as (samples, labels, n), when its rows are cached features:
+        # small (a head's inputs), and gathered once instead of at every Evaluate.
+        self._eval_sets: dict[PeerId, tuple[torch.Tensor, torch.Tensor, int]] = {}
+        self._keep_eval_sets = trainer.transfer is not None and trainer.transfer.cached
         flipped_y = flip_labels(dataset.train_y, dataset.num_classes) if flipped else dataset.train_y
         # Under --train-only head with a cacheable frozen part, every sample's features are computed once,
         # here, and all nodes train and evaluate heads on them (phalanx.node.transfer).
@@ -102,10 +106,31 @@ class SimWorker:
         self, node: PeerId, params: torch.Tensor, samples: int
     ) -> tuple[float, float, tuple[float, ...], int]:
         """``params`` on ``node``'s own samples (the first ``samples`` of its shard, the labels it trains on)."""
-        x, y, sampler = self.data[node]
-        n = min(samples or self.eval_samples, len(sampler.shard))
-        idx = torch.from_numpy(sampler.shard[:n])
+        xs, ys, n = self._eval_set(node, samples)
         acc, loss, per_class = self.trainer.evaluate_per_class(
-            params, x[idx], y[idx], self.num_classes, buffers=self.state(node).buffers
+            params, xs, ys, self.num_classes, buffers=self.state(node).buffers
         )
         return acc, loss, per_class, n
+
+    def evaluate_many(
+        self, node: PeerId, vectors: list[torch.Tensor], samples: int
+    ) -> list[tuple[float, float, tuple[float, ...], int]]:
+        """:meth:`evaluate` of each vector, batched for linear heads on cached features."""
+        xs, ys, n = self._eval_set(node, samples)
+        results = self.trainer.evaluate_per_class_many(
+            vectors, xs, ys, self.num_classes, buffers=self.state(node).buffers
+        )
+        return [(acc, loss, per_class, n) for acc, loss, per_class in results]
+
+    def _eval_set(self, node: PeerId, samples: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``node``'s local evaluation set: the first ``samples`` of its shard (0: the default size)."""
+        x, y, sampler = self.data[node]
+        n = min(samples or self.eval_samples, len(sampler.shard))
+        kept = self._eval_sets.get(node)
+        if kept is not None and kept[2] == n:
+            return kept
+        idx = torch.from_numpy(sampler.shard[:n])
+        xs, ys = x.index_select(0, idx), y.index_select(0, idx)
+        if self._keep_eval_sets:
+            self._eval_sets[node] = (xs, ys, n)
+        return xs, ys, n

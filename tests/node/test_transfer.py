@@ -257,3 +257,31 @@ def test_bad_sources_are_refused():
             source_indices(labels, spec, seed=0)
     with pytest.raises(TransferError, match="every training sample"):
         source_indices(labels, "classes:" + ",".join(map(str, range(10))), seed=0)
+
+
+@given(st.integers(0, 2**31 - 1), st.integers(1, 6), st.integers(0, 40))
+def test_batched_head_evaluation_equals_one_at_a_time(seed, k, n):
+    trainer = Trainer("mlp", BLOBS, head_config())
+    gen = torch.Generator().manual_seed(seed)
+    vectors = [trainer.initial + torch.randn(trainer.dim, generator=gen) for _ in range(k)]
+    x, y = trainer.inputs(BLOBS.test_x[:n]), BLOBS.test_y[:n]
+    batched = trainer.evaluate_per_class_many(vectors, x, y, 10)
+    for v, (acc, loss, per_class) in zip(vectors, batched, strict=True):
+        acc1, loss1, per_class1 = trainer.evaluate_per_class(v, x, y, 10)
+        assert acc == pytest.approx(acc1, nan_ok=True) and loss == pytest.approx(loss1, rel=1e-4, nan_ok=True)
+        assert per_class == pytest.approx(per_class1, nan_ok=True)
+
+
+def test_a_checkpoint_resumes_only_on_the_same_frozen_features(tmp_path):
+    path = tmp_path / "w.phxw"
+    write_weights(path, frozen_state(build_model("mlp", (32,), 10), "3"), {"model": "mlp"})
+    shard = np.arange(100)
+    on_file = Learner(dataset=BLOBS, shard=shard, config=head_config(str(path)))
+    on_random = Learner(dataset=BLOBS, shard=shard, config=head_config())
+    whole = Learner(dataset=BLOBS, shard=shard)
+    saved = on_file.checkpoint_extra()
+    on_file.check_checkpoint_extra(saved, "ckpt")
+    whole.check_checkpoint_extra({}, "ckpt")
+    for other in (on_random, whole):
+        with pytest.raises(ValueError, match="trained on frozen features"):
+            other.check_checkpoint_extra(saved, "ckpt")
