@@ -220,8 +220,9 @@ def weights(
     mine = np.asarray(own_recall, dtype=np.float64)
     classes, k = len(mine), len(recalls)
     familiar = ~np.isnan(mine)
-    theirs = np.nan_to_num(np.asarray(recalls, dtype=np.float64).reshape(k, classes), nan=0.0)
-    judged = np.broadcast_to(familiar, (k, classes)).copy()
+    theirs = np.asarray(recalls, dtype=np.float64).reshape(k, classes)
+    theirs = np.where(np.isnan(theirs), 0.0, theirs)
+    judged = np.repeat(familiar[None, :], k, axis=0)
     n_familiar = int(familiar.sum())
     if 0 < params.peer_classes < n_familiar:  # its best familiar classes (ties: the lower class first)
         key = np.where(familiar, -theirs, np.inf)
@@ -233,7 +234,7 @@ def weights(
     mean = (theirs * judged).sum(axis=1) / safe
     std = np.sqrt((((theirs - mean[:, None]) ** 2) * judged).sum(axis=1) / safe)
     certainty = np.where(count > 0, np.maximum(0.0, mean - params.certainty_std * std), 0.0)
-    own = np.nan_to_num(mine, nan=0.0)
+    own = np.where(familiar, mine, 0.0)
     short = np.maximum(0.0, own - theirs) * judged  # how far below the own recall, where judged
     penalty = params.sequence_penalty * (
         np.cumsum(short, axis=0) - short
@@ -293,15 +294,9 @@ def integrate(
         merged = (own + w @ stack) / (1.0 + float(w.sum()))
         return Integration(params=merged, class_weights=class_weights, peer_weights=peer_weights)
     coef = torch.from_numpy(rows[used].astype(np.float32))  # (k, classes)
-    den = 1.0 + coef.sum(dim=0)  # (classes,)
-    split = layout.classes * layout.inputs
-    merged = torch.empty_like(own)
-    weights_part = stack[:, :split].view(len(used), layout.classes, layout.inputs)
-    merged[:split].view(layout.classes, layout.inputs).copy_(
-        (own[:split].view(layout.classes, layout.inputs) + torch.einsum("kc,kci->ci", coef, weights_part))
-        / den.unsqueeze(1)
-    )
-    merged[split:] = (own[split:] + (coef * stack[:, split:]).sum(dim=0)) / den
+    # each class weight spread over its row's weights and its bias: one coefficient per coordinate
+    full = torch.cat((coef.repeat_interleave(layout.inputs, dim=1), coef), dim=1)  # (k, dim)
+    merged = (own + (full * stack).sum(dim=0)) / (1.0 + full.sum(dim=0))
     return Integration(params=merged, class_weights=class_weights, peer_weights=peer_weights)
 
 
