@@ -22,6 +22,10 @@ Two layers:
 Batches are drawn without replacement within an epoch from a permutation of the shard that depends only
 on (seed, epoch), so the step counter is all the sampler state there is: a checkpointed node resumes
 with the same batches, and the same seed gives the same result.
+
+Under ``train_only = "head"`` (:mod:`phalanx.node.transfer`, docs/transfer.md) the vector is the model's head
+alone and the rest is frozen; :meth:`Trainer.inputs` turns samples into the frozen part's features once, and
+every method takes either.
 """
 
 from __future__ import annotations

@@ -468,19 +468,18 @@ def linear_heads_per_class(
     """Accuracy, mean loss and per-class accuracy of k linear heads at once: ``vectors`` is (k, dim), each
     row a head's flat parameters (weight, then bias, as the learner lays them out), ``x`` features (n, F).
     One batched product instead of k forward passes (what Bristle's integrator needs per round)."""
-    k = vectors.shape[0]
+    k, n = vectors.shape[0], len(y)
     out_f, in_f = head.out_features, head.in_features
-    weights = vectors[:, : out_f * in_f].reshape(k, out_f, in_f)
-    logits = torch.matmul(x, weights.transpose(1, 2))  # (k, n, C)
-    if head.bias is not None:
-        logits = logits + vectors[:, out_f * in_f : out_f * (in_f + 1)].unsqueeze(1)
-    n = len(y)
     if n == 0:
         return [(math.nan, math.nan, tuple(math.nan for _ in range(num_classes)))] * k
-    losses = nn.functional.cross_entropy(logits.reshape(k * n, -1), y.repeat(k), reduction="none").reshape(
-        k, n
-    )
-    hit = (logits.argmax(dim=2) == y).to(torch.float64)  # (k, n)
+    weights = vectors[:, : out_f * in_f].reshape(k * out_f, in_f)
+    # one (n, F) x (F, k*C) product, then (k, n, C)
+    logits = (x @ weights.T).reshape(n, k, out_f).transpose(0, 1)
+    if head.bias is not None:
+        logits = logits + vectors[:, out_f * in_f : out_f * (in_f + 1)].unsqueeze(1)
+    # cross-entropy as logsumexp - picked logit: log_softmax over a (k, n, C) stack is several times slower
+    losses = torch.logsumexp(logits, 2) - logits.gather(2, y.expand(k, n).unsqueeze(2)).squeeze(2)
+    hit = (logits.max(dim=2).indices == y).to(torch.float64)  # (k, n); the first maximum, as argmax
     onehot = nn.functional.one_hot(y, num_classes).to(torch.float64)  # (n, C)
     correct = (hit @ onehot).tolist()
     counts = onehot.sum(0).tolist()

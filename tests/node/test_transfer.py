@@ -93,6 +93,10 @@ def test_training_moves_the_head_and_never_the_frozen_part():
     assert not torch.equal(start, learner.get_vector())
     acc1, _ = learner.evaluate()
     assert acc1 > acc0 and acc1 > 0.5  # random ReLU features of separable blobs: a linear head learns them
+    # the node's own samples, per class (Bristle's Evaluate action), on the head vector and cached features
+    acc, _, per_class, n = learner.evaluate_local(learner.get_vector(), 100)
+    assert n == 100 and len(per_class) == 10 and acc > 0.5
+    assert learner.x.shape == (600, 64)
 
 
 def test_cached_features_give_the_same_model_as_the_whole_forward_pass():
