@@ -246,18 +246,18 @@ def section_cost(args: argparse.Namespace) -> None:
         def step() -> None:
             worker.train("0", 0, heads[0], 1)
 
-        # the three alternated, the fastest of 9 rounds of 20 calls each: on a machine shared with other
+        # the three alternated, the fastest of 40 rounds of 10 calls each: on a machine shared with other
         # work the minimum is the figure least disturbed by it
         times: dict[str, list[float]] = {"batched": [], "step": [], "single": []}
         fns = {"batched": batched, "step": step, "single": single}
         for fn in fns.values():
             fn()
-        for _ in range(9):
+        for _ in range(40):
             for name, fn in fns.items():
                 start = time.perf_counter()
-                for _ in range(20):
+                for _ in range(10):
                     fn()
-                times[name].append((time.perf_counter() - start) / 20 * 1e3)
+                times[name].append((time.perf_counter() - start) / 10 * 1e3)
         best = {name: min(t) for name, t in times.items()}
         print(
             f"| {samples} | {best['batched']:.2f} | {best['step']:.3f} | {best['batched'] / best['step']:.1f}x | "
