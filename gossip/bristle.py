@@ -203,17 +203,66 @@ def certainty_of(recalls: Sequence[float], params: BristleParams) -> float:
     return max(0.0, mean - params.certainty_std * std)
 
 
+def _weight(score: np.ndarray, certainty: np.ndarray, params: BristleParams) -> np.ndarray:
+    """:func:`weight_of` on arrays (``certainty`` broadcast along the last axis)."""
+    x = np.clip(score / params.score_scale, -700.0, 700.0)
+    sigmoid = 0.5 * (1.0 + np.tanh(0.5 * x))
+    return np.maximum(0.0, params.weight_ceiling * sigmoid - params.weight_floor) * certainty
+
+
+def weights(
+    own_recall: Sequence[float], recalls: Sequence[Sequence[float]], params: BristleParams
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The integrator's weights for candidates with per-class ``recalls`` (in prioritiser order), computed on
+    arrays: ``(by_class, foreign, whole)``, i.e. each candidate's weight per class (k, classes) (NaN for a
+    foreign class, 0 for a familiar class it is not judged on), its foreign-class weight (k,), and its
+    whole-vector weight (k,), the mean of its class weights over the classes it is judged on."""
+    mine = np.asarray(own_recall, dtype=np.float64)
+    classes, k = len(mine), len(recalls)
+    familiar = ~np.isnan(mine)
+    theirs = np.asarray(recalls, dtype=np.float64).reshape(k, classes)
+    theirs = np.where(np.isnan(theirs), 0.0, theirs)
+    judged = np.repeat(familiar[None, :], k, axis=0)
+    n_familiar = int(familiar.sum())
+    if 0 < params.peer_classes < n_familiar:  # its best familiar classes (ties: the lower class first)
+        key = np.where(familiar, -theirs, np.inf)
+        best = np.argsort(key, axis=1, kind="stable")[:, : params.peer_classes]
+        judged = np.zeros((k, classes), dtype=bool)
+        np.put_along_axis(judged, best, True, axis=1)
+    count = judged.sum(axis=1)
+    safe = np.maximum(count, 1)
+    mean = (theirs * judged).sum(axis=1) / safe
+    std = np.sqrt((((theirs - mean[:, None]) ** 2) * judged).sum(axis=1) / safe)
+    certainty = np.where(count > 0, np.maximum(0.0, mean - params.certainty_std * std), 0.0)
+    own = np.where(familiar, mine, 0.0)
+    short = np.maximum(0.0, own - theirs) * judged  # how far below the own recall, where judged
+    penalty = params.sequence_penalty * (
+        np.cumsum(short, axis=0) - short
+    )  # the earlier candidates' shortfalls
+    gap = np.abs(theirs - own) * params.diff_scale
+    score = np.where(
+        theirs > own,
+        gap ** (3.0 + own),
+        np.where(theirs < own, -(gap ** (4.0 + own)) * (1.0 + penalty), 0.0),
+    )
+    score = np.where(judged, score, 0.0)
+    per = _weight(np.maximum(-params.score_scale, score), certainty[:, None], params)
+    per = np.where(judged & (theirs >= params.min_recall), per, 0.0)
+    by_class = np.where(familiar, per, np.nan)
+    foreign = _weight(score.sum(axis=1), certainty, params)
+    whole = np.where(count > 0, np.where(judged, per, 0.0).sum(axis=1) / safe, 0.0)
+    return by_class, foreign, whole
+
+
 @dataclass(frozen=True, slots=True)
 class Integration:
     """The integrator's outcome: the new vector and every weight it used (for tests and counters)."""
 
     params: Tensor
-    class_weights: dict[
-        PeerId, tuple[float, ...]
-    ]  # per candidate: its weight for each familiar class (else NaN)
-    peer_weights: dict[
-        PeerId, float
-    ]  # per candidate: its weight for foreign classes and non-head coordinates
+    #: per candidate: its weight for each familiar class (NaN for a foreign class)
+    class_weights: dict[PeerId, tuple[float, ...]]
+    #: per candidate: its weight for the foreign classes (per-class merge) or the whole vector (whole merge)
+    peer_weights: dict[PeerId, float]
 
 
 def integrate(
@@ -228,45 +277,14 @@ def integrate(
     class when ``per_class`` (the vector is one output layer), else one weight per candidate for the whole
     vector (see the module docstring). ``own_recall[c]`` is NaN for a class the node holds no sample of."""
     classes = len(own_recall)
-    familiar = [c for c in range(classes) if not math.isnan(own_recall[c])]
     layout = HeadLayout.of(own.numel(), classes) if per_class else None
-    penalty = [0.0] * classes
-    class_weights: dict[PeerId, tuple[float, ...]] = {}
-    peer_weights: dict[PeerId, float] = {}
-    rows: list[list[float]] = []  # per candidate: its weight for each class (foreign: its overall weight)
-    for peer, _, recall in candidates:
-        theirs = [0.0 if math.isnan(recall[c]) else float(recall[c]) for c in range(classes)]
-        judged = familiar
-        if 0 < params.peer_classes < len(familiar):  # its best classes (ties: lower class first)
-            judged = sorted(sorted(familiar, key=lambda c: -theirs[c])[: params.peer_classes])
-        certainty = certainty_of([theirs[c] for c in judged], params)
-        by_class = [0.0 if c in familiar else math.nan for c in range(classes)]
-        total = 0.0
-        for c in judged:
-            mine = float(own_recall[c])
-            gap = abs(theirs[c] - mine) * params.diff_scale
-            if theirs[c] > mine:
-                score = gap ** (3.0 + mine)
-            elif theirs[c] < mine:
-                score = -(gap ** (4.0 + mine)) * (1.0 + penalty[c])
-            else:
-                score = 0.0
-            total += score
-            bounded = max(-params.score_scale, score)
-            by_class[c] = 0.0 if theirs[c] < params.min_recall else weight_of(bounded, certainty, params)
-        for c in judged:  # later candidates pay for this one's shortfall on a class
-            penalty[c] += params.sequence_penalty * max(0.0, float(own_recall[c]) - theirs[c])
-        foreign = weight_of(total, certainty, params)
-        class_weights[peer] = tuple(by_class)
-        if layout is None:  # the whole vector: the mean of its class weights (see the module docstring)
-            peer_weights[peer] = sum(by_class[c] for c in judged) / len(judged) if judged else 0.0
-        else:
-            peer_weights[peer] = foreign
-        rows.append([foreign if math.isnan(w) else w for w in by_class])
+    by_class, foreign, whole = weights(own_recall, [r for _, _, r in candidates], params)
+    class_weights = {peer: tuple(by_class[i].tolist()) for i, (peer, _, _) in enumerate(candidates)}
+    chosen = foreign if layout is not None else whole
+    peer_weights = {peer: float(chosen[i]) for i, (peer, _, _) in enumerate(candidates)}
+    rows = np.where(np.isnan(by_class), foreign[:, None], by_class) if len(candidates) else by_class
     used = [
-        i
-        for i, r in enumerate(rows)
-        if (any(r) if layout is not None else peer_weights[candidates[i][0]] > 0)
+        i for i in range(len(candidates)) if (bool(rows[i].any()) if layout is not None else whole[i] > 0)
     ]
     if not used:
         return Integration(params=own.clone(), class_weights=class_weights, peer_weights=peer_weights)
@@ -275,16 +293,10 @@ def integrate(
         w = torch.tensor([peer_weights[candidates[i][0]] for i in used], dtype=torch.float32)
         merged = (own + w @ stack) / (1.0 + float(w.sum()))
         return Integration(params=merged, class_weights=class_weights, peer_weights=peer_weights)
-    coef = torch.tensor([rows[i] for i in used], dtype=torch.float32)  # (k, classes)
-    den = 1.0 + coef.sum(dim=0)  # (classes,)
-    split = layout.classes * layout.inputs
-    merged = torch.empty_like(own)
-    weights_part = stack[:, :split].view(len(used), layout.classes, layout.inputs)
-    merged[:split].view(layout.classes, layout.inputs).copy_(
-        (own[:split].view(layout.classes, layout.inputs) + torch.einsum("kc,kci->ci", coef, weights_part))
-        / den.unsqueeze(1)
-    )
-    merged[split:] = (own[split:] + (coef * stack[:, split:]).sum(dim=0)) / den
+    coef = torch.from_numpy(rows[used].astype(np.float32))  # (k, classes)
+    # each class weight spread over its row's weights and its bias: one coefficient per coordinate
+    full = torch.cat((coef.repeat_interleave(layout.inputs, dim=1), coef), dim=1)  # (k, dim)
+    merged = (own + (full * stack).sum(dim=0)) / (1.0 + full.sum(dim=0))
     return Integration(params=merged, class_weights=class_weights, peer_weights=peer_weights)
 
 

@@ -18,7 +18,8 @@ come back:
 - ``SetTimer``/``CancelTimer`` -> timers keyed by (node, name), a newer one replacing the older;
 - ``RoundCompleted`` -> observers are told (metrics, fault schedules);
 - ``Evaluate`` -> the worker evaluates the model on the node's own samples, and ``EvaluationDone`` follows
-  at the same virtual instant (after the events already due then);
+  at the same virtual instant (after the events already due then); a node's consecutive ``Evaluate``
+  actions are evaluated together, through the worker's ``evaluate_many`` when it has one;
 - ``PenalisePeer`` -> counted.
 
 Compression and privacy (issue 18, ``docs/compression.md``): with ``channels`` (one
@@ -266,15 +267,8 @@ class Engine:
                 self._train_due(time, seq, node, payload)
                 continue
             elif kind == _EVALUATE:
-                acc, loss, per_class, n = self.worker.evaluate(node, payload.params, payload.samples)
-                event = EvaluationDone(
-                    tag=payload.tag,
-                    round=payload.round,
-                    accuracy=acc,
-                    loss=loss,
-                    per_class=per_class,
-                    samples=n,
-                )
+                self._evaluate(node, payload)
+                continue
             else:  # _TRAINED_READY: trained before a stop(), handled now
                 event = payload
             self._dispatch(node, event)
@@ -301,6 +295,24 @@ class Engine:
                 return
             if who in self.alive:
                 self._dispatch(who, event)
+
+    def _evaluate(self, node: PeerId, batch: list[Evaluate]) -> None:
+        """Evaluate ``batch`` on ``node``'s samples (together when the worker can) and answer each in order."""
+        many = getattr(self.worker, "evaluate_many", None)
+        if many is not None and len(batch) > 1:
+            results = many(node, [a.params for a in batch], batch[0].samples)
+        else:
+            results = [self.worker.evaluate(node, a.params, a.samples) for a in batch]
+        for action, (acc, loss, per_class, n) in zip(batch, results, strict=True):
+            if node not in self.alive:
+                return
+            done = EvaluationDone(
+                tag=action.tag, round=action.round, accuracy=acc, loss=loss, per_class=per_class, samples=n
+            )
+            if self._stopped:  # answered, handled when the run resumes (as trainings are)
+                self._push(self.now, _TRAINED_READY, node, done)
+                continue
+            self._dispatch(node, done)
 
     def _dispatch(self, node: PeerId, event: Event) -> None:
         self.events_handled += 1
@@ -344,7 +356,13 @@ class Engine:
             elif isinstance(action, PenalisePeer):
                 self.penalties += 1
             elif isinstance(action, Evaluate):
-                self._push(now, _EVALUATE, node, action)
+                # A node's consecutive Evaluate actions (Bristle's candidates of a round) go to the worker
+                # together: one batched product for linear heads on cached features (evaluate_many).
+                batch = [action]
+                while i < n and isinstance(nxt := actions[i], Evaluate) and nxt.samples == action.samples:
+                    batch.append(nxt)
+                    i += 1
+                self._push(now, _EVALUATE, node, batch)
 
     def _decompress(self, sender: PeerId, peer: PeerId, message: Compressed) -> Message | None:
         """The model message ``peer``'s channel rebuilds from ``message``; None (counted) if it refuses."""

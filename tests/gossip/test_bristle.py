@@ -17,9 +17,12 @@ from phalanx.gossip.bristle import (
     Bristle,
     BristleParams,
     HeadLayout,
+    certainty_of,
     integrate,
     prioritise,
     rejection_gap,
+    weight_of,
+    weights,
 )
 from phalanx.gossip.events import (
     Evaluate,
@@ -332,3 +335,61 @@ class BristleMachine(RuleBasedStateMachine):
 
 TestBristleMachine = BristleMachine.TestCase
 TestBristleMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+# ---------------------------------------------------------------- the array integrator against a plain loop
+
+
+def reference_weights(own_recall, recalls, params: BristleParams):
+    """The integrator's weights written as loops over candidates and classes (docs/bristle.md, step 3)."""
+    classes = len(own_recall)
+    familiar = [c for c in range(classes) if not math.isnan(own_recall[c])]
+    penalty = [0.0] * classes
+    by_class, foreign, whole = [], [], []
+    for recall in recalls:
+        theirs = [0.0 if math.isnan(r) else r for r in recall]
+        judged = familiar
+        if 0 < params.peer_classes < len(familiar):
+            judged = sorted(sorted(familiar, key=lambda c: -theirs[c])[: params.peer_classes])
+        certainty = certainty_of([theirs[c] for c in judged], params)
+        row = [0.0 if c in familiar else math.nan for c in range(classes)]
+        total = 0.0
+        for c in judged:
+            mine = own_recall[c]
+            gap = abs(theirs[c] - mine) * params.diff_scale
+            if theirs[c] > mine:
+                score = gap ** (3.0 + mine)
+            elif theirs[c] < mine:
+                score = -(gap ** (4.0 + mine)) * (1.0 + penalty[c])
+            else:
+                score = 0.0
+            total += score
+            if theirs[c] >= params.min_recall:
+                row[c] = weight_of(max(-params.score_scale, score), certainty, params)
+        for c in judged:
+            penalty[c] += params.sequence_penalty * max(0.0, own_recall[c] - theirs[c])
+        by_class.append(row)
+        foreign.append(weight_of(total, certainty, params))
+        whole.append(sum(row[c] for c in judged) / len(judged) if judged else 0.0)
+    return by_class, foreign, whole
+
+
+maybe_nan = st.one_of(recall, st.just(math.nan))
+
+
+@settings(max_examples=150)
+@given(
+    own=st.lists(maybe_nan, min_size=4, max_size=4),
+    theirs=st.lists(st.lists(maybe_nan, min_size=4, max_size=4), min_size=0, max_size=5),
+    peer_classes=st.integers(0, 5),
+    min_recall=st.sampled_from((0.0, 0.3)),
+)
+def test_the_array_integrator_equals_the_loop(own, theirs, peer_classes, min_recall):
+    params = BristleParams(peer_classes=peer_classes, min_recall=min_recall)
+    by_class, foreign, whole = weights(own, theirs, params)
+    ref_class, ref_foreign, ref_whole = reference_weights(own, theirs, params)
+    np.testing.assert_allclose(
+        by_class.reshape(len(theirs), 4), np.array(ref_class).reshape(len(theirs), 4), rtol=1e-9, atol=1e-12
+    )
+    np.testing.assert_allclose(foreign, ref_foreign, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(whole, ref_whole, rtol=1e-9, atol=1e-12)
