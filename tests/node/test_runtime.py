@@ -115,7 +115,8 @@ async def test_stale_replayed_and_invalid_messages_are_dropped_and_counted() -> 
             await peer.send("me", encode(ModelUpdate(round=10**4, params=vector)))  # accepted (far ahead)
             await peer.send("me", encode(ModelUpdate(round=10**4, params=vector)))  # replay
             await peer.send("me", b"\x92\x01")  # not a map
-            await peer.send_raw("me", frame(encode(ModelUpdate(round=9, params=torch.zeros(3)))))
+            # far ahead too (a round the node could reach under load would make it "stale" first)
+            await peer.send_raw("me", frame(encode(ModelUpdate(round=10**4 + 1, params=torch.zeros(3)))))
             await log.until("rejected", 4)
             nursery.cancel_scope.cancel()
     assert metrics.rejected == {"stale": 1, "replay": 1, "malformed": 1, "wrong-dimension": 1}
