@@ -81,6 +81,7 @@ class RuntimeSettings:
     eval_samples: int = 200  # local samples an Evaluate action uses when it names no number
     sampled: bool = False  # only a sample reports each round: finish on Protocol.finished, never by counting
     tensorboard: Path | None = None  # write each round line's scalars there (node/tensorboard.py)
+    join: bool = False  # a node joining a running network: resume() right after start() (MoDeST's join)
 
 
 class NodeRuntime:
@@ -97,8 +98,12 @@ class NodeRuntime:
         start_round: int = 0,
         log: TextIO | None = None,
         clock: Callable[[], float] = trio.current_time,
+        between_rounds: Callable[[int], list[Action]] | None = None,
     ) -> None:
         self.protocol = protocol
+        # called after each RoundCompleted with the rounds completed so far; its actions are carried out
+        # (a joined node's new neighbours or members: node/app.py)
+        self.between_rounds = between_rounds
         self.transport = transport
         self.learner = learner
         self.limits = limits
@@ -154,6 +159,8 @@ class NodeRuntime:
                 self._finish()
             else:
                 self._apply(self.protocol.start(self.clock()))
+                if self.settings.join:
+                    self._apply(self.protocol.resume(self.clock()))
             await self._finished.wait()
             # keep answering during the linger: the protocol still gets every event
             await trio.sleep(self.settings.linger)
@@ -191,6 +198,7 @@ class NodeRuntime:
     def _apply(self, actions: list[Action]) -> None:
         assert self._nursery is not None
         encoded: dict[int, bytes] = {}  # one encoding per message object, however many peers get it
+        round_done = False
         for action in actions:
             if isinstance(action, Send):
                 body = encoded.get(id(action.message))
@@ -208,6 +216,7 @@ class NodeRuntime:
                 self._cancel_timer(action.name)
             elif isinstance(action, RoundCompleted):
                 self._completed = max(self._completed, action.round + 1)
+                round_done = True
                 # Snapshot the optimiser state now, before the next round's training can start: no training
                 # runs between a round's exchange and its end, so it belongs with action.params.
                 state = self.learner.state
@@ -216,6 +225,8 @@ class NodeRuntime:
                 self._reject(action.peer, PENALISED, action.reason)
             elif isinstance(action, Evaluate):
                 self._nursery.start_soon(self._evaluate, action)
+        if round_done and self.between_rounds is not None:
+            self._apply(self.between_rounds(self._completed))
         if not self._finish_queued and self.protocol.finished:
             self._finish_queued = True
             self._rounds_out.send_nowait(None)  # finish once the rounds reported so far are written
