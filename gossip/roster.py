@@ -60,6 +60,7 @@ class Offer:
     round: int
     view: ViewDelta
     addrs: tuple[tuple[str, ...], ...] = ()
+    neighbour: bool = False  # the sender chose the receiver as a neighbour (D-PSGD overlay)
 
     def __post_init__(self) -> None:
         if self.addrs and len(self.addrs) != len(self.view):
@@ -69,6 +70,8 @@ class Offer:
 def encode_offer(offer: Offer) -> bytes:
     fields: dict[str, Any] = {"r": offer.round, **offer.view.to_fields()}
     fields[ADDRS] = [list(a) for a in offer.addrs] if offer.addrs else [[] for _ in offer.view.ids]
+    if offer.neighbour:
+        fields["nb"] = True
     return pack(OFFER_TYPE, fields)
 
 
@@ -90,7 +93,10 @@ def decode_offer(body: bytes | bytearray | memoryview, limits: Limits) -> Offer:
         if not all(type(a) is str and 0 < len(a) <= MAX_STR and a.startswith("/") for a in hints):
             raise WireError("bad-field", "addresses must be multiaddr strings")
         addrs.append(tuple(hints))
-    return Offer(read_int(fields, "r", hi=limits.max_round), view, tuple(addrs))
+    neighbour = fields.get("nb", False)
+    if type(neighbour) is not bool:
+        raise WireError("bad-field", "'nb' must be a boolean")
+    return Offer(read_int(fields, "r", hi=limits.max_round), view, tuple(addrs), neighbour)
 
 
 class Roster:
@@ -116,6 +122,7 @@ class Roster:
         self._self_said: set[PeerId] = {me}  # peers whose hints came from themselves
         self.round = 0
         self.refused = 0  # records refused (signature, claim, admission, full roster)
+        self.asked: dict[PeerId, None] = {}  # members that chose this node as a neighbour, not yet taken
 
     # ------------------------------------------------------------------ queries
 
@@ -148,7 +155,9 @@ class Roster:
 
     # ------------------------------------------------------------------ exchange
 
-    def offer(self, *, limit: int | None = None, rng: np.random.Generator | None = None) -> Offer:
+    def offer(
+        self, *, limit: int | None = None, rng: np.random.Generator | None = None, neighbour: bool = False
+    ) -> Offer:
         """Every signed record this node holds (its own first), up to ``limit`` (random ones beyond it)."""
         delta = self.view.delta()
         items = list(zip(delta.ids, delta.active, delta.counters, delta.sigs, strict=True))
@@ -159,12 +168,13 @@ class Roster:
             picks = (rng or np.random.default_rng()).choice(len(rest), size=cap - 1, replace=False)
             items = [items[0], *(rest[int(i)] for i in sorted(picks))]
         if not items:
-            return Offer(self.round, ViewDelta())
+            return Offer(self.round, ViewDelta(), neighbour=neighbour)
         ids, active, counters, sigs = zip(*items, strict=True)
         return Offer(
             self.round,
             ViewDelta(ids, active, counters, sigs),
             tuple(self.addrs.get(p, ()) for p in ids),
+            neighbour,
         )
 
     def receive(self, sender: PeerId, offer: Offer) -> list[PeerId]:
@@ -191,7 +201,15 @@ class Roster:
                     self._self_said.add(peer)
             if not was and self.view.is_member(peer):
                 joined.append(peer)
+        if offer.neighbour and self.is_member(sender) and len(self.asked) < self.max_members:
+            self.asked[sender] = None
         return joined
+
+    def take_asked(self) -> list[PeerId]:
+        """The members that chose this node as a neighbour since the last call (still members)."""
+        asked = [p for p in self.asked if self.is_member(p)]
+        self.asked.clear()
+        return asked
 
     def _admit(self, introducer: PeerId) -> Any:
         def admit(peer: PeerId) -> bool:

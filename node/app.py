@@ -409,7 +409,7 @@ async def introduce(service: MemberService, peers: tuple[str, ...]) -> None:
         for peer in peers:
             if peer not in service.introduced:
                 service.introduced.add(peer)
-                nursery.start_soon(service.exchange, peer)
+                nursery.start_soon(partial(service.exchange, peer, neighbour=True))
 
 
 def between_rounds(
@@ -440,7 +440,9 @@ def between_rounds(
         if overlay is None:
             return target.set_peers(members, trio.current_time())
         current = protocol.neighbours_at(completed)  # type: ignore[attr-defined]
-        chosen = overlay.next(current, members, transport.peers())
+        asked = [p for p in roster.take_asked() if p not in current]  # members that chose this node
+        room = max(0, 3 * config.degree - len(current))
+        chosen = overlay.next((*current, *asked[:room]), members, transport.peers())
         if chosen == tuple(current):
             return []
         fresh = tuple(p for p in chosen if p not in current and p not in service.introduced)

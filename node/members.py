@@ -111,8 +111,8 @@ class MemberService:
             self.reject(peer, exc.reason, str(exc))
             return None
 
-    async def _write_offer(self, stream: Any) -> None:
-        body = encode_offer(self.roster.offer(rng=self.rng))
+    async def _write_offer(self, stream: Any, *, neighbour: bool = False) -> None:
+        body = encode_offer(self.roster.offer(rng=self.rng, neighbour=neighbour))
         await stream.write(FRAME_HEADER.pack(len(body)))
         await stream.write(body)
 
@@ -161,8 +161,9 @@ class MemberService:
                 ok = False
         await _quietly(stream.close() if ok else stream.reset())
 
-    async def exchange(self, peer: str) -> bool:
-        """Swap offers with ``peer`` (its address must be in the peerstore); whether it completed."""
+    async def exchange(self, peer: str, *, neighbour: bool = False) -> bool:
+        """Swap offers with ``peer`` (its address must be in the peerstore); whether it completed.
+        ``neighbour``: tell it that this node chose it as a neighbour (it takes this node in)."""
         from libp2p.custom_types import TProtocol
         from libp2p.peer.id import ID
 
@@ -172,7 +173,7 @@ class MemberService:
         with trio.move_on_after(self.timeout):
             try:
                 stream = await self.host.new_stream(ID.from_base58(peer), [TProtocol(MEMBERS_PROTOCOL)])
-                await self._write_offer(stream)
+                await self._write_offer(stream, neighbour=neighbour)
                 offer = await self._read_offer(stream, peer)
                 if offer is not None:
                     self._merge(peer, offer)
