@@ -101,3 +101,40 @@ async def test_el_local_learns_members_from_one_address(tmp_path: Path) -> None:
         # the joiners knew only the seed's address; each learned the other through signed records
         members = [e for e in joiners[0].events if e.get("event") == "members"]
         assert members and members[0]["count"] >= 1
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+async def test_modest_joiner_with_one_address_is_sampled(tmp_path: Path) -> None:
+    """Three MoDeST nodes started from fixed lists; a fourth knows only node 0's address: it learns the
+    members' records and addresses through the exchange, joins MoDeST's view through its signed Join, and
+    is sampled as a trainer (reports rounds) while the network keeps going."""
+    from phalanx.node.identity import load_or_create_key, peer_id_of
+
+    modest = ["--protocol", "modest", "--protocol-param", "s=2", "--rounds", "0"]
+    addrs = []
+    for i in range(3):
+        (tmp_path / f"m{i}").mkdir()
+        key = load_or_create_key(tmp_path / f"m{i}" / "node.key")
+        addrs.append(f"/ip4/127.0.0.1/tcp/{_free_port()}/p2p/{peer_id_of(key)}")
+    async with processes() as procs:
+        nodes = []
+        for i in range(3):
+            others = [a for j, a in enumerate(addrs) if j != i]
+            listen = addrs[i].split("/p2p/")[0]
+            args = [*modest, "--listen", listen, *(f for a in others for f in ("--neighbour", a))]
+            nodes.append(await start(procs, tmp_path, f"m{i}", *args))
+        await nodes[0].next_event("round", timeout=60, round=5)
+        joiner = await start(procs, tmp_path, "joiner", *modest, "--bootstrap", addrs[0])
+        first = await joiner.next_event("round", timeout=60)
+        assert first["round"] >= 5  # it joined the running network's round, not round 0
+        await nodes[1].next_event("round", timeout=30, round=first["round"] + 3)
+        for proc in procs:
+            assert not penalised(proc), penalised(proc)
