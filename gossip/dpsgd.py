@@ -168,6 +168,8 @@ class DPSGD(Protocol):
         # a changing overlay (see the module docstring): who may become a neighbour by sending a model
         self.inbound: Callable[[PeerId], bool] | None = None
         self.max_degree = 0  # 0: no bound on neighbours taken in through ``inbound``
+        self._latest: dict[PeerId, int] = {}  # newest round each neighbour sent (changing overlay only)
+        self._probation: set[PeerId] = set()  # new neighbours not caught up yet (changing overlay only)
 
     # ------------------------------------------------------------------ helpers
 
@@ -217,7 +219,16 @@ class DPSGD(Protocol):
         only with peers known to be down must each neighbour be looked at."""
         if len(box) >= len(neighbours):
             return True
+        if self.inbound is not None:  # a changing overlay: see _excused
+            return all(p in box or self._excused(p) for p in neighbours)
         return bool(self._down) and all(p in box or p in self._down for p in neighbours)
+
+    def _excused(self, peer: PeerId) -> bool:
+        """On a changing overlay, a neighbour the exchange need not wait for: down, already past this round
+        (it sent a later one: this round's model will never come), or new and not caught up yet (it sent no
+        model of this round or later since it became a neighbour). Without this a node that joins behind
+        the network would hold up each of its neighbours for a round timeout, round after round."""
+        return peer in self._down or peer in self._probation or self._latest.get(peer, -1) > self.round
 
     def _finish_exchange(self, now: float, *, timed_out: bool) -> list[Action]:
         key = (self.round, self.step)
@@ -249,6 +260,9 @@ class DPSGD(Protocol):
             raise LocalProtocolError("a node on a time-varying schedule cannot change its neighbours")
         new = tuple(sorted(set(peers)))
         added = [p for p in new if p not in self._static]
+        if self.inbound is not None:
+            self._probation.update(added)
+            self._probation &= set(new)
         self._static = uniform_weights(new)
         self._static_peers = new
         for box in self._inbox.values():  # a removed neighbour's models no longer count
@@ -313,6 +327,10 @@ class DPSGD(Protocol):
             taken = inbound
         # Every message of every neighbour comes through here: plain int comparisons, no tuples.
         round_, step, current, phase = message.round, message.step, self.round, self.phase
+        if self.inbound is not None and peer in self._static:
+            taken = [*taken, *self._caught_up(peer, round_, now)]
+            if self.round != current:  # that finished the exchange: the message meets the new round
+                return [*taken, *self.on_message(peer, message, now)]
         if (
             round_ < current
             or (round_ == current and phase == "gossip" and step < self.step)
@@ -345,6 +363,17 @@ class DPSGD(Protocol):
         if phase == "gossip" and round_ == current and step == self.step and self._box_complete(box, weights):
             return [*taken, *self._finish_exchange(now, timed_out=False)]
         return taken
+
+    def _caught_up(self, peer: PeerId, round_: int, now: float) -> list[Action]:
+        """Note a neighbour's round (changing overlay); finish the exchange if that excuses the last one."""
+        if round_ <= self._latest.get(peer, -1):
+            return []
+        self._latest[peer] = round_
+        if round_ >= self.round:
+            self._probation.discard(peer)
+        if self.phase == "gossip" and round_ > self.round and self._complete():
+            return self._finish_exchange(now, timed_out=False)
+        return []
 
     def _resync(self, peer: PeerId, round_: int, params: torch.Tensor, now: float) -> list[Action]:
         """A neighbour is far ahead; with a majority of the neighbours there, jump to the lowest of their

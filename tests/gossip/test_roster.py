@@ -138,3 +138,40 @@ def test_overlay_replaces_a_neighbour_that_died_and_keeps_inbound_ones() -> None
     after = overlay.next(two, members, connected=("a",))
     assert "b" not in after and "a" in after and len(after) == 2
     assert overlay.replaced >= 2
+
+
+def test_dpsgd_on_a_changing_overlay_is_not_held_up_by_a_joiner_behind_it() -> None:
+    """A node takes in a member that sends it a (late) model; the newcomer does not hold its exchanges up
+    until it has caught up, then counts like any neighbour; a neighbour already past the round is excused."""
+    import torch
+
+    from phalanx.gossip.dpsgd import DPSGD, DPSGDConfig
+    from phalanx.gossip.events import RoundCompleted, Send, TrainingDone
+    from phalanx.gossip.messages import ModelUpdate
+
+    node = DPSGD(DPSGDConfig(neighbours=("a",), round_timeout=5.0), torch.zeros(2))
+    node.inbound = lambda peer: peer in {"a", "j"}
+    node.start(0.0)
+    v = torch.ones(2)
+    for r in range(3):  # rounds 0..2 with neighbour a
+        node.on_training_done(TrainingDone(round=r, params=v), 0.0)
+        out = node.on_message("a", ModelUpdate(round=r, params=v), 0.0)
+        assert any(isinstance(x, RoundCompleted) for x in out)
+    # j joins behind (its round 0): taken in, on probation
+    node.on_message("j", ModelUpdate(round=0, params=v), 0.0)
+    assert "j" in node.neighbours_at(3)
+    sent = node.on_training_done(TrainingDone(round=3, params=v), 0.0)
+    assert {x.peer for x in sent if isinstance(x, Send)} == {"a", "j"}
+    out = node.on_message("a", ModelUpdate(round=3, params=v), 0.0)
+    assert any(isinstance(x, RoundCompleted) for x in out)  # j did not hold round 3 up
+    # j caught up: from now on the exchange waits for it
+    node.on_message("j", ModelUpdate(round=4, params=v), 0.0)
+    node.on_training_done(TrainingDone(round=4, params=v), 0.0)
+    out = node.on_message("a", ModelUpdate(round=4, params=v), 0.0)
+    assert any(isinstance(x, RoundCompleted) and x.received == 2 for x in out)
+    # a neighbour that is already past the round excuses itself: j sends round 6 while this node is in 5
+    node.on_training_done(TrainingDone(round=5, params=v), 0.0)
+    node.on_message("a", ModelUpdate(round=5, params=v), 0.0)
+    out = node.on_message("j", ModelUpdate(round=6, params=v), 0.0)
+    assert any(isinstance(x, RoundCompleted) and x.round == 5 for x in out)
+    assert node.round == 6 and node.pending() == 1  # j's round-6 model waits for round 6
