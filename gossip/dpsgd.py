@@ -225,10 +225,15 @@ class DPSGD(Protocol):
 
     def _excused(self, peer: PeerId) -> bool:
         """On a changing overlay, a neighbour the exchange need not wait for: down, already past this round
-        (it sent a later one: this round's model will never come), or new and not caught up yet (it sent no
-        model of this round or later since it became a neighbour). Without this a node that joins behind
+        (it sent a later one: this round's model will never come), more than ``max_ahead`` rounds behind (it
+        will resynchronise, not send this round), or new and not caught up yet (it sent no model of this
+        round or later since it became a neighbour). Without this a node that joins behind
         the network would hold up each of its neighbours for a round timeout, round after round."""
-        return peer in self._down or peer in self._probation or self._latest.get(peer, -1) > self.round
+        if peer in self._down or peer in self._probation:
+            return True
+        latest = self._latest.get(peer)
+        # past this round, or so far behind that it will resynchronise rather than send this round's model
+        return latest is not None and (latest > self.round or latest < self.round - self.config.max_ahead)
 
     def _finish_exchange(self, now: float, *, timed_out: bool) -> list[Action]:
         key = (self.round, self.step)

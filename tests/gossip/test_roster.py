@@ -175,3 +175,27 @@ def test_dpsgd_on_a_changing_overlay_is_not_held_up_by_a_joiner_behind_it() -> N
     out = node.on_message("j", ModelUpdate(round=6, params=v), 0.0)
     assert any(isinstance(x, RoundCompleted) and x.round == 5 for x in out)
     assert node.round == 6 and node.pending() == 1  # j's round-6 model waits for round 6
+
+
+def test_dpsgd_on_a_changing_overlay_does_not_wait_for_a_neighbour_far_behind() -> None:
+    import torch
+
+    from phalanx.gossip.dpsgd import DPSGD, DPSGDConfig
+    from phalanx.gossip.events import RoundCompleted, TrainingDone
+    from phalanx.gossip.messages import ModelUpdate
+
+    node = DPSGD(DPSGDConfig(neighbours=("a", "b"), round_timeout=5.0, max_ahead=2), torch.zeros(2))
+    node.inbound = lambda peer: False
+    node.start(0.0)
+    v = torch.ones(2)
+    node.on_training_done(TrainingDone(round=0, params=v), 0.0)
+    node.on_message("b", ModelUpdate(round=0, params=v), 0.0)
+    node.on_message("a", ModelUpdate(round=0, params=v), 0.0)
+    for r in range(1, 5):  # b went silent after round 0; a keeps up
+        node.on_training_done(TrainingDone(round=r, params=v), 0.0)
+        out = node.on_message("a", ModelUpdate(round=r, params=v), 0.0)
+        done = any(isinstance(x, RoundCompleted) for x in out)
+        # b is waited for while within max_ahead rounds behind (round 1 and 2), not beyond
+        assert done == (r > 2), r
+        if not done:
+            node.on_timer(node.timer_name, 5.0)
