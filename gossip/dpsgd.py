@@ -390,7 +390,11 @@ class DPSGD(Protocol):
         horizon = self.round + self.config.max_ahead
         for stale in [p for p, (r, _) in self._far.items() if p not in neighbours or r <= horizon]:
             del self._far[stale]  # no longer a neighbour, or no longer far ahead: never a step back
-        if 2 * len(self._far) <= len(neighbours):
+        voters = len(neighbours)
+        if self.inbound is not None:
+            # a changing overlay: neighbours never heard from (not started, or gone) do not vote
+            voters = sum(1 for p in neighbours if p in self._latest and p not in self._down)
+        if 2 * len(self._far) <= voters:
             return []
         target = min(r for r, _ in self._far.values())
         actions: list[Action] = [CancelTimer(name=self.timer_name)] if self.phase == "gossip" else []
