@@ -219,21 +219,24 @@ class DPSGD(Protocol):
         only with peers known to be down must each neighbour be looked at."""
         if len(box) >= len(neighbours):
             return True
-        if self.inbound is not None:  # a changing overlay: see _excused
-            return all(p in box or self._excused(p) for p in neighbours)
+        if self.inbound is not None:  # a changing overlay: see _excused (at least one model, or the timer)
+            return bool(box) and all(p in box or self._excused(p) for p in neighbours)
         return bool(self._down) and all(p in box or p in self._down for p in neighbours)
 
     def _excused(self, peer: PeerId) -> bool:
         """On a changing overlay, a neighbour the exchange need not wait for: down, already past this round
         (it sent a later one: this round's model will never come), more than ``max_ahead`` rounds behind (it
-        will resynchronise, not send this round), or new and not caught up yet (it sent no model of this
-        round or later since it became a neighbour). Without this a node that joins behind
+        will resynchronise, not send this round), never heard from (not started yet), or new and not caught
+        up yet (it sent no model of this round or later since it became a neighbour). The exchange still
+        needs one model (or its timer): with every neighbour excused a node would otherwise run alone. Without this a node that joins behind
         the network would hold up each of its neighbours for a round timeout, round after round."""
         if peer in self._down or peer in self._probation:
             return True
         latest = self._latest.get(peer)
+        if latest is None:
+            return True  # never heard from: not started yet, or gone (the overlay replaces it)
         # past this round, or so far behind that it will resynchronise rather than send this round's model
-        return latest is not None and (latest > self.round or latest < self.round - self.config.max_ahead)
+        return latest > self.round or latest < self.round - self.config.max_ahead
 
     def _finish_exchange(self, now: float, *, timed_out: bool) -> list[Action]:
         key = (self.round, self.step)
