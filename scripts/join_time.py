@@ -141,6 +141,8 @@ async def main_async(args: argparse.Namespace, bed: NetBed, workdir: Path) -> in
             async with trio.open_nursery() as nursery:
                 for node in state[:-1]:
                     await nursery.start(run, node)
+                    if node.index == 0:  # the bootstrap node is up (its first log line) before the others
+                        await until(lambda: bool(state[0].events))
                 first = state[:-1]
                 if args.protocol == "dpsgd":
                     await until(lambda: all(nd.mixed() for nd in first))
