@@ -47,13 +47,12 @@ def rows(folder: Path) -> list[dict[str, Any]]:
 
 
 def bytes_to(target: float, metrics: list[dict[str, Any]]) -> tuple[int | None, int | None]:
-    """(round, cumulative bytes) when the mean accuracy first reached ``target``."""
-    total = 0
+    """(round, bytes sent so far: the rows' ``bytes`` are cumulative) when the mean accuracy first reached
+    ``target``."""
     for row in metrics:
-        total += row.get("bytes") or 0
         acc = row.get("acc_mean")
         if acc is not None and acc >= target:
-            return row["round"], total
+            return row["round"], row.get("bytes") or 0
     return None, None
 
 
@@ -82,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"\n{name}: {args.nodes} nodes, {args.rounds} rounds, {args.dataset}/{args.model}, seed {args.seed}"
         )
-        print(f"{'round':>5}  {'real acc':>8}  {'sim acc':>8}  {'diff':>6}  {'real kB':>8}  {'sim kB':>8}")
+        print(
+            f"{'round':>5}  {'real acc':>8}  {'sim acc':>8}  {'diff':>6}  {'real kB (cumulative)':>20}  {'sim kB':>8}"
+        )
         gap = 0.0
         for k in sorted(set(r_rows) & set(s_rows)):
             ra, sa = r_rows[k].get("acc_mean"), s_rows[k].get("acc_mean")
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{k:>5}  {'-' if ra is None else f'{ra:.4f}':>8}  {'-' if sa is None else f'{sa:.4f}':>8}  "
                 f"{'-' if diff is None else f'{diff * 100:+.2f}':>6}  "
-                f"{(r_rows[k].get('bytes') or 0) / 1e3:>8.1f}  {(s_rows[k].get('bytes') or 0) / 1e3:>8.1f}"
+                f"{(r_rows[k].get('bytes') or 0) / 1e3:>20.1f}  {(s_rows[k].get('bytes') or 0) / 1e3:>8.1f}"
             )
         rr, rb = bytes_to(args.target, rows(real))
         sr, sb = bytes_to(args.target, rows(sim))
