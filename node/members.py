@@ -22,6 +22,7 @@ record format serves every protocol, and the exchange costs one round trip of a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -199,6 +200,8 @@ class MemberService:
                 if await self.exchange(peer):
                     break
             else:
+                for peer in bootstrap:
+                    self._forget_failed_dial(peer)
                 await trio.sleep(min(self.interval, 1.0))
         seeds = tuple(dict.fromkeys((*known, *bootstrap)))
         first = True
@@ -213,6 +216,17 @@ class MemberService:
             pool = tuple(dict.fromkeys((*self.roster.members(), *seeds)))
             for i in self.rng.permutation(len(pool))[:fanout]:
                 await self.exchange(pool[int(i)])
+
+    def _forget_failed_dial(self, peer: str) -> None:
+        """py-libp2p 0.8.1 refuses to dial a peer for 60 s once all its addresses failed (the swarm's
+        negative peer cache): a joiner started a moment before its bootstrap node would wait a minute.
+        The bootstrap peers are retried every second instead (a private attribute: skipped if it moved)."""
+        from libp2p.peer.id import ID
+
+        cache = getattr(self.host.get_network(), "_negative_peer_cache", None)
+        if cache is not None:
+            with contextlib.suppress(Exception):
+                cache.evict(str(ID.from_base58(peer)))
 
     async def wait_first(self) -> None:
         """Until the first exchange (either side) completed."""

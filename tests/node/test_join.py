@@ -138,3 +138,26 @@ async def test_modest_joiner_with_one_address_is_sampled(tmp_path: Path) -> None
         await nodes[1].next_event("round", timeout=30, round=first["round"] + 3)
         for proc in procs:
             assert not penalised(proc), penalised(proc)
+
+
+@pytest.mark.slow
+async def test_a_joiner_started_before_its_bootstrap_node_does_not_wait_out_libp2ps_dial_backoff(
+    tmp_path: Path,
+) -> None:
+    """py-libp2p refuses to dial a peer for 60 s once every address of it failed; the membership exchange
+    forgets the failed dials of its bootstrap peers, so a joiner started first gets in as soon as the
+    bootstrap node listens (well inside those 60 s)."""
+    from phalanx.node.identity import load_or_create_key, peer_id_of
+
+    (tmp_path / "seed").mkdir()
+    peer = peer_id_of(load_or_create_key(tmp_path / "seed" / "node.key"))
+    address = f"/ip4/127.0.0.1/tcp/{_free_port()}/p2p/{peer}"
+    async with processes() as procs:
+        joiner = await start(procs, tmp_path, "joiner", "--degree", "1", "--bootstrap", address)
+        await joiner.next_event("waiting", timeout=60)
+        await trio.sleep(3)  # its first dials of the bootstrap node fail: nothing listens there yet
+        listen = address.split("/p2p/")[0]
+        await start(procs, tmp_path, "seed", "--degree", "1", "--alone", "wait", "--listen", listen)
+        members = await joiner.next_event("members", timeout=40)
+        assert members["count"] == 1
+        await mixing_round(joiner, timeout=30)
