@@ -24,13 +24,21 @@ alone never moves it). A message for an exchange that is already over is dropped
 a second message from the same peer for the same exchange is dropped (the first one counts). Messages
 from peers that are not neighbours in that round are dropped and reported with ``PenalisePeer``.
 
+**A changing overlay** (a node that joined through a bootstrap peer, ``--degree K``). The runner may hand
+the node new neighbours between rounds with :meth:`DPSGD.set_peers` (uniform weights ``1 / (deg + 1)``; a
+neighbour added during an exchange gets the node's current model at once, one removed stops counting), and
+may set ``inbound``, a predicate on peers (the runner's verified members): a model from a peer that is not
+a neighbour but passes it makes that peer a neighbour (up to ``max_degree``), so the graph of who picked
+whom becomes an undirected one; a model from a peer that does not pass it is dropped and counted as a
+stranger's, without a penalty (its signed record may still be on its way). A static ``schedule`` cannot change this way.
+
 The protocol never modifies a tensor it received or handed out, so a runner may share them (one message
 object sent to many neighbours, no copies).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -157,6 +165,11 @@ class DPSGD(Protocol):
         self._static_peers = tuple(self._static)
         self._timer: tuple[int, int, str] = (-1, -1, "")  # (round, step, name) of the last timer_name
         self._far: dict[PeerId, tuple[int, torch.Tensor]] = {}  # neighbours' models beyond max_ahead
+        # a changing overlay (see the module docstring): who may become a neighbour by sending a model
+        self.inbound: Callable[[PeerId], bool] | None = None
+        self.max_degree = 0  # 0: no bound on neighbours taken in through ``inbound``
+        self._latest: dict[PeerId, int] = {}  # newest round each neighbour sent (changing overlay only)
+        self._probation: set[PeerId] = set()  # new neighbours not caught up yet (changing overlay only)
 
     # ------------------------------------------------------------------ helpers
 
@@ -206,7 +219,24 @@ class DPSGD(Protocol):
         only with peers known to be down must each neighbour be looked at."""
         if len(box) >= len(neighbours):
             return True
+        if self.inbound is not None:  # a changing overlay: see _excused (at least one model, or the timer)
+            return bool(box) and all(p in box or self._excused(p) for p in neighbours)
         return bool(self._down) and all(p in box or p in self._down for p in neighbours)
+
+    def _excused(self, peer: PeerId) -> bool:
+        """On a changing overlay, a neighbour the exchange need not wait for: down, already past this round
+        (it sent a later one: this round's model will never come), more than ``max_ahead`` rounds behind (it
+        will resynchronise, not send this round), never heard from (not started yet), or new and not caught
+        up yet (it sent no model of this round or later since it became a neighbour). The exchange still
+        needs one model (or its timer): with every neighbour excused a node would otherwise run alone. Without this a node that joins behind
+        the network would hold up each of its neighbours for a round timeout, round after round."""
+        if peer in self._down or peer in self._probation:
+            return True
+        latest = self._latest.get(peer)
+        if latest is None:
+            return True  # never heard from: not started yet, or gone (the overlay replaces it)
+        # past this round, or so far behind that it will resynchronise rather than send this round's model
+        return latest > self.round or latest < self.round - self.config.max_ahead
 
     def _finish_exchange(self, now: float, *, timed_out: bool) -> list[Action]:
         key = (self.round, self.step)
@@ -231,6 +261,37 @@ class DPSGD(Protocol):
                 del self._inbox[old]
         actions.extend(self._begin_training())
         return actions
+
+    def set_peers(self, peers: Sequence[PeerId], now: float) -> list[Action]:
+        """Use ``peers`` as the neighbours from now on, with uniform weights (see the module docstring)."""
+        if self.config.schedule is not None:
+            raise LocalProtocolError("a node on a time-varying schedule cannot change its neighbours")
+        new = tuple(sorted(set(peers)))
+        added = [p for p in new if p not in self._static]
+        if self.inbound is not None:
+            self._probation.update(added)
+            self._probation &= set(new)
+        self._static = uniform_weights(new)
+        self._static_peers = new
+        for box in self._inbox.values():  # a removed neighbour's models no longer count
+            for gone in [p for p in box if p not in self._static]:
+                del box[gone]
+        self._far = {p: v for p, v in self._far.items() if p in self._static}
+        if self.phase != "gossip":
+            return []
+        message = ModelUpdate(round=self.round, step=self.step, params=self.params)
+        actions: list[Action] = [Send(peer=p, message=message) for p in added]
+        if self._complete():
+            actions.extend(self._finish_exchange(now, timed_out=False))
+        return actions
+
+    def _take_inbound(self, peer: PeerId, now: float) -> list[Action] | None:
+        """A model from a non-neighbour: the actions of making it a neighbour, or None when it may not be."""
+        if self.inbound is None or self.config.schedule is not None or not self.inbound(peer):
+            return None
+        if self.max_degree and len(self._static) >= self.max_degree:
+            return None
+        return self.set_peers((*self._static_peers, peer), now)
 
     # ------------------------------------------------------------------ events
 
@@ -261,38 +322,64 @@ class DPSGD(Protocol):
             self._inbox = {(message.round, 0): {peer: message.params}}
             self.counters.received += 1
             return self._begin_training()
+        # A model from a member that is not a neighbour yet makes it one (a changing overlay), even when the
+        # model itself is late: a node that just joined sends round 0 to peers far ahead, which must answer.
+        taken: list[Action] = []
+        if self.inbound is not None and peer not in self._static:
+            inbound = self._take_inbound(peer, now)
+            if inbound is None:
+                # not (yet) a verified member, or this node is full: dropped and counted, not a strike (its
+                # signed record may still be on its way through the membership exchange)
+                self.counters.strangers += 1
+                return []
+            taken = inbound
         # Every message of every neighbour comes through here: plain int comparisons, no tuples.
         round_, step, current, phase = message.round, message.step, self.round, self.phase
+        if self.inbound is not None and peer in self._static:
+            taken = [*taken, *self._caught_up(peer, round_, now)]
+            if self.round != current:  # that finished the exchange: the message meets the new round
+                return [*taken, *self.on_message(peer, message, now)]
         if (
             round_ < current
             or (round_ == current and phase == "gossip" and step < self.step)
             or phase == "done"
         ):
             self.counters.late += 1  # for an exchange that is over
-            return []
+            return taken
         config = self.config
         if round_ > current + config.max_ahead or step >= config.gossip_steps:
             self.counters.too_early += 1
             if step == 0 and round_ > current + config.max_ahead:
-                return self._resync(peer, round_, message.params, now)
-            return []
+                return [*taken, *self._resync(peer, round_, message.params, now)]
+            return taken
         weights = self._static if config.schedule is None else self.weights_at(round_)
         if peer not in weights:
             self.counters.strangers += 1
             return [PenalisePeer(peer=peer, reason="model from a peer that is not a neighbour in that round")]
         params = message.params
         if params.numel() != self._dim:  # both are 1-D (ModelUpdate checks its own)
-            return [PenalisePeer(peer=peer, reason="model of the wrong dimension")]
+            return [*taken, PenalisePeer(peer=peer, reason="model of the wrong dimension")]
         key = (round_, step)
         box = self._inbox.get(key)
         if box is None:
             box = self._inbox[key] = {}
         elif peer in box:
             self.counters.duplicates += 1
-            return []
+            return taken
         box[peer] = params
         self.counters.received += 1
         if phase == "gossip" and round_ == current and step == self.step and self._box_complete(box, weights):
+            return [*taken, *self._finish_exchange(now, timed_out=False)]
+        return taken
+
+    def _caught_up(self, peer: PeerId, round_: int, now: float) -> list[Action]:
+        """Note a neighbour's round (changing overlay); finish the exchange if that excuses the last one."""
+        if round_ <= self._latest.get(peer, -1):
+            return []
+        self._latest[peer] = round_
+        if round_ >= self.round:
+            self._probation.discard(peer)
+        if self.phase == "gossip" and round_ > self.round and self._complete():
             return self._finish_exchange(now, timed_out=False)
         return []
 
@@ -306,7 +393,11 @@ class DPSGD(Protocol):
         horizon = self.round + self.config.max_ahead
         for stale in [p for p, (r, _) in self._far.items() if p not in neighbours or r <= horizon]:
             del self._far[stale]  # no longer a neighbour, or no longer far ahead: never a step back
-        if 2 * len(self._far) <= len(neighbours):
+        voters = len(neighbours)
+        if self.inbound is not None:
+            # a changing overlay: neighbours never heard from (not started, or gone) do not vote
+            voters = sum(1 for p in neighbours if p in self._latest and p not in self._down)
+        if 2 * len(self._far) <= voters:
             return []
         target = min(r for r, _ in self._far.values())
         actions: list[Action] = [CancelTimer(name=self.timer_name)] if self.phase == "gossip" else []

@@ -19,6 +19,11 @@ Models travel as :class:`~phalanx.gossip.messages.ModelUpdate`. A model of a rou
 is dropped; one of a later round waits in the inbox (up to ``max_ahead`` rounds ahead; further ones are
 dropped and counted), and a second model from the same peer for the same round is dropped.
 
+**A changing membership.** On a network the node joined through a bootstrap peer, the runner hands it the
+members it knows between rounds (:meth:`Epidemic.set_peers`); EL-Local then draws its ``s`` peers from those
+(all of them while it knows ``s`` or fewer). EL-Oracle needs every node to agree on the peer list, so it keeps
+a fixed one.
+
 **The rule.** The paper averages the node's own model with the ones it received. ``rule`` (any rule of
 :mod:`phalanx.aggregation`, through :class:`~phalanx.gossip.aggregator.Combiner`, with uniform weights)
 replaces that average: ``mean`` is the paper's EL, a robust rule filters what Byzantine senders push.
@@ -47,6 +52,7 @@ from phalanx.gossip.events import (
     TrainingDone,
 )
 from phalanx.gossip.messages import ModelUpdate
+from phalanx.gossip.protocol import LocalProtocolError as ProtocolError
 from phalanx.gossip.protocol import Protocol
 from phalanx.gossip.spec import NodeContext, ProtocolSpec, RunSettings, WorldDefaults
 
@@ -106,7 +112,9 @@ class Epidemic(Protocol):
         self.rng = rng
         self.peers = tuple(sorted(peers))
         self.others = tuple(p for p in self.peers if p != node)
-        if config.s > len(self.others):
+        # EL-Local with s above the peers known now sends to all of them (a membership that grows through
+        # set_peers); the registry entry still refuses such an s on a fixed membership
+        if config.variant == "oracle" and config.s > len(self.others):
             raise ValueError(f"s = {config.s} exceeds the {len(self.others)} other peers")
         self.model = params.clone()
         self.round = 0
@@ -119,8 +127,17 @@ class Epidemic(Protocol):
         """The peers this node sends its round-``k`` model to."""
         if self.config.variant == "oracle":
             return oracle_out_neighbours(self.peers, k, self.config.s, self.config.seed)[self.node]
-        picks = self.rng.choice(len(self.others), size=self.config.s, replace=False)
+        size = min(self.config.s, len(self.others))
+        picks = self.rng.choice(len(self.others), size=size, replace=False)
         return tuple(self.others[int(i)] for i in sorted(picks))
+
+    def set_peers(self, peers: Sequence[PeerId], now: float) -> list[Action]:
+        """Draw from ``peers`` (this node's known members) from the next send on (EL-Local only)."""
+        if self.config.variant == "oracle":
+            raise ProtocolError("EL-Oracle keeps a fixed peer list: every node must draw the same graph")
+        self.peers = tuple(sorted({self.node, *peers}))
+        self.others = tuple(p for p in self.peers if p != self.node)
+        return []
 
     def start(self, now: float) -> list[Action]:
         return [Train(round=0, params=self.model, steps=self.config.local_steps)]

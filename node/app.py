@@ -24,8 +24,10 @@ from phalanx.gossip import registry
 from phalanx.gossip.aggregator import rule_names
 from phalanx.gossip.byzantine import BEHAVIOURS, attack_names
 from phalanx.gossip.compression.channel import Channel
+from phalanx.gossip.events import Action
 from phalanx.gossip.identity import PeerIdKeys, Signer, Verifier
 from phalanx.gossip.protocol import Protocol
+from phalanx.gossip.roster import Overlay, Reconfigurable, Roster
 from phalanx.gossip.spec import AttackSpec, NodeContext, SettingsError, WorldDefaults
 from phalanx.gossip.wire import Limits
 from phalanx.node import checkpoint as ckpt
@@ -36,9 +38,10 @@ from phalanx.node.datasets import Dataset, load_dataset
 from phalanx.node.device import resolve_device
 from phalanx.node.identity import load_or_create_key, peer_id_of, signer_of
 from phalanx.node.learner import Learner, LearnerError, TrainConfig, derive_seed
+from phalanx.node.members import MemberService, transport_addrs
 from phalanx.node.metrics import Metrics, serve
 from phalanx.node.runtime import NodeRuntime, RuntimeSettings
-from phalanx.node.transfer import check_features, partition_for
+from phalanx.node.transfer import Features, check_features, partition_for
 from phalanx.node.transport import Libp2pTransport, TransportError, open_libp2p_transport
 
 
@@ -76,6 +79,14 @@ def check(config: NodeConfig) -> None:
         check_announce(addr)
     for addr in (*config.neighbours, *config.bootstrap):
         _peer_multiaddr(addr)
+    if config.degree and config.protocol != "dpsgd":
+        raise ConfigError(
+            f"--degree chooses D-PSGD neighbours; {config.protocol} draws its peers from the members itself"
+        )
+    if config.degree and config.byzantine:
+        raise ConfigError("--degree is not available to a Byzantine node (give it --neighbour lists)")
+    if config.protocol == "el-oracle" and config.bootstrap and not config.neighbours:
+        raise ConfigError("el-oracle needs every node to know the same peers: give --neighbour lists")
 
 
 def _multiaddr(text: str, what: str) -> object:
@@ -122,9 +133,12 @@ def build_protocol(
     params: torch.Tensor,
     start_round: int,
     signer: Signer | None = None,
+    *,
+    joined: bool = False,
 ) -> Protocol:
     """The protocol object for this node, from its registry entry. For the sampling protocols (MoDeST,
-    Epidemic Learning) the neighbours are the initial membership: every peer this node may sample."""
+    Epidemic Learning) the neighbours are the initial membership: every peer this node may sample (on a
+    joined network, ``joined``: the members known so far, or MoDeST's bootstrap peers it joins through)."""
     spec = registry.get(config.protocol)
     behaviour, attack = byzantine_behaviour(config.byzantine)
     ctx = NodeContext(
@@ -136,6 +150,7 @@ def build_protocol(
         start_round=start_round,
         signer=signer,
         verifier=Verifier(PeerIdKeys()),  # a libp2p ed25519 peer id is its public key
+        late=joined and spec.report == "sampled",  # MoDeST joins through its bootstrap peers
     )
     attack_spec = None
     if behaviour:
@@ -147,7 +162,9 @@ def build_protocol(
             rng=np.random.default_rng(derive_seed(config.seed, "byzantine", config.index)),
         )
     try:
-        protocol_config = spec.config(config, WorldDefaults(max_sample=len(neighbours)))
+        # a node on a joined network learns more members as it goes: s is not bounded by the first ones
+        world = WorldDefaults(max_sample=None if joined else len(neighbours))
+        protocol_config = spec.config(config, world)
         return spec.build_node(ctx, protocol_config, attack_spec)
     except SettingsError as exc:  # it names the protocol and the key
         raise ConfigError(str(exc)) from None
@@ -173,16 +190,8 @@ def run_node(
     alone = alone_policy(config, neighbour_addrs)
 
     device = resolve_device(config.device)  # an absent device: one line, before any data loads
-    if dataset is None:
-        dataset = load_dataset(config.dataset)
-    features = check_features(config, dataset)  # --train-only head: the frozen part's samples stay out
-    shard = partition_for(
-        dataset,
-        config.nodes,
-        config.partition,
-        seed=config.seed,
-        excluded=features.excluded if features else None,
-    )[config.index]
+    dataset, shard, features = load_data(config, dataset)
+    joined = joins_by_membership(config, neighbour_addrs)
     train = TrainConfig.from_settings(config)
     if loss_fn is not None:
         train = dataclasses.replace(train, loss_fn=loss_fn)
@@ -241,24 +250,51 @@ def run_node(
     spec = registry.get(config.protocol)
     limits = Limits(dim=learner.dim) if spec.carries_views else Limits.model_only(learner.dim)
     bans = BanList(threshold=config.ban_threshold, window=config.ban_window, duration=config.ban_duration)
+    roster = Roster(peer_id, signer_of(key, peer_id), Verifier(PeerIdKeys()), max_members=config.max_members)
 
     async def main() -> None:
         now: Callable[[], float] = trio.current_time
         if saved is not None:
             bans.restore(saved.bans, now())
-        async with open_libp2p_transport(
-            key,
-            listen=config.listen,
-            limits=limits,
-            is_banned=lambda p: bans.is_banned(p, now()),
-            stall=config.stall_timeout,
-            addrs_factory=addrs_factory(config.announce),
-        ) as transport:
+        async with (
+            open_libp2p_transport(
+                key,
+                listen=config.listen,
+                limits=limits,
+                is_banned=lambda p: bans.is_banned(p, now()),
+                stall=config.stall_timeout,
+                addrs_factory=addrs_factory(config.announce),
+            ) as transport,
+            trio.open_nursery() as members_nursery,
+        ):
+            roster.addrs[peer_id] = transport_addrs(transport.listen_addresses())
+            service = MemberService(
+                roster,
+                transport.host,
+                is_banned=lambda p: bans.is_banned(p, now()),
+                interval=config.members_interval,
+                rng=np.random.default_rng(derive_seed(config.seed, "members", config.index)),
+                log=log,
+            )
+            service.attach()  # every node answers membership exchanges, whatever it runs
+            bootstrap_ids = tuple(transport.add_address(a) for a in config.bootstrap)
             neighbours = tuple(transport.add_address(a) for a in neighbour_addrs)
-            if not neighbours and alone == "wait":
+            members_nursery.start_soon(service.run, bootstrap_ids, neighbours)
+            if joined:
+                neighbours = await wait_for_members(service, config, bootstrap_ids, log)
+            elif not neighbours and alone == "wait":
                 neighbours = await wait_for_peers(transport, config, log)
             protocol = build_protocol(
-                config, peer_id, neighbours, learner.get_vector(), start_round, signer_of(key, peer_id)
+                config,
+                peer_id,
+                neighbours,
+                learner.get_vector(),
+                start_round,
+                signer_of(key, peer_id),
+                joined=joined,
+            )
+            between = (
+                between_rounds(config, protocol, service, transport, members_nursery) if joined else None
             )
             settings = RuntimeSettings(
                 rounds=config.rounds,
@@ -269,6 +305,7 @@ def run_node(
                 byzantine=config.byzantine,
                 sampled=spec.report == "sampled",
                 tensorboard=config.tensorboard,
+                join=joined and spec.report == "sampled",
             )
             runtime = NodeRuntime(
                 protocol=protocol,
@@ -281,7 +318,9 @@ def run_node(
                 start_round=start_round,
                 log=log,
                 channel=channel,
+                between_rounds=between,
             )
+            service.reject = lambda peer, reason, detail: runtime._reject(peer, reason, detail)
             metrics.listen = transport.listen_addresses()  # the announced addresses, with /p2p/PEER_ID
             async with trio.open_nursery() as nursery:
                 port = -1
@@ -313,7 +352,10 @@ def run_node(
                 for addr in config.bootstrap:
                     nursery.start_soon(_dial, transport, transport.add_address(addr))
                 await runtime.run()
+                with trio.move_on_after(2):  # say goodbye: neighbours replace this node at once
+                    await service.announce_leave(tuple(transport.peers())[:8])
                 nursery.cancel_scope.cancel()
+            members_nursery.cancel_scope.cancel()
 
     try:
         trio.run(main)
@@ -326,6 +368,152 @@ def run_node(
             raise leaves[0] from None
         raise
     return 0
+
+
+def joins_by_membership(config: NodeConfig, neighbour_addrs: tuple[str, ...]) -> bool:
+    """Whether this node finds its peers through the membership exchange: no fixed neighbours, and either
+    ``--degree`` (D-PSGD) or a sampling protocol with a bootstrap peer (MoDeST, EL-Local)."""
+    if neighbour_addrs:
+        return False
+    if config.degree > 0 or (config.bootstrap and config.protocol != "dpsgd"):
+        return True
+    # the first EL-Local node of a network waits for members to join through it
+    return config.protocol == "el-local" and config.alone == "wait"
+
+
+def data_spec(path: str) -> str:
+    """A ``--data`` path as a dataset spec: KIND:PATH as given, FILE.npz, FILE.csv[.gz], DIR of IDX files."""
+    from pathlib import Path
+
+    from phalanx.node.datasets import OPTIONS
+
+    kind = path.partition(":")[0]
+    if kind in OPTIONS and ":" in path:
+        return path
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ConfigError(f"--data {path}: no such file or folder")
+    name = p.name.lower()
+    if name.endswith(".npz"):
+        return f"npz:{p}"
+    if name.endswith((".csv", ".csv.gz")):
+        return f"csv:{p}"
+    if p.is_dir():
+        return f"idx:{p}"
+    raise ConfigError(
+        f"--data {path}: not a folder of IDX files, a .npz or a .csv; name the format as KIND:PATH "
+        "(idx:, npz:, csv:, cifar10:, cifar100:)"
+    )
+
+
+def load_data(
+    config: NodeConfig, dataset: Dataset | None = None
+) -> tuple[Dataset, np.ndarray, Features | None]:
+    """The dataset, this node's training indices (all of ``--data``, or shard ``index`` of ``nodes``; never the
+    samples its frozen features were pretrained on) and those features (``--train-only head``), else None.
+    ``dataset``: one given in memory (the Python API), instead of ``--data``/``--dataset``."""
+    if dataset is None and config.data:
+        dataset = load_dataset(data_spec(config.data))
+        features = check_features(config, dataset)
+        everything = np.arange(len(dataset.train_y), dtype=np.int64)
+        excluded = features.excluded if features else None
+        return dataset, everything if excluded is None else np.setdiff1d(everything, excluded), features
+    if dataset is None:
+        dataset = load_dataset(config.dataset)
+    features = check_features(config, dataset)  # --train-only head: the frozen part's samples stay out
+    shard = partition_for(
+        dataset,
+        config.nodes,
+        config.partition,
+        seed=config.seed,
+        excluded=features.excluded if features else None,
+    )[config.index]
+    return dataset, shard, features
+
+
+async def wait_for_members(
+    service: MemberService, config: NodeConfig, bootstrap: tuple[str, ...], log: TextIO
+) -> tuple[str, ...]:
+    """Block until the membership exchange taught this node some members; its first neighbours (D-PSGD,
+    ``--degree``), its members (EL) or its bootstrap peers (MoDeST, which joins through them)."""
+    roster = service.roster
+    started = trio.current_time()
+    while not roster.members():
+        _log_line(
+            log,
+            "waiting",
+            message="no members known yet: exchanging membership with the bootstrap peers"
+            if bootstrap
+            else "no members yet: waiting for a peer to join through this node",
+            seconds=round(trio.current_time() - started, 1),
+            addrs=[str(a) for a in service.host.get_addrs()],
+        )
+        with trio.move_on_after(5):
+            while not roster.members():
+                await service.changed.wait()
+    members = roster.members()
+    _log_line(log, "members", count=len(members), seconds=round(trio.current_time() - started, 2))
+    if config.protocol == "modest":
+        return bootstrap or members
+    if config.degree:
+        rng = np.random.default_rng(derive_seed(config.seed, "overlay", config.index))
+        from phalanx.gossip.roster import choose_neighbours
+
+        chosen = choose_neighbours((), members, config.degree, rng)
+        await introduce(service, chosen)
+        return chosen
+    return members
+
+
+async def introduce(service: MemberService, peers: tuple[str, ...]) -> None:
+    """Swap records with new neighbours first, so that they know this node as a member before its model
+    arrives (at most the exchange timeout)."""
+    async with trio.open_nursery() as nursery:
+        for peer in peers:
+            if peer not in service.introduced:
+                service.introduced.add(peer)
+                nursery.start_soon(partial(service.exchange, peer, neighbour=True))
+
+
+def between_rounds(
+    config: NodeConfig,
+    protocol: Protocol,
+    service: MemberService,
+    transport: Libp2pTransport,
+    nursery: trio.Nursery,
+) -> Callable[[int], list[Action]] | None:
+    """What a joined node does between rounds: renew its own record and hand the protocol its current
+    neighbours (D-PSGD: the overlay) or members (EL-Local). MoDeST keeps its own view."""
+    if not isinstance(protocol, Reconfigurable):
+        return None
+    roster = service.roster
+    target = protocol
+    overlay = None
+    if config.degree:
+        overlay = Overlay(
+            config.degree, np.random.default_rng(derive_seed(config.seed, "overlay", config.index))
+        )
+        dpsgd = protocol
+        dpsgd.inbound = roster.is_member  # type: ignore[attr-defined]
+        dpsgd.max_degree = 3 * config.degree  # type: ignore[attr-defined]
+
+    def hook(completed: int) -> list[Action]:
+        roster.set_round(completed)
+        members = roster.members()
+        if overlay is None:
+            return target.set_peers(members, trio.current_time())
+        current = protocol.neighbours_at(completed)  # type: ignore[attr-defined]
+        asked = [p for p in roster.take_asked() if p not in current]  # members that chose this node
+        room = max(0, 3 * config.degree - len(current))
+        chosen = overlay.next((*current, *asked[:room]), members, transport.peers())
+        if chosen == tuple(current):
+            return []
+        fresh = tuple(p for p in chosen if p not in current and p not in service.introduced)
+        if fresh:
+            nursery.start_soon(introduce, service, fresh)
+        return target.set_peers(chosen, trio.current_time())
+
+    return hook
 
 
 def alone_policy(config: NodeConfig, neighbour_addrs: tuple[str, ...]) -> str:

@@ -115,6 +115,20 @@ class NodeConfig:
     ban_window: float = _f(60.0, "... within this many seconds", **_POSITIVE)
     ban_duration: float = _f(300.0, "seconds a ban lasts", **_SECONDS)
     stall_timeout: float = _f(10.0, "seconds a stream may stall inside a frame", **_POSITIVE)
+    # joining a network (issue 14): membership exchange, a chosen overlay, a node's own data
+    degree: int = _f(
+        0,
+        "D-PSGD on a joined network: keep this many neighbours chosen from the members the node knows "
+        "(and take in members that choose it); 0 = the fixed --neighbour list",
+        min=0,
+    )
+    data: str = _f(
+        "",
+        "this node's own dataset (a file or folder any loader reads: DIR of IDX files, FILE.npz, FILE.csv, "
+        "or KIND:PATH); replaces --dataset/--nodes/--index",
+    )
+    members_interval: float = _f(2.0, "seconds between two membership exchanges", **_POSITIVE)
+    max_members: int = _f(1024, "the most members a node keeps (and takes from one offer)", min=1)
 
     def __post_init__(self) -> None:
         fields_.check_bounds(self, error=ConfigError)
@@ -130,6 +144,8 @@ class NodeConfig:
             raise ConfigError(f"index {self.index} out of range for {self.nodes} nodes (0..{self.nodes - 1})")
         if (self.topology_file is None) != (self.address_book is None):
             raise ConfigError("topology-file and address-book go together")
+        if self.data and self.nodes > 1:
+            raise ConfigError("--data is this node's own dataset: it does not take --nodes/--index shards")
         if self.alone not in ALONE:
             raise ConfigError(f"alone must be one of {', '.join(a for a in ALONE if a)}, got {self.alone!r}")
 

@@ -82,6 +82,7 @@ class RuntimeSettings:
     eval_samples: int = 200  # local samples an Evaluate action uses when it names no number
     sampled: bool = False  # only a sample reports each round: finish on Protocol.finished, never by counting
     tensorboard: Path | None = None  # write each round line's scalars there (node/tensorboard.py)
+    join: bool = False  # a node joining a running network: resume() right after start() (MoDeST's join)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -111,11 +112,15 @@ class NodeRuntime:
         log: TextIO | None = None,
         clock: Callable[[], float] = trio.current_time,
         channel: Channel | None = None,
+        between_rounds: Callable[[int], list[Action]] | None = None,
     ) -> None:
         self.protocol = protocol
         # compression and privacy of model payloads (issue 18, gossip/compression/channel.py); inactive:
         # model messages travel as they are and compressed ones are refused
         self.channel = channel or Channel(reference=torch.zeros(limits.dim))
+        # called after each RoundCompleted with the rounds completed so far; its actions are carried out
+        # (a joined node's new neighbours or members: node/app.py)
+        self.between_rounds = between_rounds
         self.transport = transport
         self.learner = learner
         self.limits = limits
@@ -195,6 +200,8 @@ class NodeRuntime:
                 self._finish()
             else:
                 self._apply(self.protocol.start(self.clock()))
+                if self.settings.join:
+                    self._apply(self.protocol.resume(self.clock()))
             await self._finished.wait()
             # keep answering during the linger: the protocol still gets every event
             await trio.sleep(self.settings.linger)
@@ -232,6 +239,7 @@ class NodeRuntime:
     def _apply(self, actions: list[Action]) -> None:
         assert self._nursery is not None
         bodies = self._encode_sends(actions)
+        round_done = False
         for action in actions:
             if isinstance(action, Send):
                 self._nursery.start_soon(self._send, action.peer, bodies[(id(action.message), action.peer)])
@@ -246,6 +254,7 @@ class NodeRuntime:
                 self._cancel_timer(action.name)
             elif isinstance(action, RoundCompleted):
                 self._completed = max(self._completed, action.round + 1)
+                round_done = True
                 # Snapshot the optimiser state now, before the next round's training can start: no training
                 # runs between a round's exchange and its end, so it belongs with action.params.
                 learner = self.learner
@@ -265,6 +274,8 @@ class NodeRuntime:
                 self._reject(action.peer, PENALISED, action.reason)
             elif isinstance(action, Evaluate):
                 self._nursery.start_soon(self._evaluate, action)
+        if round_done and self.between_rounds is not None:
+            self._apply(self.between_rounds(self._completed))
         if not self._finish_queued and self.protocol.finished:
             self._finish_queued = True
             self._rounds_out.send_nowait(None)  # finish once the rounds reported so far are written

@@ -66,4 +66,4 @@ def test_bad_settings_are_rejected():
     with pytest.raises(ValueError):
         EpidemicConfig(variant="global")
     with pytest.raises(ValueError):
-        network("local", n=3, s=3)
+        network("oracle", n=3, s=3)
