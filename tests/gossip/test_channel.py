@@ -244,3 +244,16 @@ def test_the_state_survives_a_checkpoint() -> None:
     assert torch.equal(rx2.incoming("s", wire(mb), LIMITS).params, b.x_hat)  # type: ignore[arg-type,union-attr]
     with pytest.raises(ValueError):
         b.restore({"seq": 1, "x_hat": b"\x00", "peers": {}, "replicas": {}})
+
+
+def test_seeds_differences_are_damped_so_the_copy_converges() -> None:
+    """seeds:K's estimate is unbiased but not contractive: added whole, x - x_hat grows without bound;
+    the channel's damped step makes it shrink."""
+    sender, receiver = channel("seeds:32"), channel("seeds:32")
+    x = torch.randn(DIM)
+    errors = []
+    for r in range(100):
+        ((m, _),) = sender.outgoing(ModelUpdate(round=r, params=x), ["a"])
+        got = receiver.incoming("s", wire(m), LIMITS)  # type: ignore[arg-type]
+        errors.append(float((got.params - x).norm() / x.norm()))  # type: ignore[union-attr]
+    assert errors[-1] < 0.1 and max(errors) < 2
