@@ -318,12 +318,12 @@ class Channel:
             state = CodecState.from_fields(fields.get("codec", {}), dim=self.dim, warm_size=warm)
         except CodecError as exc:
             raise ValueError(f"channel state: {exc}") from None
-        self.seq, self.x_hat, self.peer_seq, self.replicas = (
-            seq,
-            float32_from_bytes(raw, self.dim),
-            dict(peers),
-            restored,
-        )
+        # What each peer held is not trusted after a restart: messages may have gone out after this state
+        # was saved, and a peer's copy numbered like ours would differ from it silently. Every peer gets a
+        # keyframe first.
+        self.seq, self.x_hat, self.replicas = seq, float32_from_bytes(raw, self.dim), restored
+        self.peer_seq = {p: UNKNOWN for p in peers}
+        self.shared_reference = False
         self.state = state
         self.releases = releases
         if self.privacy is not None and self.privacy.sigma > 0:

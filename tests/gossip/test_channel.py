@@ -240,6 +240,12 @@ def test_the_state_survives_a_checkpoint() -> None:
     b.rng.manual_seed(5)
     ((ma, _),) = a.outgoing(ModelUpdate(round=3, params=x), ["a"])
     ((mb, _),) = b.outgoing(ModelUpdate(round=3, params=x), ["a"])
+    # after a restart every peer gets a keyframe first (it may hold a copy sent after the checkpoint)...
+    assert ma.encoded is not None and mb.params is not None  # type: ignore[union-attr]
+    assert torch.equal(a.x_hat, b.x_hat)  # ... of the same copy: the codec state and warm start came back
+    assert torch.equal(rx2.incoming("s", wire(mb), LIMITS).params, b.x_hat)  # type: ignore[arg-type,union-attr]
+    ((ma, _),) = a.outgoing(ModelUpdate(round=4, params=x), ["a"])
+    ((mb, _),) = b.outgoing(ModelUpdate(round=4, params=x), ["a"])
     assert ma.encoded == mb.encoded  # type: ignore[union-attr]
     assert torch.equal(rx2.incoming("s", wire(mb), LIMITS).params, b.x_hat)  # type: ignore[arg-type,union-attr]
     with pytest.raises(ValueError):
