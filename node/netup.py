@@ -538,6 +538,7 @@ def rows(result: NetResult, rounds: int, *, sampled: bool = False) -> list[dict[
     out = []
     for r in range(1, rounds + 1):
         accs, losses, live, sent, messages = [], [], 0, 0, 0
+        spent: list[tuple[float, float]] = []  # honest nodes' (epsilon, delta) at this round (issue 18)
         for node in result.nodes:
             upto = [e for e in node.rounds if e["round"] <= r]
             if r == rounds and node.final:  # the run's totals include what left after the last round line
@@ -555,6 +556,8 @@ def rows(result: NetResult, rounds: int, *, sampled: bool = False) -> list[dict[
             if node.role == "honest" and at.get("accuracy") is not None:
                 accs.append(at["accuracy"])
                 losses.append(at.get("loss") or math.nan)
+            if node.role == "honest" and at.get("dp_epsilon") is not None:
+                spent.append((at["dp_epsilon"], at["dp_delta"]))
         out.append(
             {
                 "round": r - 1,
@@ -569,6 +572,11 @@ def rows(result: NetResult, rounds: int, *, sampled: bool = False) -> list[dict[
                 "bytes": sent,
                 "messages": messages,
                 "live": live,
+                **(
+                    {"dp_epsilon": max(e for e, _ in spent), "dp_delta": max(d for _, d in spent)}
+                    if spent
+                    else {}
+                ),
             }
         )
     return out

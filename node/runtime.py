@@ -214,7 +214,7 @@ class NodeRuntime:
                 messages_in=m.messages_in,
                 messages_out=m.messages_out,
                 rejected=sum(m.rejected.values()),
-                protocol=self.protocol.stats(),
+                protocol=self._stats(),
             )
             nursery.cancel_scope.cancel()
 

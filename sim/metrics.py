@@ -179,13 +179,14 @@ class Metrics:
         """The honest nodes' protocol counters, summed."""
         total: dict[str, float] = {}
         protocols = engine.protocols
+        channels = getattr(engine, "channels", None) or {}
         for node in self.honest:
             protocol = protocols.get(node)
             if protocol is None:
                 continue
             for key, value in protocol.stats().items():
                 total[key] = total.get(key, 0) + value
-            channel = engine.channels.get(node)
+            channel = channels.get(node)
             if channel is not None:  # compression (issue 18): differences, keyframes, out-of-sync drops
                 for key, value in channel.stats().items():
                     total["codec_" + key] = total.get("codec_" + key, 0) + value
@@ -252,7 +253,7 @@ class Metrics:
             virtual_time=round(p.at[2], 6),
             wall_time=round(time.perf_counter() - self.start, 3),
         )
-        spent = self.privacy(engine) if engine.channels else {}
+        spent = self.privacy(engine) if getattr(engine, "channels", None) else {}
         if spent:  # differential privacy: the worst honest node's epsilon after this round, and delta
             row.update(
                 dp_epsilon=max(e for e, _ in spent.values()), dp_delta=max(d for _, d in spent.values())
@@ -277,7 +278,7 @@ class Metrics:
                 mean.add_(self.last[n][1].double())
             mean.div_(len(live))
         rows: list[dict[str, Any]] = []
-        spent = self.privacy(self.engine) if self.engine is not None and self.engine.channels else {}
+        spent = self.privacy(self.engine) if getattr(self.engine, "channels", None) else {}
         for node in order:
             row: dict[str, Any] = {
                 "node": int(node) if node.isdigit() else node,

@@ -4,6 +4,7 @@ a SIGKILLed node resumes from its checkpoint with the same peer id."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -312,3 +313,36 @@ def _children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             kids.append(int(stat.parent.name))
     return kids
+
+
+@pytest.mark.slow
+async def test_a_ring_learns_through_topk_with_privacy_accounted(tmp_path: Path) -> None:
+    """Issue 18 end to end: real processes with --compress and --dp-*; every round line carries epsilon,
+    nothing is rejected, and the nodes send far fewer bytes than float32 would (4 * 330 per message)."""
+    spec = NetSpec(
+        n=3,
+        edges=ring(3),
+        rounds=4,
+        workdir=tmp_path,
+        timeout=90,
+        node_args=[
+            *FAST,
+            "--round-timeout",
+            "5",
+            "--compress",
+            "topk:0.1",
+            "--dp-clip",
+            "1",
+            "--dp-sigma",
+            "0.5",
+        ],
+    )
+    result = await run_network(spec)
+    assert not result.timed_out
+    for node in result.nodes:
+        assert node.finished and node.last["round"] == 4 and node.exit_code == 0
+        eps = [e["dp_epsilon"] for e in node.rounds]
+        assert all(a < b for a, b in itertools.pairwise(eps)), eps
+        assert node.last["rejected"] == 0
+        # 8 messages: 2 keyframes (first to each neighbour) and 6 top-k differences
+        assert node.last["bytes_out"] < 8 * 4 * BLOBS_LOGREG_DIM * 0.5
