@@ -21,7 +21,7 @@ from phalanx.gossip.wire import Limits
 from phalanx.node.transport import open_libp2p_transport
 
 from .harness import DIM
-from .live import LiveNetwork, attack_bodies, modest_network, send_to_all
+from .live import AHEAD, LiveNetwork, attack_bodies, modest_network, send_to_all
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -36,7 +36,7 @@ COUNTED = {
 ROUNDS = 4  # rounds measured before and after each attack
 # a halted network never completes them; a live one takes well under a second, or a few seconds when one
 # of its pings times out (MoDeST replaces a silent candidate after ping_timeout) on a loaded machine
-MAX_SECONDS = 15.0
+MAX_SECONDS = 30.0
 MAX_RSS_GROWTH = 50.0  # MB, per node
 
 
@@ -58,14 +58,15 @@ async def test_the_modest_network_holds(attack: str, network: LiveNetwork) -> No
     before = [await n.status() for n in network.nodes]
     rss_before = [n.rss_mb() for n in network.nodes]
     acc_round = network.round
-    acc_before = network.accuracy(acc_round - ROUNDS)
+    acc_before = network.worst_accuracy(acc_round - ROUNDS)
     async with open_libp2p_transport(create_new_key_pair(), limits=Limits(dim=DIM), send_timeout=5.0) as host:
         for n in network.nodes:
             host.add_address(n.address)
         signer = Signer.from_seed(host.peer_id, b"\x42" * 32)
         await send_to_all(host, network, attack_bodies(network, signer)[attack], times=2)
         try:
-            await network.rounds_take(ROUNDS, timeout=MAX_SECONDS)
+            # past every round a pushed model named: a poisoned one has been reported by then
+            await network.rounds_take(AHEAD + ROUNDS, timeout=MAX_SECONDS)
         except trio.TooSlowError:
             raise AssertionError(
                 f"{attack}: the network stopped completing rounds (round {network.round})"
@@ -75,8 +76,8 @@ async def test_the_modest_network_holds(attack: str, network: LiveNetwork) -> No
         assert counter(a, name) >= counter(b, name) + 2, f"{attack}: {n.name} did not count it as {name}"
         strikes = [e for e in n.of("rejected") if e.get("peer") == host.peer_id]
         assert bool(strikes) == struck, f"{attack}: {n.name} struck the attacker {len(strikes)} times"
-    acc_after = network.accuracy(acc_round + 1)
-    assert acc_after >= min(acc_before, 0.9) - 0.1, f"{attack}: accuracy {acc_before:.3f} -> {acc_after:.3f}"
+    acc_after = network.worst_accuracy(acc_round + 1)
+    assert acc_after >= min(acc_before, 0.9) - 0.2, f"{attack}: accuracy {acc_before:.3f} -> {acc_after:.3f}"
     for n, rss in zip(network.nodes, rss_before, strict=True):
         with contextlib.suppress(OSError):
             assert n.rss_mb() - rss < MAX_RSS_GROWTH, (
