@@ -72,10 +72,6 @@ async def test_the_modest_network_holds(attack: str, network: LiveNetwork) -> No
                 f"{attack}: the network stopped completing rounds (round {network.round})"
             ) from None
     after = [await n.status() for n in network.nodes]
-    for n, b, a in zip(network.nodes, before, after, strict=True):
-        assert counter(a, name) >= counter(b, name) + 2, f"{attack}: {n.name} did not count it as {name}"
-        strikes = [e for e in n.of("rejected") if e.get("peer") == host.peer_id]
-        assert bool(strikes) == struck, f"{attack}: {n.name} struck the attacker {len(strikes)} times"
     acc_after = network.worst_accuracy(acc_round + 1)
     assert acc_after >= min(acc_before, 0.9) - 0.2, f"{attack}: accuracy {acc_before:.3f} -> {acc_after:.3f}"
     for n, rss in zip(network.nodes, rss_before, strict=True):
@@ -83,3 +79,7 @@ async def test_the_modest_network_holds(attack: str, network: LiveNetwork) -> No
             assert n.rss_mb() - rss < MAX_RSS_GROWTH, (
                 f"{attack}: {n.name} RSS {rss:.0f} -> {n.rss_mb():.0f} MB"
             )
+    for n, b, a in zip(network.nodes, before, after, strict=True):
+        assert counter(a, name) >= counter(b, name) + 2, f"{attack}: {n.name} did not count it as {name}"
+        strikes = [e for e in n.of("rejected") if e.get("peer") == host.peer_id]
+        assert bool(strikes) == struck, f"{attack}: {n.name} struck the attacker {len(strikes)} times"
