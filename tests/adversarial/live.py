@@ -235,3 +235,98 @@ async def send_to_all(
             async with trio.open_nursery() as nursery:
                 for node in net.nodes:
                     nursery.start_soon(one, node.peer_id, data)
+
+
+# ---------------------------------------------------------------- the runner
+
+# what each attack must leave in every node's protocol counters, and whether it is a strike
+COUNTED = {
+    "modest-pong": ("rejected_unsolicited", False),  # answers nobody asked for count, but are not news
+    "modest-evict": ("rejected_unsolicited", True),
+    "modest-fake-ids": ("rejected_unsolicited", True),
+    "modest-aggregate": ("rejected_not_sampled", True),
+    "modest-trained": ("rejected_not_sampled", True),
+}
+ROUNDS = 4  # rounds measured before each attack
+# a halted network never completes them; a live one takes a second or two, or a few more when one of its
+# pings times out (MoDeST replaces a silent candidate after ping_timeout) on a loaded machine
+MAX_SECONDS = 30.0
+MAX_RSS_GROWTH = 50.0  # MB, per node
+
+
+@dataclass
+class ModestOutcome:
+    attack: str
+    counted: int  # the attack's counter, summed over the nodes
+    struck: int  # nodes that logged a rejection (a strike) of the attacker
+    nodes: int
+    seconds_before: float  # for ROUNDS network rounds just before the attack
+    seconds_during: float  # for AHEAD + ROUNDS network rounds from the attack on (inf: never)
+    acc_before: float  # worst accuracy reported in the rounds before / after
+    acc_after: float
+    rss_growth: float  # MB, the largest of the nodes
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        return "held" if not self.problems else "FAILED: " + "; ".join(self.problems)
+
+
+def _counter(status: dict[str, object], name: str) -> float:
+    counters = status.get("protocol_counters", {})
+    return float(counters.get(name, 0)) if isinstance(counters, dict) else 0.0
+
+
+async def run_modest_attack(net: LiveNetwork, attack: str) -> ModestOutcome:
+    """Send ``attack`` (twice) from an outsider with a fresh key to every node of a live network; check that
+    the network kept completing rounds, was not poisoned, did not grow, and counted (and struck) it."""
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
+    from phalanx.gossip.wire import Limits
+    from phalanx.node.transport import open_libp2p_transport
+
+    name, strikes = COUNTED[attack]
+    before_s = await net.rounds_take(ROUNDS, timeout=MAX_SECONDS)
+    before = [await n.status() for n in net.nodes]
+    rss_before = [n.rss_mb() for n in net.nodes]
+    acc_round = net.round
+    acc_before = net.worst_accuracy(acc_round - ROUNDS)
+    problems: list[str] = []
+    async with open_libp2p_transport(create_new_key_pair(), limits=Limits(dim=DIM), send_timeout=5.0) as host:
+        for n in net.nodes:
+            host.add_address(n.address)
+        signer = Signer.from_seed(host.peer_id, b"\x42" * 32)
+        t0 = trio.current_time()
+        await send_to_all(host, net, attack_bodies(net, signer)[attack], times=2)
+        try:
+            # past every round a pushed model named: a poisoned one has been reported by then
+            await net.until(lambda: net.round >= acc_round + AHEAD + ROUNDS, timeout=MAX_SECONDS)
+            during_s = trio.current_time() - t0
+        except trio.TooSlowError:
+            during_s = math.inf
+            problems.append(f"the network stopped completing rounds (round {net.round})")
+    after = [await n.status() for n in net.nodes]
+    acc_after = net.worst_accuracy(acc_round + 1)
+    if not acc_after >= min(acc_before, 0.9) - 0.2:
+        problems.append(f"accuracy {acc_before:.3f} -> {acc_after:.3f}")
+    growth = max(n.rss_mb() - rss for n, rss in zip(net.nodes, rss_before, strict=True))
+    if growth > MAX_RSS_GROWTH:
+        problems.append(f"RSS grew by {growth:.0f} MB")
+    counted = [int(_counter(a, name) - _counter(b, name)) for b, a in zip(before, after, strict=True)]
+    if min(counted) < 2:
+        problems.append(f"not counted as {name} by every node: {counted}")
+    struck = sum(any(e.get("peer") == host.peer_id for e in n.of("rejected")) for n in net.nodes)
+    if struck != (len(net.nodes) if strikes else 0):
+        problems.append(f"{struck} of {len(net.nodes)} nodes struck the attacker")
+    return ModestOutcome(
+        attack=attack,
+        counted=sum(counted),
+        struck=struck,
+        nodes=len(net.nodes),
+        seconds_before=before_s,
+        seconds_during=during_s,
+        acc_before=acc_before,
+        acc_after=acc_after,
+        rss_growth=growth,
+        problems=problems,
+    )
