@@ -36,7 +36,13 @@ from phalanx.node.learner import Learner, TrainConfig, derive_seed
 from phalanx.node.metrics import Metrics, serve
 from phalanx.node.partition import shard_of
 from phalanx.node.runtime import NodeRuntime, RuntimeSettings
-from phalanx.node.transport import Libp2pTransport, TransportError, open_libp2p_transport
+from phalanx.node.transport import (
+    STRANGER_BUDGET,
+    Acquaintances,
+    Libp2pTransport,
+    TransportError,
+    open_libp2p_transport,
+)
 
 
 def byzantine_behaviour(spec: str) -> tuple[str, str]:
@@ -194,12 +200,15 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
         now: Callable[[], float] = trio.current_time
         if saved is not None:
             bans.restore(saved.bans, now())
+        known = Acquaintances()  # neighbours and members get the full budget, strangers STRANGER_BUDGET
         async with open_libp2p_transport(
             key,
             listen=config.listen,
             limits=limits,
             is_banned=lambda p: bans.is_banned(p, now()),
             stall=config.stall_timeout,
+            stranger_budget=STRANGER_BUDGET,
+            is_known=known,
             addrs_factory=addrs_factory(config.announce),
         ) as transport:
             neighbours = tuple(transport.add_address(a) for a in neighbour_addrs)
@@ -208,6 +217,7 @@ def run_node(config: NodeConfig, *, log: TextIO | None = None) -> int:
             protocol = build_protocol(
                 config, peer_id, neighbours, learner.get_vector(), start_round, signer_of(key, peer_id)
             )
+            known.meet(neighbours, protocol)
             settings = RuntimeSettings(
                 rounds=config.rounds,
                 eval_every=config.eval_every,

@@ -98,6 +98,34 @@ class GlobalBudget:
 BUSY = "busy"  # a pool of the GlobalBudget is full: reset the stream, no strike
 
 
+class Acquaintances:
+    """The node's ``is_known`` for its transport: its neighbours, and the members of its protocol's
+    membership view (MoDeST), read at each call, so peers that join or leave change budget at once.
+
+    Fed by the node once it knows them (``meet``); until then everyone is a stranger. A protocol without a
+    ``view`` (D-PSGD, Epidemic Learning: their neighbours are their membership) contributes nobody.
+    """
+
+    def __init__(self) -> None:
+        self._neighbours: frozenset[str] = frozenset()
+        self._is_member: Callable[[str], bool] = lambda peer: False
+
+    def meet(self, neighbours: Sequence[str], protocol: object = None) -> None:
+        self._neighbours = frozenset(neighbours)
+        view = getattr(protocol, "view", None)  # duck-typed: no Protocol-wide members accessor yet
+        is_member = getattr(view, "is_member", None)
+        if callable(is_member):
+            self._is_member = is_member
+
+    def __call__(self, peer: str) -> bool:
+        return peer in self._neighbours or bool(self._is_member(peer))
+
+
+#: A stranger's budget on a node: two streams, one frame at a time (known peers: 8 streams, two frames);
+#: strangers together hold at most the GlobalBudget's stranger pool.
+STRANGER_BUDGET = PeerBudget(max_streams=2)
+
+
 class TransportError(OSError):
     """A send that failed: the peer is unreachable, the stream broke or the write timed out."""
 
@@ -177,7 +205,11 @@ class Ledger:
         self.max_streams = budget.max_streams
         self.max_buffered = budget.max_buffered or 2 * limits.max_frame
         strange = stranger or budget
-        self._stranger = (strange.max_streams, strange.max_buffered or 2 * limits.max_frame)
+        # a stranger's max_buffered of 0 is one frame (one message at a time), a known peer's two
+        self._stranger = (
+            strange.max_streams,
+            strange.max_buffered or (1 if stranger is not None else 2) * limits.max_frame,
+        )
         self._is_known = is_known
         total = total or GlobalBudget()
         self._total = (total.max_streams, total.max_buffered or 16 * limits.max_frame)
