@@ -330,3 +330,51 @@ async def run_modest_attack(net: LiveNetwork, attack: str) -> ModestOutcome:
         rss_growth=growth,
         problems=problems,
     )
+
+
+# ---------------------------------------------------------------- many keys, half a frame each
+
+HALF_FRAME_KEYS = 24
+HALF_FRAME_BYTES = 2_000_000  # of a frame announced at the limit (16 MB under MoDeST's view limits)
+MAX_HALF_FRAME_GROWTH = 20.0  # MB: without a pool for strangers the 24 keys hold 48 MB until they stall
+
+
+async def half_frames(net: LiveNetwork) -> tuple[float, list[str]]:
+    """``HALF_FRAME_KEYS`` fresh keys each send the first 2 MB of a frame announced at the victim's frame
+    limit and stop, all at once: each is within its own stranger budget, so only the strangers' pool (the
+    global budget) stops them holding 48 MB. Returns the victim's RSS growth and the problems seen."""
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
+    from phalanx.gossip.wire import FRAME_HEADER, Limits
+    from phalanx.node.transport import open_libp2p_transport
+
+    victim = net.nodes[0]
+    limit = Limits(dim=DIM).max_frame
+    data = FRAME_HEADER.pack(limit) + b"\1" * HALF_FRAME_BYTES
+    problems: list[str] = []
+    rss_before = victim.rss_mb()
+    start = net.round
+    async with contextlib.AsyncExitStack() as stack:
+        hosts = []
+        for _ in range(HALF_FRAME_KEYS):
+            host = await stack.enter_async_context(
+                open_libp2p_transport(create_new_key_pair(), limits=Limits(dim=DIM), send_timeout=5.0)
+            )
+            hosts.append((host, host.add_address(victim.address)))
+
+        async def one(host: Libp2pTransport, name: str) -> None:
+            with contextlib.suppress(TransportError):  # refused: the victim resets the stream
+                await host.send_raw(name, data, close=False)
+
+        async with trio.open_nursery() as nursery:
+            for host, name in hosts:
+                nursery.start_soon(one, host, name)
+        growth = victim.rss_mb() - rss_before  # every stream written or refused, none stalled yet
+        try:
+            await net.until(lambda: net.round >= start + ROUNDS, timeout=MAX_SECONDS)
+        except trio.TooSlowError:
+            problems.append(f"the network stopped completing rounds (round {net.round})")
+        growth = max(growth, victim.rss_mb() - rss_before)
+    if growth > MAX_HALF_FRAME_GROWTH:
+        problems.append(f"the victim's RSS grew by {growth:.0f} MB")
+    return growth, problems

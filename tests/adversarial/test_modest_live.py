@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .live import COUNTED, LiveNetwork, modest_network, run_modest_attack
+from .live import COUNTED, LiveNetwork, half_frames, modest_network, run_modest_attack
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -29,3 +29,10 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveNetwork]:
 async def test_the_modest_network_holds(attack: str, network: LiveNetwork) -> None:
     outcome = await run_modest_attack(network, attack)
     assert not outcome.problems, outcome
+
+
+async def test_many_fresh_keys_sending_half_a_frame_hold_only_the_strangers_pool(
+    network: LiveNetwork,
+) -> None:
+    growth, problems = await half_frames(network)
+    assert not problems, (growth, problems)
