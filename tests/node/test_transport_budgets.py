@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from phalanx.gossip.wire import FRAME_HEADER, Limits
 from phalanx.node.transport import (
+    Acquaintances,
     BannedReports,
     Frame,
     GlobalBudget,
@@ -264,3 +265,24 @@ async def test_a_stranger_over_its_budget_is_refused_before_its_bytes_are_taken(
         assert victim.stats()["buffered_bytes"] == 0
         await honest.send_raw("victim", announce, close=False)  # the same from a known peer is read
         await next_buffered(victim, 8000)
+
+
+def test_acquaintances_are_the_neighbours_and_the_protocols_current_members() -> None:
+    import numpy as np
+    import torch
+
+    from phalanx.gossip.modest import Modest, ModestConfig
+
+    known = Acquaintances()
+    assert not known("n1")  # until the node meets anyone, everyone is a stranger
+    modest = Modest(
+        node="me",
+        params=torch.zeros(3),
+        peers=["me", "n1", "n2"],
+        config=ModestConfig(s=2),
+        rng=np.random.default_rng(0),
+    )
+    known.meet(["d1"], modest)
+    assert known("d1") and known("n1") and not known("outsider")
+    modest.view.update("n2", 0, 2, now_round=0)  # n2 leaves: read at each call, it is a stranger at once
+    assert not known("n2")
