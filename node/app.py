@@ -42,7 +42,13 @@ from phalanx.node.members import MemberService, transport_addrs
 from phalanx.node.metrics import Metrics, serve
 from phalanx.node.runtime import NodeRuntime, RuntimeSettings
 from phalanx.node.transfer import Features, check_features, partition_for
-from phalanx.node.transport import Libp2pTransport, TransportError, open_libp2p_transport
+from phalanx.node.transport import (
+    STRANGER_BUDGET,
+    Acquaintances,
+    Libp2pTransport,
+    TransportError,
+    open_libp2p_transport,
+)
 
 
 def byzantine_behaviour(spec: str) -> tuple[str, str]:
@@ -256,6 +262,7 @@ def run_node(
         now: Callable[[], float] = trio.current_time
         if saved is not None:
             bans.restore(saved.bans, now())
+        known = Acquaintances()  # neighbours and members get the full budget, strangers STRANGER_BUDGET
         async with (
             open_libp2p_transport(
                 key,
@@ -263,6 +270,8 @@ def run_node(
                 limits=limits,
                 is_banned=lambda p: bans.is_banned(p, now()),
                 stall=config.stall_timeout,
+                stranger_budget=STRANGER_BUDGET,
+                is_known=known,
                 addrs_factory=addrs_factory(config.announce),
             ) as transport,
             trio.open_nursery() as members_nursery,
@@ -296,6 +305,7 @@ def run_node(
             between = (
                 between_rounds(config, protocol, service, transport, members_nursery) if joined else None
             )
+            known.meet(neighbours, protocol, members=roster.is_known)
             settings = RuntimeSettings(
                 rounds=config.rounds,
                 eval_every=config.eval_every,

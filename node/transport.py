@@ -71,6 +71,76 @@ class PeerBudget:
             raise ValueError("PeerBudget: header_timeout must be > 0")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GlobalBudget:
+    """What all peers together may hold at any moment, so that many keys (each within its own
+    :class:`PeerBudget`) cannot together exhaust the node; strangers (peers neither neighbours nor members,
+    see ``is_known``) share a smaller pool of it, so fresh keys cannot crowd out known peers.
+
+    A stream or frame refused because a pool is full is reset without a strike (the pool being full is not
+    that peer's doing) and counted in ``stats()["refused_busy"]``. ``max_buffered`` / ``stranger_buffered``
+    of 0 mean 16 / 2 frames of the limits in force.
+    """
+
+    max_streams: int = 1024
+    max_buffered: int = 0
+    stranger_streams: int = 64
+    stranger_buffered: int = 0
+
+    def __post_init__(self) -> None:
+        if (
+            min(self.max_streams, self.stranger_streams) < 1
+            or min(self.max_buffered, self.stranger_buffered) < 0
+        ):
+            raise ValueError("GlobalBudget: stream caps must be >= 1 and byte caps >= 0")
+
+
+BUSY = "busy"  # a pool of the GlobalBudget is full: reset the stream, no strike
+
+
+class Acquaintances:
+    """The node's ``is_known`` for its transport: its neighbours, and the members of its protocol's
+    membership view (MoDeST), read at each call, so peers that join or leave change budget at once.
+
+    Fed by the node once it knows them (``meet``); until then everyone is a stranger. A protocol without a
+    ``view`` (D-PSGD, Epidemic Learning) contributes its neighbours, and the node's membership roster.
+    """
+
+    def __init__(self) -> None:
+        self._neighbours: frozenset[str] = frozenset()
+        self._is_member: Callable[[str], bool] = lambda peer: False
+
+    def meet(
+        self,
+        neighbours: Sequence[str],
+        protocol: object = None,
+        *,
+        members: Callable[[str], bool] | None = None,
+    ) -> None:
+        """``members``: the node's signed membership roster's check (node/members.py), which holds the
+        peers a joined D-PSGD or EL node may take as neighbours; MoDeST's view is found on the protocol."""
+        self._neighbours = frozenset(neighbours)
+        view = getattr(protocol, "view", None)  # duck-typed: no Protocol-wide members accessor yet
+        is_member = getattr(view, "is_member", None)
+        if callable(is_member):
+            self._is_member = is_member
+        self._roster = members
+
+    _roster: Callable[[str], bool] | None = None
+
+    def __call__(self, peer: str) -> bool:
+        return (
+            peer in self._neighbours
+            or bool(self._is_member(peer))
+            or (self._roster is not None and self._roster(peer))
+        )
+
+
+#: A stranger's budget on a node: two streams, one frame at a time (known peers: 8 streams, two frames);
+#: strangers together hold at most the GlobalBudget's stranger pool.
+STRANGER_BUDGET = PeerBudget(max_streams=2)
+
+
 class TransportError(OSError):
     """A send that failed: the peer is unreachable, the stream broke or the write timed out."""
 
@@ -129,10 +199,13 @@ async def _read_exactly(read_some: ReadSome, n: int, *, stall: float) -> bytes |
 
 
 class Ledger:
-    """Each peer's use of its :class:`PeerBudget`: inbound streams open and body bytes being read.
+    """Each peer's use of its :class:`PeerBudget`, and everyone's use of the :class:`GlobalBudget`: inbound
+    streams open and body bytes being read.
 
     With ``is_known`` and a ``stranger`` budget, peers that are neither neighbours nor members (``is_known``
-    says False) get the smaller ``stranger`` budget, so a fresh key buys less than a configured peer has.
+    says False) get the smaller ``stranger`` budget, so a fresh key buys less than a configured peer has;
+    strangers together are bounded by the global budget's stranger pool. Without ``is_known`` every peer
+    is known (the pool then bounds nobody).
     """
 
     def __init__(
@@ -142,48 +215,92 @@ class Ledger:
         *,
         stranger: PeerBudget | None = None,
         is_known: Callable[[str], bool] | None = None,
+        total: GlobalBudget | None = None,
     ) -> None:
         self.max_streams = budget.max_streams
         self.max_buffered = budget.max_buffered or 2 * limits.max_frame
         strange = stranger or budget
-        self._stranger = (strange.max_streams, strange.max_buffered or 2 * limits.max_frame)
+        # a stranger's max_buffered of 0 is one frame (one message at a time), a known peer's two
+        self._stranger = (
+            strange.max_streams,
+            strange.max_buffered or (1 if stranger is not None else 2) * limits.max_frame,
+        )
         self._is_known = is_known
+        total = total or GlobalBudget()
+        self._total = (total.max_streams, total.max_buffered or 16 * limits.max_frame)
+        self._strangers_cap = (total.stranger_streams, total.stranger_buffered or 2 * limits.max_frame)
         self._streams: Counter[str] = Counter()
         self._buffered: Counter[str] = Counter()
+        self._all = [0, 0]  # streams, bytes: every peer
+        self._strangers = [0, 0]  # streams, bytes: strangers only
+        self._as_stranger: tuple[Counter[str], Counter[str]] = (Counter(), Counter())
+        self.refused_busy = 0
 
-    def _budget(self, peer: str) -> tuple[int, int]:
-        if self._is_known is None or self._is_known(peer):
-            return self.max_streams, self.max_buffered
-        return self._stranger
+    def _known(self, peer: str) -> bool:
+        return self._is_known is None or self._is_known(peer)
 
-    def open_stream(self, peer: str) -> bool:
-        """Count a new inbound stream of ``peer``; False (and nothing counted) if it is one too many."""
-        if self._streams[peer] >= self._budget(peer)[0]:
-            return False
-        self._streams[peer] += 1
-        return True
+    def _take(self, peer: str, what: int, n: int, own: int, cap: int) -> str | None:
+        """Charge ``n`` of ``what`` (0 streams, 1 bytes) to ``peer`` and the pools, or say why not."""
+        if own + n > cap:
+            return "too-many-streams" if what == 0 else "over-budget"
+        known = self._known(peer)
+        if self._all[what] + n > self._total[what] or (
+            not known and self._strangers[what] + n > self._strangers_cap[what]
+        ):
+            self.refused_busy += 1
+            return BUSY
+        self._all[what] += n
+        if not known:
+            self._strangers[what] += n
+            self._as_stranger[what][peer] += n
+        return None
+
+    def _give(self, peer: str, what: int, n: int) -> None:
+        self._all[what] -= n
+        # what was charged to the strangers' pool goes back to it, even if the peer became known meanwhile
+        charged = self._as_stranger[what]
+        back = min(n, charged[peer])
+        if back:
+            self._strangers[what] -= back
+            charged[peer] -= back
+            if not charged[peer]:
+                del charged[peer]
+
+    def open_stream(self, peer: str) -> str | None:
+        """Count a new inbound stream of ``peer``; the reason it is refused (nothing counted), or None."""
+        cap = self.max_streams if self._known(peer) else self._stranger[0]
+        refused = self._take(peer, 0, 1, self._streams[peer], cap)
+        if refused is None:
+            self._streams[peer] += 1
+        return refused
 
     def close_stream(self, peer: str) -> None:
+        self._give(peer, 0, 1)
         self._streams[peer] -= 1
         if self._streams[peer] <= 0:
             del self._streams[peer]
 
-    def reserve(self, peer: str, n: int) -> bool:
-        """Charge ``n`` body bytes to ``peer`` before reading them; False if that goes over its budget."""
-        if self._buffered[peer] + n > self._budget(peer)[1]:
-            return False
-        self._buffered[peer] += n
-        return True
+    def reserve(self, peer: str, n: int) -> str | None:
+        """Charge ``n`` body bytes to ``peer`` before reading them; the reason they are refused, or None."""
+        cap = self.max_buffered if self._known(peer) else self._stranger[1]
+        refused = self._take(peer, 1, n, self._buffered[peer], cap)
+        if refused is None:
+            self._buffered[peer] += n
+        return refused
 
     def release(self, peer: str, n: int) -> None:
+        self._give(peer, 1, n)
         self._buffered[peer] -= n
         if self._buffered[peer] <= 0:
             del self._buffered[peer]
 
     def stats(self) -> dict[str, int]:
         return {
-            "inbound_streams": sum(self._streams.values()),
-            "buffered_bytes": sum(self._buffered.values()),
+            "inbound_streams": self._all[0],
+            "buffered_bytes": self._all[1],
+            "stranger_streams": self._strangers[0],
+            "stranger_bytes": self._strangers[1],
+            "refused_busy": self.refused_busy,
         }
 
 
@@ -261,8 +378,11 @@ async def read_frames(
                     raise WireError("truncated", "stream ended inside a frame header")
             length = frame_length(header, limits)
             if ledger is not None:
-                if not ledger.reserve(peer, length):
-                    raise WireError("over-budget", f"a frame of {length} bytes over the peer's buffer budget")
+                refused = ledger.reserve(peer, length)
+                if refused == BUSY:
+                    return False  # the node's pool is full: reset, no strike
+                if refused is not None:
+                    raise WireError(refused, f"a frame of {length} bytes over the peer's buffer budget")
                 n = length
             with trio.fail_after(stall + length / MIN_RATE):
                 body = await _read_exactly(read_some, length, stall=stall)
@@ -357,10 +477,12 @@ def _admit(
         if count:
             inbox.emit_nowait(Rejected(peer, "banned", count))
         return False
-    if not ledger.open_stream(peer):
-        inbox.emit_nowait(Rejected(peer, "too-many-streams"))
-        return False
-    return True
+    refused = ledger.open_stream(peer)
+    if refused is None:
+        return True
+    if refused != BUSY:
+        inbox.emit_nowait(Rejected(peer, refused))
+    return False
 
 
 async def _emit_unless_banned(
@@ -387,11 +509,13 @@ class MemoryNetwork:
         stall: float = STALL_TIMEOUT,
         budget: PeerBudget | None = None,
         stranger_budget: PeerBudget | None = None,
+        total: GlobalBudget | None = None,
     ) -> None:
         self.limits = limits
         self.stall = stall
         self.budget = budget or PeerBudget()
         self.stranger_budget = stranger_budget
+        self.total = total
         self.nodes: dict[str, MemoryTransport] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -433,7 +557,11 @@ class MemoryTransport(Transport):
         self._net = network
         self._is_banned = is_banned
         self._ledger = Ledger(
-            network.budget, network.limits, stranger=network.stranger_budget, is_known=is_known
+            network.budget,
+            network.limits,
+            stranger=network.stranger_budget,
+            is_known=is_known,
+            total=network.total,
         )
         self._reports = BannedReports(network.budget.banned_report_interval)
         self._inbox = _Inbox()
@@ -549,6 +677,7 @@ class Libp2pTransport(Transport):
         budget: PeerBudget | None = None,
         stranger_budget: PeerBudget | None = None,
         is_known: Callable[[str], bool] | None = None,
+        total: GlobalBudget | None = None,
     ) -> None:
         self.host = host
         self.peer_id = host.get_id().to_base58()
@@ -557,7 +686,7 @@ class Libp2pTransport(Transport):
         self._is_banned = is_banned
         self._stall = stall
         self._send_timeout = send_timeout
-        self._ledger = Ledger(self.budget, limits, stranger=stranger_budget, is_known=is_known)
+        self._ledger = Ledger(self.budget, limits, stranger=stranger_budget, is_known=is_known, total=total)
         self._reports = BannedReports(self.budget.banned_report_interval)
         self._inbox = _Inbox()
         self._out: dict[str, Any] = {}
@@ -740,12 +869,14 @@ async def open_libp2p_transport(
     budget: PeerBudget | None = None,
     stranger_budget: PeerBudget | None = None,
     is_known: Callable[[str], bool] | None = None,
+    total: GlobalBudget | None = None,
     addrs_factory: Callable[[list[Any]], list[Any]] | None = None,
 ) -> AsyncIterator[Libp2pTransport]:
     """A running libp2p host (TCP, Noise, yamux) listening on ``listen``, wrapped as a transport.
 
     ``budget`` applies to every peer, or only to the peers ``is_known`` accepts (neighbours, members) when
-    a ``stranger_budget`` is given for the others. ``addrs_factory`` turns its bound addresses into the
+    a ``stranger_budget`` is given for the others; ``total`` bounds all peers together (default
+    :class:`GlobalBudget`). ``addrs_factory`` turns its bound addresses into the
     ones it announces (see node/addresses.py)."""
     import multiaddr
     from libp2p import new_host
@@ -767,6 +898,7 @@ async def open_libp2p_transport(
         budget=budget,
         stranger_budget=stranger_budget,
         is_known=is_known,
+        total=total,
     )
     from libp2p.custom_types import TProtocol
 

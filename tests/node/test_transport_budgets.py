@@ -17,8 +17,10 @@ from hypothesis import strategies as st
 
 from phalanx.gossip.wire import FRAME_HEADER, Limits
 from phalanx.node.transport import (
+    Acquaintances,
     BannedReports,
     Frame,
+    GlobalBudget,
     MemoryNetwork,
     PeerBudget,
     Rejected,
@@ -223,3 +225,64 @@ async def test_strangers_get_the_smaller_budget(kind: str) -> None:
             assert not isinstance(event, Rejected), event
             if event.peer == honest.peer_id:
                 break
+
+
+async def test_many_fresh_keys_together_hold_no_more_than_the_strangers_pool() -> None:
+    """40 strangers each send half a frame and stop: each is within its own budget, but together they hold
+    at most the strangers' pool; the rest are reset (no strike: the pool is not theirs alone) before a byte
+    of their bodies is taken, and a known peer is still served."""
+    known: set[str] = set()
+    pool = GlobalBudget(stranger_buffered=3 * 4000)
+    net = MemoryNetwork(limits=LIMITS, stall=STALL, budget=BUDGET, stranger_budget=BUDGET, total=pool)
+    async with net.run():
+        victim = net.transport("victim", is_known=known.__contains__)
+        honest = net.transport("honest")
+        known.add(honest.peer_id)
+        half = FRAME_HEADER.pack(4000) + b"\1" * 100
+        for i in range(40):
+            with contextlib.suppress(TransportError):
+                await net.transport(f"sybil{i}").send_raw("victim", half, close=False)
+        await trio.testing.wait_all_tasks_blocked(0.01)
+        stats = victim.stats()
+        assert stats["buffered_bytes"] == stats["stranger_bytes"] == 3 * 4000
+        assert stats["refused_busy"] == 37
+        await honest.send("victim", b"known")
+        event = await next_event(victim, Frame | Rejected)
+        assert event == Frame("honest", b"known")  # no Rejected (strike) for the refused strangers
+
+
+async def test_a_stranger_over_its_budget_is_refused_before_its_bytes_are_taken() -> None:
+    known: set[str] = set()
+    stranger = PeerBudget(max_streams=2, max_buffered=1000, idle_timeout=BUDGET.idle_timeout)
+    net = MemoryNetwork(limits=LIMITS, stall=STALL, budget=BUDGET, stranger_budget=stranger)
+    async with net.run():
+        victim = net.transport("victim", is_known=known.__contains__)
+        attacker, honest = net.transport("attacker"), net.transport("honest")
+        known.add(honest.peer_id)
+        announce = FRAME_HEADER.pack(8000) + b"\1" * 100  # within a known peer's budget, not a stranger's
+        await attacker.send_raw("victim", announce, close=False)
+        assert await next_event(victim, Rejected) == Rejected("attacker", "over-budget")
+        assert victim.stats()["buffered_bytes"] == 0
+        await honest.send_raw("victim", announce, close=False)  # the same from a known peer is read
+        await next_buffered(victim, 8000)
+
+
+def test_acquaintances_are_the_neighbours_and_the_protocols_current_members() -> None:
+    import numpy as np
+    import torch
+
+    from phalanx.gossip.modest import Modest, ModestConfig
+
+    known = Acquaintances()
+    assert not known("n1")  # until the node meets anyone, everyone is a stranger
+    modest = Modest(
+        node="me",
+        params=torch.zeros(3),
+        peers=["me", "n1", "n2"],
+        config=ModestConfig(s=2),
+        rng=np.random.default_rng(0),
+    )
+    known.meet(["d1"], modest)
+    assert known("d1") and known("n1") and not known("outsider")
+    modest.view.update("n2", 0, 2, now_round=0)  # n2 leaves: read at each call, it is a stranger at once
+    assert not known("n2")
