@@ -126,6 +126,8 @@ class TrainConfig:
     features: str = setting("features")
     optimizer: str = setting("optimizer")  # sgd, adam, adamw (Trainer._update)
     loss_fn: str | Callable[..., Any] = setting("loss_fn")  # noqa: RUF009 (build_loss: a name, module:attr, a callable)
+    # held-out local evaluation (issue 15): the last eval_holdout samples of a shard (holdout_split)
+    eval_holdout: int = setting("eval_holdout")
 
     def __post_init__(self) -> None:
         parse_buffer_policy(self.buffers)
@@ -147,6 +149,8 @@ class TrainConfig:
             raise LearnerError(f"train-only must be all or head, got {self.train_only!r}")
         if self.features and self.train_only != "head":
             raise LearnerError("--features is the frozen part of --train-only head; add --train-only head")
+        if self.eval_holdout < 0:
+            raise LearnerError(f"eval-holdout must be >= 0, got {self.eval_holdout}")
 
     @classmethod
     def from_settings(cls, settings: Any) -> TrainConfig:
@@ -163,6 +167,7 @@ class TrainConfig:
             features=str(getattr(settings, "features", "") or ""),
             optimizer=getattr(settings, "optimizer", "sgd"),
             loss_fn=getattr(settings, "loss_fn", CROSS_ENTROPY),
+            eval_holdout=int(getattr(settings, "eval_holdout", 0) or 0),
         )
 
 
@@ -170,6 +175,26 @@ def derive_seed(*parts: object) -> int:
     """A 63-bit seed from any tuple of values, stable across processes and Python versions."""
     digest = hashlib.sha256(repr(parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
+
+
+def holdout_split(size: int, holdout: int, *, node: object = None) -> int:
+    """How many of a shard's ``size`` samples a node trains on when the last ``holdout`` are held out for
+    local evaluation (``--eval-holdout``): the first ``size - holdout``; the held-out ones are positions
+    ``[size - holdout, size)`` of the shard. Both runners (the simulator's workers and a real node's
+    :class:`Learner`) split a shard here. ``holdout = 0`` holds nothing out (the whole shard trains, and
+    Evaluate answers come from its first samples, as before). An empty shard (a relay) stays empty; a
+    shard that ``holdout`` would leave nothing to train on is a :class:`LearnerError`."""
+    if holdout < 0:
+        raise LearnerError(f"eval-holdout must be >= 0, got {holdout}")
+    if holdout == 0 or size == 0:
+        return size
+    if holdout >= size:
+        who = "" if node is None else f"node {node}'s "
+        raise LearnerError(
+            f"--eval-holdout {holdout} leaves {who}shard of {size} samples nothing to train on; "
+            f"hold out fewer than {size}"
+        )
+    return size - holdout
 
 
 @dataclass(slots=True)
@@ -533,8 +558,11 @@ class Learner:
         self.test_x = self.trainer.inputs(dataset.test_x.to(dev))  # as features when cached
         self.test_y = dataset.test_y.to(dev)
         self.state = self.trainer.new_state()
+        # with --eval-holdout N the sampler draws from the first len - N samples only (holdout_split)
+        self.holdout = self.trainer.config.eval_holdout
+        self.train_size = holdout_split(len(idx), self.holdout, node=index)
         self.sampler = BatchSampler(
-            len(idx), self.trainer.config.batch_size, derive_seed(seed, "batches", index)
+            self.train_size, self.trainer.config.batch_size, derive_seed(seed, "batches", index)
         )
 
     @property
@@ -614,10 +642,18 @@ class Learner:
     def evaluate_local(
         self, params: torch.Tensor, samples: int = 0
     ) -> tuple[float, float, tuple[float, ...], int]:
-        """``params`` on this node's own samples (the first ``samples`` of its shard; 0: all of them)."""
-        n = len(self.y) if samples <= 0 else min(samples, len(self.y))
+        """``params`` on this node's own samples: with ``--eval-holdout N``, its held-out samples (the last N
+        of its shard, never trained on), else the first of its shard (trained on); at most ``samples`` of
+        them (0: all of them)."""
+        first = self.train_size if self.holdout else 0  # where the evaluation pool starts in the shard
+        pool = len(self.y) - first
+        n = pool if samples <= 0 else min(samples, pool)
         acc, loss, per_class = self.trainer.evaluate_per_class(
-            params, self.x[:n], self.y[:n], self.dataset.num_classes, buffers=self.state.buffers
+            params,
+            self.x[first : first + n],
+            self.y[first : first + n],
+            self.dataset.num_classes,
+            buffers=self.state.buffers,
         )
         return acc, loss, per_class, n
 

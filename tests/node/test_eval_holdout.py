@@ -1,0 +1,138 @@
+"""--eval-holdout N: the last N samples of each shard are never trained on, and Evaluate is answered on them,
+in both runners (the simulator's SimWorker and a real node's Learner) through one split (holdout_split)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from phalanx.node.datasets import make_blobs
+from phalanx.node.learner import Learner, LearnerError, TrainConfig, Trainer, holdout_split
+from phalanx.node.partition import partition
+from phalanx.sim.config import SimConfig
+from phalanx.sim.training import ShardSampler, SimWorker
+
+DATA = make_blobs(n_train=400, n_test=50)
+
+
+@given(
+    size=st.integers(1, 300),
+    holdout=st.integers(0, 299),
+    batch=st.integers(1, 64),
+    seed=st.integers(0, 2**32),
+)
+@settings(max_examples=60, deadline=None)
+def test_held_out_positions_are_never_drawn_by_the_batch_sampler(size, holdout, batch, seed):
+    if holdout >= size and holdout > 0:
+        with pytest.raises(LearnerError, match="nothing to train on"):
+            holdout_split(size, holdout)
+        return
+    train = holdout_split(size, holdout)
+    assert train == size - holdout
+    shard = np.random.default_rng(seed).permutation(10_000)[:size]
+    sampler = ShardSampler(train, batch, seed, shard=shard[:train])
+    drawn: set[int] = set()
+    steps = 3 * max(1, -(-train // batch))  # three epochs
+    for step in range(steps):
+        drawn.update(int(i) for i in sampler.indices(step))
+    assert drawn == set(shard[:train].tolist())  # every training sample, and only those
+    assert drawn.isdisjoint(shard[train:].tolist())
+
+
+def test_an_empty_shard_stays_empty_and_negative_is_refused():
+    assert holdout_split(0, 10) == 0  # a relay holds no data: nothing to hold out
+    with pytest.raises(LearnerError):
+        holdout_split(10, -1)
+    with pytest.raises(LearnerError):
+        TrainConfig(eval_holdout=-1)
+
+
+def _worker(holdout: int) -> tuple[SimWorker, Trainer, list[np.ndarray]]:
+    trainer = Trainer("logreg", DATA, TrainConfig(eval_holdout=holdout, batch_size=8), init_seed=0)
+    shards = partition(DATA.train_y.numpy(), 2, "iid", seed=0)
+    return SimWorker(trainer, DATA, shards, seed=0, step_time=0.01), trainer, shards
+
+
+def _answer_on(
+    trainer: Trainer, params: torch.Tensor, idx: np.ndarray
+) -> tuple[float, float, tuple[float, ...]]:
+    t = torch.from_numpy(idx)
+    return trainer.evaluate_per_class(params, DATA.train_x[t], DATA.train_y[t], DATA.num_classes)
+
+
+def test_sim_evaluate_answers_on_exactly_the_held_out_samples():
+    worker, trainer, shards = _worker(30)
+    params = trainer.initial + 0.1 * torch.randn(trainer.dim, generator=torch.Generator().manual_seed(1))
+    shard = np.asarray(shards[0])
+    for samples, expected in ((0, shard[-30:]), (12, shard[-30:][:12]), (500, shard[-30:])):
+        acc, loss, per_class, n = worker.evaluate("0", params, samples)
+        want = _answer_on(trainer, params, expected)
+        assert n == len(expected)
+        assert (acc, loss) == pytest.approx(want[:2], abs=1e-6)
+        assert [None if math.isnan(p) else p for p in per_class] == [
+            None if math.isnan(p) else pytest.approx(p, abs=1e-6) for p in want[2]
+        ]
+    assert worker.evaluate_many("0", [params], 0)[0][0] == pytest.approx(worker.evaluate("0", params, 0)[0])
+    _, _, sampler = worker.data["0"]
+    assert len(sampler.shard) == len(shard) - 30 and set(sampler.shard.tolist()).isdisjoint(
+        shard[-30:].tolist()
+    )
+
+
+def test_sim_without_holdout_is_unchanged():
+    worker, trainer, shards = _worker(0)
+    shard = np.asarray(shards[1])
+    acc, loss, _, n = worker.evaluate("1", trainer.initial, 40)
+    assert n == 40 and (acc, loss) == pytest.approx(_answer_on(trainer, trainer.initial, shard[:40])[:2])
+    assert worker.evaluate("1", trainer.initial, 0)[3] == min(200, len(shard))
+    _, _, sampler = worker.data["1"]
+    assert np.array_equal(sampler.shard, shard)
+
+
+def test_sim_holdout_larger_than_a_shard_is_one_clear_error():
+    with pytest.raises(LearnerError, match=r"--eval-holdout 500 leaves node 0's shard of \d+ samples"):
+        _worker(500)
+
+
+def _learner(holdout: int, shard: np.ndarray) -> Learner:
+    return Learner(
+        dataset=DATA, shard=shard, model="logreg", config=TrainConfig(eval_holdout=holdout, batch_size=8)
+    )
+
+
+def test_learner_trains_on_the_rest_and_evaluates_on_the_held_out_samples():
+    shard = np.arange(100, 160)
+    learner = _learner(20, shard)
+    assert learner.sampler.size == 40
+    drawn = {int(i) for step in range(20) for i in learner.sampler.indices(step)}
+    assert drawn == set(range(40))  # positions in the shard: the last 20 never come
+    params = learner.get_vector()
+    for samples, expected in ((0, shard[40:]), (5, shard[40:45]), (99, shard[40:])):
+        acc, loss, _, n = learner.evaluate_local(params, samples)
+        assert n == len(expected)
+        assert (acc, loss) == pytest.approx(_answer_on(learner.trainer, params, expected)[:2], abs=1e-6)
+    before = learner.get_vector()
+    learner.train(5)
+    assert not torch.equal(before, learner.get_vector())
+
+
+def test_learner_without_holdout_is_unchanged_and_too_large_is_refused():
+    shard = np.arange(0, 50)
+    learner = _learner(0, shard)
+    assert learner.sampler.size == 50
+    acc, loss, _, n = learner.evaluate_local(learner.get_vector(), 10)
+    assert n == 10
+    assert (acc, loss) == pytest.approx(_answer_on(learner.trainer, learner.get_vector(), shard[:10])[:2])
+    with pytest.raises(LearnerError, match="--eval-holdout 50 leaves node 0's shard of 50 samples"):
+        _learner(50, shard)
+
+
+def test_the_setting_reaches_the_configs_and_the_trainer():
+    assert SimConfig().eval_holdout == 0
+    config = SimConfig(eval_holdout=25)
+    assert TrainConfig.from_settings(config).eval_holdout == 25
