@@ -177,24 +177,31 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def holdout_split(size: int, holdout: int, *, node: object = None) -> int:
-    """How many of a shard's ``size`` samples a node trains on when the last ``holdout`` are held out for
-    local evaluation (``--eval-holdout``): the first ``size - holdout``; the held-out ones are positions
-    ``[size - holdout, size)`` of the shard. Both runners (the simulator's workers and a real node's
-    :class:`Learner`) split a shard here. ``holdout = 0`` holds nothing out (the whole shard trains, and
-    Evaluate answers come from its first samples, as before). An empty shard (a relay) stays empty; a
-    shard that ``holdout`` would leave nothing to train on is a :class:`LearnerError`."""
+def holdout_split(
+    shard: np.ndarray, holdout: int, *, seed: int = 0, node: object = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """A shard split for ``--eval-holdout``: ``(train, held)``, the indices a node trains on and the
+    ``holdout`` it never trains on and answers Evaluate actions on. Both runners (the simulator's workers
+    and a real node's :class:`Learner`) split a shard here. The held-out samples are a seeded random draw
+    from the shard (a function of ``seed`` and ``node``), in a random order, so any first few of them are
+    a random sample too: a shard's own order can be by class (``shards:K``), and its last samples would
+    then be one class. The training samples keep the shard's order. ``holdout = 0`` holds nothing out
+    (``train`` is the shard as it is). An empty shard (a relay) stays empty; a shard that ``holdout``
+    would leave nothing to train on is a :class:`LearnerError`."""
+    idx = np.asarray(shard, dtype=np.int64)
     if holdout < 0:
         raise LearnerError(f"eval-holdout must be >= 0, got {holdout}")
-    if holdout == 0 or size == 0:
-        return size
-    if holdout >= size:
-        who = "" if node is None else f"node {node}'s "
+    if holdout == 0 or len(idx) == 0:
+        return idx, idx[:0]
+    if holdout >= len(idx):
         raise LearnerError(
-            f"--eval-holdout {holdout} leaves {who}shard of {size} samples nothing to train on; "
-            f"hold out fewer than {size}"
+            f"--eval-holdout {holdout} leaves node {node}'s shard of {len(idx)} samples nothing to train "
+            f"on; hold out fewer than {len(idx)}"
         )
-    return size - holdout
+    picked = np.random.default_rng(derive_seed(seed, "holdout", node)).permutation(len(idx))[:holdout]
+    rest = np.ones(len(idx), dtype=bool)
+    rest[picked] = False
+    return idx[rest], idx[picked]
 
 
 @dataclass(slots=True)
@@ -550,7 +557,12 @@ class Learner:
             model, dataset, config or TrainConfig(), init_seed=seed, device=device
         )
         dev = self.trainer.device
-        idx = torch.from_numpy(np.asarray(shard, dtype=np.int64))
+        # with --eval-holdout N the shard is reordered as (trained, held out): the sampler draws only from
+        # the first len - N samples, and evaluate_local answers on the last N (holdout_split)
+        self.holdout = self.trainer.config.eval_holdout
+        train, held = holdout_split(shard, self.holdout, seed=seed, node=index)
+        self.train_size = len(train)
+        idx = torch.from_numpy(np.concatenate([train, held]))
         self.x = self.trainer.inputs(dataset.train_x[idx].to(dev))
         y = dataset.train_y[idx].to(dev)
         self.y = flip_labels(y, dataset.num_classes) if flipped else y
@@ -558,9 +570,6 @@ class Learner:
         self.test_x = self.trainer.inputs(dataset.test_x.to(dev))  # as features when cached
         self.test_y = dataset.test_y.to(dev)
         self.state = self.trainer.new_state()
-        # with --eval-holdout N the sampler draws from the first len - N samples only (holdout_split)
-        self.holdout = self.trainer.config.eval_holdout
-        self.train_size = holdout_split(len(idx), self.holdout, node=index)
         self.sampler = BatchSampler(
             self.train_size, self.trainer.config.batch_size, derive_seed(seed, "batches", index)
         )

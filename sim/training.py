@@ -71,12 +71,11 @@ class SimWorker:
         train_x = trainer.inputs(dataset.train_x.to(trainer.device))
         for i, shard in enumerate(shards):
             node = str(i)
-            idx = np.asarray(shard, dtype=np.int64)
-            train = holdout_split(len(idx), self.holdout, node=i)
+            train, held = holdout_split(shard, self.holdout, seed=seed, node=i)
             sampler = ShardSampler(
-                train, trainer.config.batch_size, derive_seed(seed, "batches", i), shard=idx[:train]
+                len(train), trainer.config.batch_size, derive_seed(seed, "batches", i), shard=train
             )
-            self.eval_pool[node] = idx[train:] if self.holdout else idx
+            self.eval_pool[node] = held if self.holdout else train
             y = flipped_y if node in flipped else train_y
             self.data[node] = (train_x, y, sampler)
 

@@ -21,33 +21,46 @@ DATA = make_blobs(n_train=400, n_test=50)
 
 
 @given(
-    size=st.integers(1, 300),
+    size=st.integers(0, 300),
     holdout=st.integers(0, 299),
     batch=st.integers(1, 64),
     seed=st.integers(0, 2**32),
 )
 @settings(max_examples=60, deadline=None)
-def test_held_out_positions_are_never_drawn_by_the_batch_sampler(size, holdout, batch, seed):
-    if holdout >= size and holdout > 0:
-        with pytest.raises(LearnerError, match="nothing to train on"):
-            holdout_split(size, holdout)
-        return
-    train = holdout_split(size, holdout)
-    assert train == size - holdout
+def test_held_out_samples_are_never_drawn_by_the_batch_sampler(size, holdout, batch, seed):
     shard = np.random.default_rng(seed).permutation(10_000)[:size]
-    sampler = ShardSampler(train, batch, seed, shard=shard[:train])
+    if 0 < size <= holdout:
+        with pytest.raises(LearnerError, match="nothing to train on"):
+            holdout_split(shard, holdout, seed=seed)
+        return
+    train, held = holdout_split(shard, holdout, seed=seed)
+    assert len(held) == (holdout if size else 0) and len(train) == size - len(held)
+    assert sorted([*train.tolist(), *held.tolist()]) == sorted(shard.tolist())  # a split of the shard
+    assert np.array_equal(train, shard[np.isin(shard, train)])  # the training samples keep the shard's order
+    if holdout == 0:
+        assert np.array_equal(train, shard)
+    again = holdout_split(shard, holdout, seed=seed)
+    assert np.array_equal(again[1], held)  # a function of (seed, node)
+    sampler = ShardSampler(len(train), batch, seed, shard=train)
     drawn: set[int] = set()
-    steps = 3 * max(1, -(-train // batch))  # three epochs
-    for step in range(steps):
+    for step in range(3 * max(1, -(-len(train) // batch))):  # three epochs
         drawn.update(int(i) for i in sampler.indices(step))
-    assert drawn == set(shard[:train].tolist())  # every training sample, and only those
-    assert drawn.isdisjoint(shard[train:].tolist())
+    assert drawn == set(train.tolist())  # every training sample, and never a held-out one
+    assert drawn.isdisjoint(held.tolist())
+
+
+def test_held_out_samples_are_a_random_draw_not_the_end_of_a_class_ordered_shard():
+    shard = np.arange(1000)  # as shards:K lays a shard out: by class (here: 0-499 one class, 500-999 another)
+    _, held = holdout_split(shard, 100, seed=0)
+    assert 20 < int((held < 500).sum()) < 80
+    assert not np.array_equal(held, holdout_split(shard, 100, seed=0, node=1)[1])
 
 
 def test_an_empty_shard_stays_empty_and_negative_is_refused():
-    assert holdout_split(0, 10) == 0  # a relay holds no data: nothing to hold out
+    train, held = holdout_split(np.empty(0, dtype=np.int64), 10)  # a relay holds no data
+    assert len(train) == len(held) == 0
     with pytest.raises(LearnerError):
-        holdout_split(10, -1)
+        holdout_split(np.arange(10), -1)
     with pytest.raises(LearnerError):
         TrainConfig(eval_holdout=-1)
 
@@ -68,8 +81,8 @@ def _answer_on(
 def test_sim_evaluate_answers_on_exactly_the_held_out_samples():
     worker, trainer, shards = _worker(30)
     params = trainer.initial + 0.1 * torch.randn(trainer.dim, generator=torch.Generator().manual_seed(1))
-    shard = np.asarray(shards[0])
-    for samples, expected in ((0, shard[-30:]), (12, shard[-30:][:12]), (500, shard[-30:])):
+    train, held = holdout_split(shards[0], 30, seed=0, node=0)
+    for samples, expected in ((0, held), (12, held[:12]), (500, held)):
         acc, loss, per_class, n = worker.evaluate("0", params, samples)
         want = _answer_on(trainer, params, expected)
         assert n == len(expected)
@@ -79,9 +92,7 @@ def test_sim_evaluate_answers_on_exactly_the_held_out_samples():
         ]
     assert worker.evaluate_many("0", [params], 0)[0][0] == pytest.approx(worker.evaluate("0", params, 0)[0])
     _, _, sampler = worker.data["0"]
-    assert len(sampler.shard) == len(shard) - 30 and set(sampler.shard.tolist()).isdisjoint(
-        shard[-30:].tolist()
-    )
+    assert np.array_equal(sampler.shard, train) and set(train.tolist()).isdisjoint(held.tolist())
 
 
 def test_sim_without_holdout_is_unchanged():
@@ -108,11 +119,13 @@ def _learner(holdout: int, shard: np.ndarray) -> Learner:
 def test_learner_trains_on_the_rest_and_evaluates_on_the_held_out_samples():
     shard = np.arange(100, 160)
     learner = _learner(20, shard)
+    train, held = holdout_split(shard, 20, seed=0, node=0)
     assert learner.sampler.size == 40
     drawn = {int(i) for step in range(20) for i in learner.sampler.indices(step)}
-    assert drawn == set(range(40))  # positions in the shard: the last 20 never come
+    assert drawn == set(range(40))  # positions in learner.x: the held-out rows (40-59) never come
+    assert torch.equal(learner.x[:40], DATA.train_x[torch.from_numpy(train)])
     params = learner.get_vector()
-    for samples, expected in ((0, shard[40:]), (5, shard[40:45]), (99, shard[40:])):
+    for samples, expected in ((0, held), (5, held[:5]), (99, held)):
         acc, loss, _, n = learner.evaluate_local(params, samples)
         assert n == len(expected)
         assert (acc, loss) == pytest.approx(_answer_on(learner.trainer, params, expected)[:2], abs=1e-6)
