@@ -149,3 +149,24 @@ def test_the_setting_reaches_the_configs_and_the_trainer():
     assert SimConfig().eval_holdout == 0
     config = SimConfig(eval_holdout=25)
     assert TrainConfig.from_settings(config).eval_holdout == 25
+
+
+def test_net_up_passes_eval_holdout_to_every_node_and_the_run_config():
+    from phalanx.cli import build_parser
+    from phalanx.net_cmd import node_args, sim_config
+
+    args = build_parser().parse_args(["net", "up", "--eval-holdout", "40"])
+    argv = node_args(args)
+    assert argv[argv.index("--eval-holdout") + 1] == "40"
+    assert sim_config(args).eval_holdout == 40
+    node = build_parser().parse_args(["node", "run", *argv])
+    assert node.eval_holdout == 40
+
+
+def test_a_negative_holdout_on_the_command_line_is_one_line_exit_2(capsys):
+    from phalanx.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["sim", "--eval-holdout", "-3"])
+    assert exc.value.code == 2
+    assert "--eval-holdout" in capsys.readouterr().err
