@@ -79,7 +79,11 @@ class BristleParams:
     )
     eval_samples: int = field(
         default=0,
-        metadata=_help("local samples each candidate is evaluated on (0: the runner's default)", min=0),
+        metadata=_help(
+            "local samples each candidate is evaluated on (0: the runner's default); held out from training "
+            "only with the training setting --eval-holdout N (then at most N; docs/bristle.md)",
+            min=0,
+        ),
     )
     merge: str = field(
         default="auto",

@@ -126,6 +126,8 @@ class TrainConfig:
     features: str = setting("features")
     optimizer: str = setting("optimizer")  # sgd, adam, adamw (Trainer._update)
     loss_fn: str | Callable[..., Any] = setting("loss_fn")  # noqa: RUF009 (build_loss: a name, module:attr, a callable)
+    # held-out local evaluation (issue 15): the last eval_holdout samples of a shard (holdout_split)
+    eval_holdout: int = setting("eval_holdout")
 
     def __post_init__(self) -> None:
         parse_buffer_policy(self.buffers)
@@ -147,6 +149,8 @@ class TrainConfig:
             raise LearnerError(f"train-only must be all or head, got {self.train_only!r}")
         if self.features and self.train_only != "head":
             raise LearnerError("--features is the frozen part of --train-only head; add --train-only head")
+        if self.eval_holdout < 0:
+            raise LearnerError(f"eval-holdout must be >= 0, got {self.eval_holdout}")
 
     @classmethod
     def from_settings(cls, settings: Any) -> TrainConfig:
@@ -163,6 +167,7 @@ class TrainConfig:
             features=str(getattr(settings, "features", "") or ""),
             optimizer=getattr(settings, "optimizer", "sgd"),
             loss_fn=getattr(settings, "loss_fn", CROSS_ENTROPY),
+            eval_holdout=int(getattr(settings, "eval_holdout", 0) or 0),
         )
 
 
@@ -170,6 +175,33 @@ def derive_seed(*parts: object) -> int:
     """A 63-bit seed from any tuple of values, stable across processes and Python versions."""
     digest = hashlib.sha256(repr(parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
+
+
+def holdout_split(
+    shard: np.ndarray, holdout: int, *, seed: int = 0, node: object = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """A shard split for ``--eval-holdout``: ``(train, held)``, the indices a node trains on and the
+    ``holdout`` it never trains on and answers Evaluate actions on. Both runners (the simulator's workers
+    and a real node's :class:`Learner`) split a shard here. The held-out samples are a seeded random draw
+    from the shard (a function of ``seed`` and ``node``), in a random order, so any first few of them are
+    a random sample too: a shard's own order can be by class (``shards:K``), and its last samples would
+    then be one class. The training samples keep the shard's order. ``holdout = 0`` holds nothing out
+    (``train`` is the shard as it is). An empty shard (a relay) stays empty; a shard that ``holdout``
+    would leave nothing to train on is a :class:`LearnerError`."""
+    idx = np.asarray(shard, dtype=np.int64)
+    if holdout < 0:
+        raise LearnerError(f"eval-holdout must be >= 0, got {holdout}")
+    if holdout == 0 or len(idx) == 0:
+        return idx, idx[:0]
+    if holdout >= len(idx):
+        raise LearnerError(
+            f"--eval-holdout {holdout} leaves node {node}'s shard of {len(idx)} samples nothing to train "
+            f"on; hold out fewer than {len(idx)}"
+        )
+    picked = np.random.default_rng(derive_seed(seed, "holdout", node)).permutation(len(idx))[:holdout]
+    rest = np.ones(len(idx), dtype=bool)
+    rest[picked] = False
+    return idx[rest], idx[picked]
 
 
 @dataclass(slots=True)
@@ -525,7 +557,12 @@ class Learner:
             model, dataset, config or TrainConfig(), init_seed=seed, device=device
         )
         dev = self.trainer.device
-        idx = torch.from_numpy(np.asarray(shard, dtype=np.int64))
+        # with --eval-holdout N the shard is reordered as (trained, held out): the sampler draws only from
+        # the first len - N samples, and evaluate_local answers on the last N (holdout_split)
+        self.holdout = self.trainer.config.eval_holdout
+        train, held = holdout_split(shard, self.holdout, seed=seed, node=index)
+        self.train_size = len(train)
+        idx = torch.from_numpy(np.concatenate([train, held]))
         self.x = self.trainer.inputs(dataset.train_x[idx].to(dev))
         y = dataset.train_y[idx].to(dev)
         self.y = flip_labels(y, dataset.num_classes) if flipped else y
@@ -534,7 +571,7 @@ class Learner:
         self.test_y = dataset.test_y.to(dev)
         self.state = self.trainer.new_state()
         self.sampler = BatchSampler(
-            len(idx), self.trainer.config.batch_size, derive_seed(seed, "batches", index)
+            self.train_size, self.trainer.config.batch_size, derive_seed(seed, "batches", index)
         )
 
     @property
@@ -614,10 +651,18 @@ class Learner:
     def evaluate_local(
         self, params: torch.Tensor, samples: int = 0
     ) -> tuple[float, float, tuple[float, ...], int]:
-        """``params`` on this node's own samples (the first ``samples`` of its shard; 0: all of them)."""
-        n = len(self.y) if samples <= 0 else min(samples, len(self.y))
+        """``params`` on this node's own samples: with ``--eval-holdout N``, its held-out samples (the last N
+        of its shard, never trained on), else the first of its shard (trained on); at most ``samples`` of
+        them (0: all of them)."""
+        first = self.train_size if self.holdout else 0  # where the evaluation pool starts in the shard
+        pool = len(self.y) - first
+        n = pool if samples <= 0 else min(samples, pool)
         acc, loss, per_class = self.trainer.evaluate_per_class(
-            params, self.x[:n], self.y[:n], self.dataset.num_classes, buffers=self.state.buffers
+            params,
+            self.x[first : first + n],
+            self.y[first : first + n],
+            self.dataset.num_classes,
+            buffers=self.state.buffers,
         )
         return acc, loss, per_class, n
 

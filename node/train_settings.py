@@ -86,6 +86,16 @@ TRAINING: dict[str, tuple[Any, dict[str, Any]]] = {
         "",
         {"help": "the frozen feature part for --train-only head: a weights file written by phalanx pretrain"},
     ),
+    # held-out local evaluation (issue 15): the samples an Evaluate action is answered on
+    "eval_holdout": (
+        0,
+        {
+            "help": "hold out the last N samples of every node's shard: never trained on, and the samples "
+            "Evaluate actions (Bristle's integrator) are answered on; 0 = none held out (Evaluate then uses "
+            "the first samples of the shard, which the node also trains on)",
+            "min": 0,
+        },
+    ),
     # ---- compressed exchange and differential privacy (issue 18; docs/compression.md)
     "compress": (
         "",

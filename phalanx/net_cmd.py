@@ -148,6 +148,7 @@ def sim_config(args: argparse.Namespace) -> Any:
         "buffers": args.buffers,
         "train_only": args.train_only,
         "features": args.features,
+        "eval_holdout": args.eval_holdout,  # held-out local evaluation (issue 15)
         "optimizer": args.optimizer,
         "loss_fn": args.loss_fn,
         "device": args.device,
@@ -188,6 +189,8 @@ def node_args(args: argparse.Namespace) -> list[str]:
         args.buffers,
         "--train-only",
         args.train_only,
+        "--eval-holdout",
+        str(args.eval_holdout),
         "--optimizer",
         args.optimizer,
         "--loss-fn",

@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from phalanx.cli import non_negative_float, positive_float, positive_int
+from phalanx.cli import non_negative_float, non_negative_int, positive_float, positive_int
 from phalanx.node.train_settings import default, help_of
 
 if TYPE_CHECKING:
@@ -41,6 +41,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "--train-only", choices=("all", "head"), default=default("train_only"), help=help_of("train_only")
     )
     _add(group, "features")
+    # held-out local evaluation (issue 15): what Evaluate actions (Bristle) are answered on
+    _add(group, "eval_holdout", non_negative_int)
     # bring your own optimiser, loss and device (issue 16)
     _add(group, "optimizer")
     _add(group, "loss_fn")

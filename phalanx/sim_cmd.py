@@ -73,6 +73,7 @@ FLAGS: tuple[tuple[str, Any], ...] = (
     ("buffers", str),
     ("train_only", str),  # transfer learning (docs/transfer.md)
     ("features", str),
+    ("eval_holdout", non_negative_int),  # held-out local evaluation (issue 15)
     ("optimizer", str),  # optimizer, loss_fn, device: issue 16
     ("loss_fn", str),
     ("device", str),

@@ -1,11 +1,14 @@
 """Bristle's checks (issue 15): Byzantine resilience, non-i.i.d. classes, speed to 90%, bytes, and cost.
 
     .venv/bin/python scripts/bench_bristle.py                  # every section
-    .venv/bin/python scripts/bench_bristle.py --sections byz   # byz, noniid, speed, cost, scale
+    .venv/bin/python scripts/bench_bristle.py --sections byz   # byz, noniid, holdout, speed, cost, scale
+    .venv/bin/python scripts/bench_bristle.py --eval-holdout 0 # judge on trained samples (the old runs)
 
 Every run is one seed of ``phalanx sim`` (16 nodes on a random 6-regular graph, MNIST embedded, 5 local steps
 per round) through ``plan() + run()``; the honest nodes' mean accuracy on the first 1,000 test images is
-printed. **The head.** Bristle trains only an output layer on frozen features. Until the head-only training
+printed. **The local evaluation set.** Every run holds out ``--eval-holdout`` (default 100) samples of each
+node's shard (``eval_holdout``, docs/bristle.md): no method trains on them, and Bristle's integrator judges
+candidates on them, not on samples the node trains on. **The head.** Bristle trains only an output layer on frozen features. Until the head-only training
 of this repository is used here (``--features FILE``: a ``phalanx pretrain`` file, run with
 ``train_only = head``), the head is ``logreg``: one linear layer on the raw pixels, i.e. an output layer
 on identity features, which is what Bristle's integrator needs (the vector is exactly that layer). Every
@@ -21,6 +24,8 @@ Sections:
   Bristle judged on the node's own shard (what the runners give), and Bristle with a small i.i.d. local
   evaluation set (the paper's assumption, emulated here: 100 images per node drawn from test images
   1,000-1,999, disjoint from the 1,000 the accuracy is measured on).
+- ``holdout``: Bristle judging candidates on samples the node trains on (``eval_holdout = 0``) vs on
+  ``--eval-holdout`` held-out ones (i.i.d. and ``shards:2``, no attacker and 20% ALIE).
 - ``speed``: no attacker: rounds to 90% and bytes sent, Bristle on the head vs D-PSGD on the full MLP.
 - ``cost``: the integrator's work per round (k = 10 candidate heads evaluated on the local evaluation set)
   vs one local training step of the head, measured side by side.
@@ -76,6 +81,7 @@ def base(args: argparse.Namespace, **over: Any) -> SimConfig:
         eval_every=1,
         eval_samples=1000,
         seed=args.seed,
+        eval_holdout=args.eval_holdout,  # the same training samples for every method
     )
     if args.features:  # head-only training on frozen pretrained features
         settings.update(train_only="head", features=args.features, model=args.model)
@@ -171,7 +177,8 @@ def section_noniid(args: argparse.Namespace) -> None:
     print(
         f"\n## (b) non-i.i.d. (shards:K), accuracy on all classes, rounds {args.rounds - LAST + 1}-{args.rounds}"
     )
-    methods = ["bristle (own shard)", "bristle (iid eval)", "mean", "trimmed-mean", "krum", "clipped-gossip"]
+    own = "bristle (own held-out)" if args.eval_holdout else "bristle (own shard)"
+    methods = [own, "bristle (iid eval)", "mean", "trimmed-mean", "krum", "clipped-gossip"]
     print("| partition | attackers | " + " | ".join(methods) + " |")
     print("|---|---|" + "---|" * len(methods))
     for k in (1, 2, 3):
@@ -184,6 +191,24 @@ def section_noniid(args: argparse.Namespace) -> None:
             accs += [accuracy(base(args, **METHODS[m], **extra)) for m in methods[2:]]
             label = "0%" if not frac else f"{frac:.0%} {attack}"
             print(f"| shards:{k} | {label} | " + " | ".join(fmt(a) for a in accs) + " |", flush=True)
+
+
+def section_holdout(args: argparse.Namespace) -> None:
+    held = args.eval_holdout or 100
+    print(
+        f"\n## (b') Bristle judged on trained samples vs {held} held-out ones, rounds {args.rounds - LAST + 1}-"
+        f"{args.rounds}"
+    )
+    print(f"| partition | attackers | judged on trained samples | judged on {held} held out |")
+    print("|---|---|---|---|")
+    for partition in ("iid", "shards:2"):
+        for frac in (0.0, 0.2):
+            extra: dict[str, Any] = dict(partition=partition, byzantine_fraction=frac, attack="alie")
+            if partition == "shards:2":  # as in (b): judged on its 3 best classes
+                extra["protocol_params"] = {"peer_classes": 3}
+            accs = [accuracy(base(args, protocol="bristle", eval_holdout=h, **extra)) for h in (0, held)]
+            label = "0%" if not frac else f"{frac:.0%} alie"
+            print(f"| {partition} | {label} | " + " | ".join(fmt(a) for a in accs) + " |", flush=True)
 
 
 def section_speed(args: argparse.Namespace) -> None:
@@ -217,7 +242,7 @@ def section_speed(args: argparse.Namespace) -> None:
 
 def section_cost(args: argparse.Namespace) -> None:
     print("\n## (d) integrator cost per round vs one local training step of the head")
-    config = base(args, protocol="bristle")
+    config = base(args, protocol="bristle", eval_holdout=0)  # evaluation sets of 100 and 200 samples
     p = plan(config)
     trainer = Trainer(config.model, p.dataset, TrainConfig.from_settings(config), init_seed=0)
     worker = SimWorker(trainer, p.dataset, p.shards, seed=0, step_time=0.01)
@@ -270,7 +295,7 @@ def section_scale(args: argparse.Namespace) -> None:
     print(f"\n## (d) {nodes} Bristle nodes, {rounds} rounds: memory and overhead over pure training")
     config = base(
         args, protocol="bristle", nodes=nodes, rounds=rounds, local_steps=1, eval_every=rounds, eval_nodes=8,
-        eval_samples=500, topology="regular:8",
+        eval_samples=500, topology="regular:8", eval_holdout=0,  # 8 samples a node: none held out
     )  # fmt: skip
     p = plan(config)
     start = time.perf_counter()
@@ -300,6 +325,7 @@ SECTIONS = {
     "byz": section_byz,
     "byzfull": section_byzfull,
     "noniid": section_noniid,
+    "holdout": section_holdout,
     "speed": section_speed,
     "cost": section_cost,
     "scale": section_scale,
@@ -313,6 +339,9 @@ def main() -> None:
     ap.add_argument("--speed-rounds", type=int, default=60)
     ap.add_argument("--scale-nodes", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--eval-holdout", type=int, default=100, help="samples of each shard held out for local evaluation"
+    )
     ap.add_argument("--features", default="", help="a phalanx pretrain file: train only the head on it")
     ap.add_argument("--model", default="mlp", help="the model the features file was pretrained with")
     args = ap.parse_args()

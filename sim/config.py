@@ -93,6 +93,8 @@ class SimConfig:
     # transfer learning (docs/transfer.md)
     train_only: str = setting("train_only")
     features: str = setting("features")
+    # held-out local evaluation (issue 15; node/learner.py holdout_split)
+    eval_holdout: int = setting("eval_holdout")
     # compressed exchange and differential privacy (issue 18; docs/compression.md)
     compress: str = setting("compress")
     dp_clip: float = setting("dp_clip")

@@ -17,7 +17,7 @@ import torch
 
 from phalanx.gossip.events import PeerId
 from phalanx.node.datasets import Dataset
-from phalanx.node.learner import BatchSampler, NodeState, Trainer, derive_seed, flip_labels
+from phalanx.node.learner import BatchSampler, NodeState, Trainer, derive_seed, flip_labels, holdout_split
 
 
 @dataclass(slots=True)
@@ -55,6 +55,10 @@ class SimWorker:
         self.steps_run = 0
         self.num_classes = dataset.num_classes
         self.eval_samples = 200  # the default size of a node's local evaluation set (an Evaluate action's)
+        # --eval-holdout N: the last N samples of each shard are never trained on and are the evaluation pool
+        self.holdout = trainer.config.eval_holdout
+        # Per node, the shard indices its Evaluate answers are drawn from (the held-out ones, else the shard)
+        self.eval_pool: dict[PeerId, np.ndarray] = {}
         # Per node, its local evaluation set as (samples, labels, n), when its rows are cached features:
         # small (a head's inputs), and gathered once instead of at every Evaluate.
         self._eval_sets: dict[PeerId, tuple[torch.Tensor, torch.Tensor, int]] = {}
@@ -67,10 +71,11 @@ class SimWorker:
         train_x = trainer.inputs(dataset.train_x.to(trainer.device))
         for i, shard in enumerate(shards):
             node = str(i)
-            idx = np.asarray(shard, dtype=np.int64)
+            train, held = holdout_split(shard, self.holdout, seed=seed, node=i)
             sampler = ShardSampler(
-                len(idx), trainer.config.batch_size, derive_seed(seed, "batches", i), shard=idx
+                len(train), trainer.config.batch_size, derive_seed(seed, "batches", i), shard=train
             )
+            self.eval_pool[node] = held if self.holdout else train
             y = flipped_y if node in flipped else train_y
             self.data[node] = (train_x, y, sampler)
 
@@ -107,7 +112,8 @@ class SimWorker:
     def evaluate(
         self, node: PeerId, params: torch.Tensor, samples: int
     ) -> tuple[float, float, tuple[float, ...], int]:
-        """``params`` on ``node``'s own samples (the first ``samples`` of its shard, the labels it trains on)."""
+        """``params`` on ``node``'s own samples (with the labels it trains on): its held-out samples under
+        ``--eval-holdout``, else the first ``samples`` of its shard (see :meth:`_eval_set`)."""
         xs, ys, n = self._eval_set(node, samples)
         acc, loss, per_class = self.trainer.evaluate_per_class(
             params, xs, ys, self.num_classes, buffers=self.state(node).buffers
@@ -125,13 +131,15 @@ class SimWorker:
         return [(acc, loss, per_class, n) for acc, loss, per_class in results]
 
     def _eval_set(self, node: PeerId, samples: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """``node``'s local evaluation set: the first ``samples`` of its shard (0: the default size)."""
-        x, y, sampler = self.data[node]
-        n = min(samples or self.eval_samples, len(sampler.shard))
+        """``node``'s local evaluation set: with ``--eval-holdout N``, the first ``samples`` of its N held-out
+        samples (0: all N); without, the first ``samples`` of its shard (0: :attr:`eval_samples`)."""
+        x, y, _ = self.data[node]
+        pool = self.eval_pool[node]
+        n = min(samples or (len(pool) if self.holdout else self.eval_samples), len(pool))
         kept = self._eval_sets.get(node)
         if kept is not None and kept[2] == n:
             return kept
-        idx = torch.from_numpy(sampler.shard[:n]).to(x.device)
+        idx = torch.from_numpy(pool[:n]).to(x.device)
         xs, ys = x.index_select(0, idx), y.index_select(0, idx)
         if self._keep_eval_sets:
             self._eval_sets[node] = (xs, ys, n)
