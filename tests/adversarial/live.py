@@ -354,13 +354,22 @@ async def half_frames(net: LiveNetwork) -> tuple[float, list[str]]:
     problems: list[str] = []
     rss_before = victim.rss_mb()
     start = net.round
-    async with contextlib.AsyncExitStack() as stack:
+    # The attacker writes py-libp2p's default 64 KiB yamux frames. This process's transports are tuned to
+    # 1 MiB frames (node/libp2p_tuning.py), and the victim's py-libp2p reads each DATA frame whole before any
+    # of phalanx's budgets sees a byte: 24 keys writing 1 MiB frames at once take the victim's RSS up by
+    # 40-90 MB of transient buffers, whatever the strangers' pool does (docs/security.md, "Out of scope").
+    from libp2p.stream_muxer.yamux import yamux
+
+    stack = contextlib.AsyncExitStack()
+    stack.callback(setattr, yamux, "MAX_MESSAGE_SIZE", yamux.MAX_MESSAGE_SIZE)
+    async with stack:
         hosts = []
         for _ in range(HALF_FRAME_KEYS):
             host = await stack.enter_async_context(
                 open_libp2p_transport(create_new_key_pair(), limits=Limits(dim=DIM), send_timeout=5.0)
             )
             hosts.append((host, host.add_address(victim.address)))
+        yamux.MAX_MESSAGE_SIZE = 64 * 1024  # after the transports' own tuning (restored on the way out)
 
         async def one(host: Libp2pTransport, name: str) -> None:
             with contextlib.suppress(TransportError):  # refused: the victim resets the stream
