@@ -160,8 +160,10 @@ class NodeRuntime:
         self.metrics.byzantine = settings.byzantine
 
     def _stats(self) -> dict[str, float]:
-        """The protocol's counters, and the channel's (compression counters, privacy spent) when active."""
+        """The protocol's counters, the transport's (streams and bytes held, pools' refusals: ``transport_``),
+        and the channel's (compression counters, privacy spent) when active."""
         stats: dict[str, float] = dict(self.protocol.stats())
+        stats.update({"transport_" + k: v for k, v in self.transport.stats().items()})
         if self.channel.active:
             stats.update({"codec_" + k: v for k, v in self.channel.stats().items()})
             spent = self.channel.spent()

@@ -72,3 +72,18 @@ async def test_an_honest_neighbour_sending_every_round_stays_within_its_budget()
             nursery.cancel_scope.cancel()
     assert "flood" not in metrics.rejected
     assert not bans.is_banned("peer", runtime.clock())
+
+
+async def test_the_transports_budget_counters_reach_the_status() -> None:
+    learner = _learner(2, 0)
+    limits = Limits(dim=learner.dim)
+    net = MemoryNetwork(limits=limits)
+    log, metrics = LogWatch(), Metrics()
+    async with net.run():
+        runtime = _runtime(net.transport("me"), learner, limits, log, metrics, timeout=3600, bans=BanList())
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(runtime.run)
+            await log.until("listening", 0)
+            protocol = metrics.status()["protocol_counters"]
+            nursery.cancel_scope.cancel()
+    assert {"transport_inbound_streams", "transport_refused_busy"} <= set(protocol)
