@@ -39,6 +39,8 @@ import trio
 from phalanx.node.identity import load_or_create_key, peer_id_of
 
 GRACE = 5.0
+#: How long a node that finished (or was told to stop) gets to exit before it is stopped.
+EXIT_GRACE = 30.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -464,9 +466,16 @@ async def run_network(
                             shown, shown_at = key, now
                             on_progress(p)
             timed_out = scope.cancelled_caught
-            # Nodes linger a moment after their last round, then exit; give them the grace period.
-            with trio.move_on_after(0 if any(r.problem for r in records) else GRACE):
-                while any(r.exit_code is None and r.killed_at is None for r in records):
+            # Nodes linger a moment after their last round, then exit; give them the grace period, and a
+            # node that said it finished (or was told to stop) up to EXIT_GRACE: on a loaded machine its
+            # exit can take longer, and its exit code belongs in the result.
+            if not any(r.problem for r in records):
+                short = trio.current_time() + GRACE
+                long = trio.current_time() + EXIT_GRACE
+                while pending := [r for r in records if r.exit_code is None and r.killed_at is None]:
+                    now = trio.current_time()
+                    if now > long or (now > short and not any(r.finished or r.told for r in pending)):
+                        break
                     await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
     finally:

@@ -83,6 +83,11 @@ class RuntimeSettings:
     sampled: bool = False  # only a sample reports each round: finish on Protocol.finished, never by counting
     tensorboard: Path | None = None  # write each round line's scalars there (node/tensorboard.py)
     join: bool = False  # a node joining a running network: resume() right after start() (MoDeST's join)
+    # Each peer's frame budget: at most this many frames per round of this node, the count starting afresh
+    # when a round completes or ``frame_window`` seconds pass (a node that waits long in one round); a frame
+    # beyond it is dropped as "flood" and struck before it is decoded. Honest peers send a few per round.
+    frames_per_round: int = 128
+    frame_window: float = 5.0
 
 
 @dataclass(slots=True, kw_only=True)
@@ -131,6 +136,9 @@ class NodeRuntime:
         self._log = log or sys.stdout
         self._completed = start_round  # rounds completed so far (== the next round's index)
         self._last_seen: dict[str, tuple[int, int]] = {}
+        # frames per peer in the current window (RuntimeSettings.frames_per_round)
+        self._frames: dict[str, int] = {}
+        self._frames_key: tuple[int, int] = (-1, -1)  # (rounds completed, window number) they count in
         self._timers: dict[str, trio.CancelScope] = {}
         self._learner_lock = trio.Lock()
         # a round to write, or None: the protocol finished (written after the rounds queued before it)
@@ -152,8 +160,10 @@ class NodeRuntime:
         self.metrics.byzantine = settings.byzantine
 
     def _stats(self) -> dict[str, float]:
-        """The protocol's counters, and the channel's (compression counters, privacy spent) when active."""
+        """The protocol's counters, the transport's (streams and bytes held, pools' refusals: ``transport_``),
+        and the channel's (compression counters, privacy spent) when active."""
         stats: dict[str, float] = dict(self.protocol.stats())
+        stats.update({"transport_" + k: v for k, v in self.transport.stats().items()})
         if self.channel.active:
             stats.update({"codec_" + k: v for k, v in self.channel.stats().items()})
             spent = self.channel.spent()
@@ -423,10 +433,32 @@ class NodeRuntime:
             self.metrics.banned = len(self.bans.banned(now))
             self.log("banned", peer=peer, seconds=self.bans.duration)
 
+    def _within_frame_budget(self, peer: str) -> bool:
+        """Count ``peer``'s frame in this round's window; False (dropped, struck) past its budget."""
+        key = (self._completed, int(self.clock() // self.settings.frame_window))
+        if key != self._frames_key:
+            self._frames_key = key
+            self._frames.clear()
+        n = self._frames[peer] = self._frames.get(peer, 0) + 1
+        if n <= self.settings.frames_per_round:
+            return True
+        if n == self.settings.frames_per_round + 1:  # one report per window: a flood is not a log flood
+            self._reject(
+                peer, "flood", f"more than {self.settings.frames_per_round} frames in round {self._completed}"
+            )
+        else:
+            self.metrics.reject("flood")
+            if self.bans.strike(peer, self.clock()):
+                self.metrics.banned = len(self.bans.banned(self.clock()))
+                self.log("banned", peer=peer, seconds=self.bans.duration)
+        return False
+
     def _accept(self, peer: str, body: bytes) -> None:
         self.metrics.bytes_in += len(body) + 4
         if self.bans.is_banned(peer, self.clock()):
             self._reject(peer, "banned")
+            return
+        if not self._within_frame_budget(peer):
             return
         try:
             message = decode(body, self.limits)
