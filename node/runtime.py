@@ -84,10 +84,11 @@ class RuntimeSettings:
     tensorboard: Path | None = None  # write each round line's scalars there (node/tensorboard.py)
     join: bool = False  # a node joining a running network: resume() right after start() (MoDeST's join)
     # Each peer's frame budget: at most this many frames per round of this node, the count starting afresh
-    # when a round completes or ``frame_window`` seconds pass (a node that waits long in one round); a frame
-    # beyond it is dropped as "flood" and struck before it is decoded. Honest peers send a few per round.
+    # when a round completes or ``frame_window`` seconds pass (a MoDeST node that is not sampled completes
+    # no round while the network goes on: then at most this many per second); a frame beyond it is dropped
+    # as "flood" and struck before it is decoded. Honest peers send a few per round.
     frames_per_round: int = 128
-    frame_window: float = 5.0
+    frame_window: float = 1.0
 
 
 @dataclass(slots=True, kw_only=True)
