@@ -282,7 +282,10 @@ def run_node(
             ) as transport,
             trio.open_nursery() as members_nursery,
         ):
-            roster.addrs[peer_id] = transport_addrs(transport.listen_addresses())
+            # a relayed address is not a member address: transport_addrs would cut it to the relay's own
+            roster.addrs[peer_id] = transport_addrs(
+                [a for a in transport.listen_addresses() if "/p2p-circuit" not in a]
+            )
             service = MemberService(
                 roster,
                 transport.host,
