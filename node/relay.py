@@ -138,14 +138,22 @@ class Relay:
         try:
             with trio.fail_after(DIAL_TIMEOUT):
                 await self._direct_connect(info)
-                stream = await self.host.new_stream(info.peer_id, [TProtocol(str(PROTOCOL_ID))])
-                ok = await self.transport.reserve(stream, info.peer_id, nursery)
         except trio.Cancelled:
             raise
         except Exception as exc:
             # py-libp2p caches a failed dial for 60 s: lift it, or every retry fails without trying
             self.host.get_network().unblock_peer(info.peer_id)
             raise _Unreachable(f"relay {relay_addr}: {type(exc).__name__}: {exc}") from None
+        try:  # connected: a failure from here on is the relay's answer, not worth another try
+            with trio.fail_after(DIAL_TIMEOUT):
+                stream = await self.host.new_stream(info.peer_id, [TProtocol(str(PROTOCOL_ID))])
+                ok = await self.transport.reserve(stream, info.peer_id, nursery)
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            raise RelayError(
+                f"relay {relay_addr} serves no relay (is it a --relay-service node?): {type(exc).__name__}"
+            ) from None
         if not ok:
             raise RelayError(f"relay {relay_addr} refused the reservation (is it a --relay-service node?)")
         own = f"{relay_addr}/p2p-circuit/p2p/{self.host.get_id().to_base58()}"

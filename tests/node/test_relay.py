@@ -87,3 +87,19 @@ def test_relay_flags_reach_the_config_and_a_circuit_relay_address_is_one_line_ex
     code = main(["node", "run", "--data-dir", str(tmp_path), "--relay", f"{relay}/p2p-circuit/p2p/{peer}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "circuit address" in err[0], err
+
+
+async def test_reserving_on_a_node_that_serves_no_relay_fails_at_once() -> None:
+    from phalanx.node.relay import RelayError
+
+    async with open_libp2p_transport(_key(), limits=LIMITS) as plain:
+        with trio.fail_after(10):  # at once: not the 30 s an unreachable relay gets
+            with pytest.raises(BaseException) as caught:
+                async with open_libp2p_transport(
+                    _key(), limits=LIMITS, relay_via=[plain.listen_addresses()[0]]
+                ):
+                    pass
+        from phalanx.node.app import leaves_of
+
+        leaves = leaves_of(caught.value)
+        assert any(isinstance(e, RelayError) and "serves no relay" in str(e) for e in leaves), leaves
