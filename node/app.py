@@ -83,8 +83,11 @@ def check(config: NodeConfig) -> None:
         _multiaddr(addr, "listen")
     for addr in config.announce:
         check_announce(addr)
-    for addr in (*config.neighbours, *config.bootstrap):
+    for addr in (*config.neighbours, *config.bootstrap, *config.relay):
         _peer_multiaddr(addr)
+    for addr in config.relay:
+        if "/p2p-circuit" in addr:
+            raise ConfigError(f"--relay {addr!r} is itself a circuit address: give the relay's own address")
     if config.degree and config.protocol != "dpsgd":
         raise ConfigError(
             f"--degree chooses D-PSGD neighbours; {config.protocol} draws its peers from the members itself"
@@ -273,10 +276,16 @@ def run_node(
                 stranger_budget=STRANGER_BUDGET,
                 is_known=known,
                 addrs_factory=addrs_factory(config.announce),
+                relay_service=config.relay_service,  # Circuit Relay v2 (node/relay.py)
+                relay_via=config.relay,
+                relay_dial=any("/p2p-circuit" in a for a in (*neighbour_addrs, *config.bootstrap)),
             ) as transport,
             trio.open_nursery() as members_nursery,
         ):
-            roster.addrs[peer_id] = transport_addrs(transport.listen_addresses())
+            # a relayed address is not a member address: transport_addrs would cut it to the relay's own
+            roster.addrs[peer_id] = transport_addrs(
+                [a for a in transport.listen_addresses() if "/p2p-circuit" not in a]
+            )
             service = MemberService(
                 roster,
                 transport.host,

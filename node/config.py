@@ -131,6 +131,13 @@ class NodeConfig:
     )
     members_interval: float = _f(2.0, "seconds between two membership exchanges", **_POSITIVE)
     max_members: int = _f(1024, "the most members a node keeps (and takes from one offer)", min=1)
+    # Circuit Relay v2 (issue 14; node/relay.py)
+    relay_service: bool = _f(False, "relay for others: serve Circuit Relay v2 reservations and circuits")
+    relay: tuple[str, ...] = _f(
+        (),
+        "relay /ip4/.../tcp/PORT/p2p/ID to reserve a slot on (repeatable), for a node others cannot dial; "
+        "it announces RELAY/p2p-circuit/p2p/OWN_ID",
+    )
 
     def __post_init__(self) -> None:
         fields_.check_bounds(self, error=ConfigError)
@@ -176,7 +183,7 @@ class NodeConfig:
         return self.key if self.key is not None else self.data_dir / "node.key"
 
 
-_LISTS = ("listen", "bootstrap", "neighbours", "announce")
+_LISTS = ("listen", "bootstrap", "neighbours", "announce", "relay")
 ALONE = ("", "exit", "wait", "train")
 _TABLES = ("rule_params", "attack_params", "protocol_params")
 

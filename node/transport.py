@@ -692,6 +692,7 @@ class Libp2pTransport(Transport):
         self._out: dict[str, Any] = {}
         self._locks: dict[str, trio.Lock] = {}
         self._conns: dict[str, int] = {}
+        self.relay: Any = None  # node/relay.py's Relay, with open_libp2p_transport(relay=...)
 
     # libp2p calls these (see _Notifee)
     def _on_connected(self, peer: str) -> None:
@@ -760,7 +761,13 @@ class Libp2pTransport(Transport):
         from libp2p.custom_types import TProtocol
         from libp2p.peer.id import ID
 
-        return await self.host.new_stream(ID.from_base58(peer), [TProtocol(PROTOCOL_ID)])
+        pid = ID.from_base58(peer)
+        if self.relay is not None and not self.host.get_network().get_connections(pid):
+            from libp2p.peer.peerinfo import PeerInfo
+
+            # the swarm's own dial skips /p2p-circuit addresses: the relay's connect dials them
+            await self.host.connect(PeerInfo(pid, self.host.get_peerstore().addrs(pid)))
+        return await self.host.new_stream(pid, [TProtocol(PROTOCOL_ID)])
 
     async def send(self, peer: str, body: bytes) -> None:
         header = FRAME_HEADER.pack(len(body))  # header and body written separately: no 4 MB concatenation
@@ -816,7 +823,9 @@ class Libp2pTransport(Transport):
             raise TransportError(f"connect to {peer} failed: {type(exc).__name__}") from None
 
     def listen_addresses(self) -> list[str]:
-        return [str(a) for a in self.host.get_addrs()]
+        """The announced addresses, with /p2p/PEER_ID; with a relay reservation, its circuit address too."""
+        own = [str(a) for a in self.host.get_addrs()]
+        return own + (list(self.relay.announced) if self.relay is not None else [])
 
     async def aclose(self) -> None:
         self._inbox.close()
@@ -871,13 +880,20 @@ async def open_libp2p_transport(
     is_known: Callable[[str], bool] | None = None,
     total: GlobalBudget | None = None,
     addrs_factory: Callable[[list[Any]], list[Any]] | None = None,
+    relay_service: bool = False,
+    relay_via: Sequence[str] = (),
+    relay_dial: bool = False,
 ) -> AsyncIterator[Libp2pTransport]:
     """A running libp2p host (TCP, Noise, yamux) listening on ``listen``, wrapped as a transport.
 
     ``budget`` applies to every peer, or only to the peers ``is_known`` accepts (neighbours, members) when
     a ``stranger_budget`` is given for the others; ``total`` bounds all peers together (default
     :class:`GlobalBudget`). ``addrs_factory`` turns its bound addresses into the
-    ones it announces (see node/addresses.py)."""
+    ones it announces (see node/addresses.py).
+
+    Circuit Relay v2 (node/relay.py): ``relay_service`` relays for others; ``relay_via`` (relay multiaddrs
+    with /p2p/ID) reserves a slot on each before the transport is yielded, and announces this node's
+    ``/p2p-circuit`` address there. With either, or ``relay_dial``, peers at ``/p2p-circuit`` addresses can be dialled."""
     import multiaddr
     from libp2p import new_host
 
@@ -911,7 +927,16 @@ async def open_libp2p_transport(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(transport._reports.run, transport._inbox)
             try:
-                yield transport
+                if relay_service or relay_via or relay_dial:
+                    from phalanx.node.relay import open_relay
+
+                    async with open_relay(host, service=relay_service) as relay:
+                        transport.relay = relay
+                        for addr in relay_via:
+                            await relay.reserve(addr, nursery)
+                        yield transport
+                else:
+                    yield transport
             finally:
                 nursery.cancel_scope.cancel()
                 await transport.aclose()

@@ -14,7 +14,13 @@ from phalanx.node.config import help_of
 from phalanx.options import add_channel_arguments, add_data_arguments, add_training_arguments, protocol_help
 
 # Flags whose value is a list or a KEY=VALUE table, and how they map onto config keys.
-_REPEATED = {"listen": "listen", "bootstrap": "bootstrap", "neighbour": "neighbours", "announce": "announce"}
+_REPEATED = {
+    "listen": "listen",
+    "bootstrap": "bootstrap",
+    "neighbour": "neighbours",
+    "announce": "announce",
+    "relay": "relay",
+}
 _PAIRS = {"rule_param": "rule_params", "attack_param": "attack_params", "protocol_param": "protocol_params"}
 
 
@@ -48,6 +54,9 @@ def register(sub: Any) -> None:
     join.add_argument("--degree", type=int, help=help_of("degree"))
     join.add_argument("--members-interval", type=float, help=help_of("members_interval"))
     join.add_argument("--max-members", type=int, help=help_of("max_members"))
+    # Circuit Relay v2 (issue 14; node/relay.py)
+    join.add_argument("--relay-service", action="store_true", help=help_of("relay_service"))
+    join.add_argument("--relay", action="append", metavar="MULTIADDR", help=help_of("relay"))
     data = add_data_arguments(p)
     data.add_argument("--data", metavar="PATH", help=help_of("data"))
     data.add_argument("--nodes", type=int, help=help_of("nodes"))
