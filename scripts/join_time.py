@@ -161,16 +161,27 @@ async def main_async(args: argparse.Namespace, bed: NetBed, workdir: Path) -> in
                     t_in, line = joiner.mixed()  # type: ignore[misc]
                     rounds = sum(1 for e in joiner.rounds() if e["t"] <= line["t"])
                 else:
+                    # the network's round when the joiner could first announce its Join (it knew members):
+                    # counting from its spawn instead adds the rounds its Python and torch imports took
+                    await until(
+                        lambda: joiner.first("members") is not None or joiner.first("round") is not None
+                    )
+                    net_known = max(nd.rounds()[-1]["round"] for nd in first)
                     await until(lambda: joiner.first("round") is not None)
                     t_in, line = joiner.first("round")  # type: ignore[misc]
-                    rounds = line["round"] - net_round
+                    # its first round line reports round k - 1 when it got round k's model to train
+                    rounds = line["round"] + 1 - net_known
+                    print(
+                        f"joiner: network at round {net_round} when spawned, {net_known} when it knew members; "
+                        f"first sampled for round {line['round'] + 1}"
+                    )
                 t_first = joiner.events[0][0]
                 t_members = (joiner.first("members") or (t_first, {}))[0]
                 what = "mixed a neighbour's model" if args.protocol == "dpsgd" else "was sampled"
                 print(
                     f"joiner: knew members {t_members - t_first:.2f} s after its first log line; {what} "
                     f"{t_in - t_first:.2f} s after it, {rounds} round(s) "
-                    f"({'its own round lines' if args.protocol == 'dpsgd' else 'network rounds since it started'})"
+                    f"({'its own round lines' if args.protocol == 'dpsgd' else 'network rounds since it knew members'})"
                 )
                 result = 0
                 nursery.cancel_scope.cancel()

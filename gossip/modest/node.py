@@ -232,6 +232,12 @@ class Modest(Protocol):
     def _begin(self, now: float) -> list[Action]:
         if self.joining:
             return self._announce(Join, self.view.counter(self.node) + 1, self.bootstrap)
+        rec = self.view.get(self.node)
+        if self.view.signed and rec is not None and rec.member and not rec.sig:
+            # an initial member signs its record at once: the view a joiner gets (ViewUpdate) and the
+            # sender's record every model carries hold only signed records, so an unsigned initial member
+            # stayed unknown to joiners, which refused its models as "not sampled" (issue 14)
+            self.view.own(rec.counter, rec.claim, now_round=max(self.round, 0))
         trainers = sample(self.view, 0, self.config.s, inactivity=self.config.inactivity, role=TRAINERS)
         if self.node in trainers:
             return self._start_training(0, self.model)
