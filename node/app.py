@@ -454,7 +454,7 @@ async def wait_for_members(
     service: MemberService, config: NodeConfig, bootstrap: tuple[str, ...], log: TextIO
 ) -> tuple[str, ...]:
     """Block until the membership exchange taught this node some members; its first neighbours (D-PSGD,
-    ``--degree``), its members (EL) or its bootstrap peers (MoDeST, which joins through them)."""
+    ``--degree``) or its members (EL, and MoDeST, which announces its Join to some of them)."""
     roster = service.roster
     started = trio.current_time()
     while not roster.members():
@@ -473,7 +473,10 @@ async def wait_for_members(
     members = roster.members()
     _log_line(log, "members", count=len(members), seconds=round(trio.current_time() - started, 2))
     if config.protocol == "modest":
-        return bootstrap or members
+        # every member the exchange verified: MoDeST's initial view (its Join goes to `announce` of them).
+        # With its bootstrap peers alone, its Join reached only them and it refused the models of
+        # aggregators it did not know: 11-18 rounds to be sampled (issue 14)
+        return members
     if config.degree:
         rng = np.random.default_rng(derive_seed(config.seed, "overlay", config.index))
         from phalanx.gossip.roster import choose_neighbours

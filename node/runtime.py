@@ -147,6 +147,7 @@ class NodeRuntime:
         self._rounds_in: trio.MemoryReceiveChannel[RoundSnapshot | None]
         self._rounds_out, self._rounds_in = trio.open_memory_channel(math.inf)
         self._finished = trio.Event()
+        self._stopped_logged = False  # the "stopped" line (run totals) is written once, also when cancelled
         self._finish_queued = False
         self._nursery: trio.Nursery | None = None
         self._t0 = time.monotonic()
@@ -199,8 +200,28 @@ class NodeRuntime:
         try:
             await self._run()
         finally:
+            # also when cancelled (SIGTERM: net up stops a sampled node that could not know the run was over):
+            # the run's byte and message totals are on this line only (issue 14: 11 of 16 MoDeST nodes had
+            # none, so net up counted 0.66x the simulator's bytes)
+            self._log_stopped()
             if self._board is not None:
                 self._board.close()
+
+    def _log_stopped(self) -> None:
+        if self._stopped_logged:
+            return
+        self._stopped_logged = True
+        m = self.metrics
+        self.log(
+            "stopped",
+            round=self._completed,
+            bytes_in=m.bytes_in,
+            bytes_out=m.bytes_out,
+            messages_in=m.messages_in,
+            messages_out=m.messages_out,
+            rejected=sum(m.rejected.values()),
+            protocol=self._stats(),
+        )
 
     async def _run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -216,17 +237,7 @@ class NodeRuntime:
             await self._finished.wait()
             # keep answering during the linger: the protocol still gets every event
             await trio.sleep(self.settings.linger)
-            m = self.metrics
-            self.log(
-                "stopped",
-                round=self._completed,
-                bytes_in=m.bytes_in,
-                bytes_out=m.bytes_out,
-                messages_in=m.messages_in,
-                messages_out=m.messages_out,
-                rejected=sum(m.rejected.values()),
-                protocol=self._stats(),
-            )
+            self._log_stopped()
             nursery.cancel_scope.cancel()
 
     def _finish(self) -> None:

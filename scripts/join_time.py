@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--protocol", choices=("dpsgd", "modest"), default="dpsgd")
     p.add_argument("--degree", type=int, default=3, help="D-PSGD neighbours per node")
     p.add_argument("--s", type=int, default=3, help="MoDeST sample size")
+    p.add_argument("--param", action="append", default=[], help="more MoDeST --protocol-param KEY=VALUE")
     p.add_argument("--rate", default="10mbit", help="tbf rate on every host's link ('' = none)")
     p.add_argument("--delay", type=float, default=50.0, metavar="MS", help="added latency each way")
     p.add_argument("--warm", type=int, default=3, help="rounds every first node completes before the join")
@@ -93,6 +94,7 @@ async def main_async(args: argparse.Namespace, bed: NetBed, workdir: Path) -> in
     ]
     if args.protocol == "modest":
         common += ["--protocol", "modest", "--protocol-param", f"s={args.s}"]
+        common += [f for kv in args.param for f in ("--protocol-param", kv)]
     n = args.hosts
     argvs = []
     for i in range(len(nodes)):
@@ -161,16 +163,33 @@ async def main_async(args: argparse.Namespace, bed: NetBed, workdir: Path) -> in
                     t_in, line = joiner.mixed()  # type: ignore[misc]
                     rounds = sum(1 for e in joiner.rounds() if e["t"] <= line["t"])
                 else:
+                    # the network's round when the joiner could first announce its Join (it knew members):
+                    # counting from its spawn instead adds the rounds its Python and torch imports took
+                    await until(
+                        lambda: joiner.first("members") is not None or joiner.first("round") is not None
+                    )
+                    net_known = max(nd.rounds()[-1]["round"] for nd in first)
+                    # its runtime started (its "listening" line): the Join went out right then
+                    await until(
+                        lambda: joiner.first("listening") is not None or joiner.first("round") is not None
+                    )
+                    net_listening = max(nd.rounds()[-1]["round"] for nd in first)
                     await until(lambda: joiner.first("round") is not None)
                     t_in, line = joiner.first("round")  # type: ignore[misc]
-                    rounds = line["round"] - net_round
+                    # its first round line reports round k - 1 when it got round k's model to train
+                    rounds = line["round"] + 1 - net_known
+                    print(
+                        f"joiner: network at round {net_round} when spawned, {net_known} when it knew members, "
+                        f"{net_listening} when it sent its Join; first sampled for round {line['round'] + 1} "
+                        f"({line['round'] + 1 - net_listening} rounds after its Join)"
+                    )
                 t_first = joiner.events[0][0]
                 t_members = (joiner.first("members") or (t_first, {}))[0]
                 what = "mixed a neighbour's model" if args.protocol == "dpsgd" else "was sampled"
                 print(
                     f"joiner: knew members {t_members - t_first:.2f} s after its first log line; {what} "
                     f"{t_in - t_first:.2f} s after it, {rounds} round(s) "
-                    f"({'its own round lines' if args.protocol == 'dpsgd' else 'network rounds since it started'})"
+                    f"({'its own round lines' if args.protocol == 'dpsgd' else 'network rounds since it knew members'})"
                 )
                 result = 0
                 nursery.cancel_scope.cancel()

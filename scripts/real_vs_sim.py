@@ -21,9 +21,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+MODEST_S = 4  # MoDeST's sample size in both worlds
 PROTOCOLS = {
     "dpsgd": ["--protocol", "dpsgd"],
-    "modest": ["--protocol", "modest", "--protocol-param", "s=4"],
+    "modest": ["--protocol", "modest", "--protocol-param", f"s={MODEST_S}"],
 }
 
 
@@ -54,6 +55,36 @@ def bytes_to(target: float, metrics: list[dict[str, Any]]) -> tuple[int | None, 
         if acc is not None and acc >= target:
             return row["round"], row.get("bytes") or 0
     return None, None
+
+
+def sample_overlap(real: Path, nodes: int, s: int, rounds: int) -> tuple[int, int, int]:
+    """MoDeST: (trainer slots where the simulator's sample and the real run's agree, slots where the real
+    run's trainers are the hash sample of its own peer ids, all slots). The simulator names peers "0".."N-1",
+    a real node's id is its libp2p key's, and the sample of a round ranks peers by SHA-256(peer id, round)."""
+    from phalanx.gossip.membership import View
+    from phalanx.gossip.sampling import TRAINERS, sample
+
+    ids: dict[str, int] = {}
+    trained: dict[int, set[int]] = {}
+    for i in range(nodes):
+        log = real / "nodes" / f"node-{i}" / "log.jsonl"
+        for line in log.read_text().splitlines() if log.exists() else []:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "listening":
+                ids[event["peer_id"]] = i
+            elif event.get("event") == "round":
+                trained.setdefault(event["round"], set()).add(i)
+    sim_view, real_view = View("-", [str(i) for i in range(nodes)]), View("-", list(ids))
+    agree = own = 0
+    for k in range(1, rounds + 1):
+        in_sim = {int(p) for p in sample(sim_view, k, s, inactivity=1000, role=TRAINERS)}
+        in_real = {ids[p] for p in sample(real_view, k, s, inactivity=1000, role=TRAINERS)}
+        agree += len(in_sim & in_real)
+        own += len(in_real & trained.get(k, set()))
+    return agree, own, s * rounds
 
 
 def run(argv: list[str]) -> None:
@@ -102,6 +133,15 @@ def main(argv: list[str] | None = None) -> int:
             f"largest accuracy gap {gap * 100:.2f} points; bytes to {args.target:.2f}: real {rb} (round {rr}), "
             f"sim {sb} (round {sr}), real/sim {ratio}"
         )
+        last_r, last_s = r_rows.get(args.rounds - 1), s_rows.get(args.rounds - 1)
+        if last_r and last_s and last_s.get("bytes"):
+            print(f"bytes after the last round: real/sim {(last_r.get('bytes') or 0) / last_s['bytes']:.3f}")
+        if name == "modest":
+            agree, own, slots = sample_overlap(real, args.nodes, MODEST_S, args.rounds)
+            print(
+                f"trainer slots: sim and real samples agree in {agree} of {slots}; the real run trained its own "
+                f"hash sample in {own} of {slots} (different peer ids, different samples)"
+            )
     print(f"\nresults in {out}")
     return 0
 

@@ -169,9 +169,41 @@ class Modest(Protocol):
     # ------------------------------------------------------------------ searches
 
     def _delta(self) -> ViewDelta:
+        """The view changes sent with a model, and always this node's own record: a receiver that has not
+        heard of this node yet (a joiner whose Join reached only its bootstrap peers) learns it from the
+        model itself instead of refusing the model as "not sampled" (issue 14)."""
         since = min(max(self.round, 0) - self.config.view_window, self._last_sent)
         self._last_sent = max(self.round, 0)
-        return self.view.delta(since=since)
+        delta = self.view.delta(since=since)
+        rec = self.view.get(self.node)
+        if rec is None or self.node in delta.ids or (self.view.signed and not rec.sig):
+            return delta
+        active = rec.claim if self.view.signed else rec.last_active
+        return ViewDelta(
+            (*delta.ids, self.node),
+            (*delta.active, active),
+            (*delta.counters, rec.counter),
+            (*delta.sigs, rec.sig) if delta.sigs or self.view.signed else (),
+        )
+
+    def _learn_sender(self, peer: PeerId, delta: ViewDelta) -> None:
+        """Merge the sender's own record from a model's view delta before checking that the sender was
+        sampled: the record is the sender's signed word for itself, checked like any other (signature,
+        claim bound, admission), so a member that missed a joiner's Join still ranks it."""
+        if peer in self.view and self.view.is_member(peer):
+            return
+        for p, active, counter, sig in delta.signed():
+            if p == peer:
+                self.view.accept(
+                    p,
+                    counter,
+                    active,
+                    sig,
+                    now_round=max(self.round, 0),
+                    max_claim=self._max_claim(),
+                    admit=self._admit(peer),
+                )
+                return
 
     def _search(self, k: int, role: Role, need: int, payload: Message, now: float) -> list[Action]:
         tag = AGGREGATORS if role is Role.AGGREGATORS else TRAINERS
@@ -200,6 +232,12 @@ class Modest(Protocol):
     def _begin(self, now: float) -> list[Action]:
         if self.joining:
             return self._announce(Join, self.view.counter(self.node) + 1, self.bootstrap)
+        rec = self.view.get(self.node)
+        if self.view.signed and rec is not None and rec.member and not rec.sig:
+            # an initial member signs its record at once: the view a joiner gets (ViewUpdate) and the
+            # sender's record every model carries hold only signed records, so an unsigned initial member
+            # stayed unknown to joiners, which refused its models as "not sampled" (issue 14)
+            self.view.own(rec.counter, rec.claim, now_round=max(self.round, 0))
         trainers = sample(self.view, 0, self.config.s, inactivity=self.config.inactivity, role=TRAINERS)
         if self.node in trainers:
             return self._start_training(0, self.model)
@@ -425,6 +463,7 @@ class Modest(Protocol):
     def _on_trained(self, peer: PeerId, message: TrainedModel, now: float) -> list[Action]:
         # a non-finite trained model is dropped and counted by the aggregator's rule (Combiner.of_rows)
         k = message.round
+        self._learn_sender(peer, message.view)
         if not self._sampled(peer, k, TRAINERS, self.config.s):
             return self._not_sampled(peer, "trained model")
         self.view.merge(
@@ -456,6 +495,7 @@ class Modest(Protocol):
         if refused is not None:
             return refused
         k = message.round
+        self._learn_sender(peer, message.view)
         if k < 1 or not self._sampled(peer, k, AGGREGATORS, self.config.a):
             return self._not_sampled(peer, "aggregated model")
         self.view.merge(
