@@ -101,15 +101,17 @@ def test_a_and_b_cannot_reach_each_other_but_both_reach_r(split: SplitBed) -> No
 
 @pytest.mark.slow
 async def test_dpsgd_neighbours_through_a_relay(split: SplitBed, tmp_path: Path) -> None:
-    """A-R and R-B are direct edges, A-B goes through R's relay: every node takes both neighbours' models
-    every round, so the relayed edge carried models both ways."""
+    """A-R and R-B are direct edges, A-B goes through R's relay: every node completes its rounds and takes
+    both neighbours' models in most of them, so the relayed edge carried models both ways. (Under load a
+    node may start before the other end's reservation exists: its first round then times out with one
+    model, and the buffered models complete the next rounds at once.)"""
     nodes = prepare(split, tmp_path)  # type: ignore[arg-type]  # SplitBed: the same address/command
     a, r, b = (n.peer_id for n in nodes)
     r_for_a = f"/ip4/{split.address(1, 0)}/tcp/{PORT}/p2p/{r}"
     r_for_b = f"/ip4/{split.address(1, 1)}/tcp/{PORT}/p2p/{r}"
     a_addr = f"/ip4/{split.address(0)}/tcp/{PORT}/p2p/{a}"
     b_addr = f"/ip4/{split.address(2)}/tcp/{PORT}/p2p/{b}"
-    extra = ["--dataset", "blobs", "--model", "logreg", "--rounds", "3", "--round-timeout", "20"]
+    extra = ["--dataset", "blobs", "--model", "logreg", "--rounds", "4", "--round-timeout", "20"]
 
     def argv(i: int, more: list[str]) -> list[str]:
         return [
@@ -131,6 +133,6 @@ async def test_dpsgd_neighbours_through_a_relay(split: SplitBed, tmp_path: Path)
     (hello_a,) = nodes[0].of("listening")
     assert f"{r_for_a}/p2p-circuit/p2p/{a}" in hello_a["addrs"], hello_a
     for node in nodes:
-        assert [e["round"] for e in node.rounds] == [1, 2, 3], (node.index, node.events[-4:])
-        assert all(e["accepted"] == 2 for e in node.rounds), (node.index, node.rounds)
+        assert [e["round"] for e in node.rounds] == [1, 2, 3, 4], (node.index, node.events[-4:])
+        assert sum(e["accepted"] == 2 for e in node.rounds) >= 3, (node.index, node.rounds)
         assert node.exit_code == 0
