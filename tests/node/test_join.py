@@ -155,7 +155,9 @@ async def test_a_joiner_started_before_its_bootstrap_node_does_not_wait_out_libp
     async with processes() as procs:
         joiner = await start(procs, tmp_path, "joiner", "--degree", "1", "--bootstrap", address)
         await joiner.next_event("waiting", timeout=60)
-        await trio.sleep(3)  # its first dials of the bootstrap node fail: nothing listens there yet
+        # its second "still waiting" line (5 s later): the dials of the bootstrap node, retried every second,
+        # have failed meanwhile (nothing listens there yet), so py-libp2p's dial backoff is in force
+        await joiner.next_event("waiting", timeout=60)
         listen = address.split("/p2p/")[0]
         await start(procs, tmp_path, "seed", "--degree", "1", "--alone", "wait", "--listen", listen)
         members = await joiner.next_event("members", timeout=40)
