@@ -440,6 +440,9 @@ class NodeRuntime:
         self.log("rejected", peer=peer, reason=reason, **extra)
         if reason in ("banned", "stale", OUT_OF_SYNC):
             return  # already banned / an honest peer that is slow: not a strike
+        self._strike(peer)
+
+    def _strike(self, peer: str) -> None:
         now = self.clock()
         if self.bans.strike(peer, now):
             self.metrics.banned = len(self.bans.banned(now))
@@ -458,11 +461,9 @@ class NodeRuntime:
             self._reject(
                 peer, "flood", f"more than {self.settings.frames_per_round} frames in round {self._completed}"
             )
-        else:
+        else:  # counted and struck like a report, without its log line
             self.metrics.reject("flood")
-            if self.bans.strike(peer, self.clock()):
-                self.metrics.banned = len(self.bans.banned(self.clock()))
-                self.log("banned", peer=peer, seconds=self.bans.duration)
+            self._strike(peer)
         return False
 
     def _accept(self, peer: str, body: bytes) -> None:

@@ -109,6 +109,7 @@ class Acquaintances:
     def __init__(self) -> None:
         self._neighbours: frozenset[str] = frozenset()
         self._is_member: Callable[[str], bool] = lambda peer: False
+        self._roster: Callable[[str], bool] | None = None
 
     def meet(
         self,
@@ -125,8 +126,6 @@ class Acquaintances:
         if callable(is_member):
             self._is_member = is_member
         self._roster = members
-
-    _roster: Callable[[str], bool] | None = None
 
     def __call__(self, peer: str) -> bool:
         return (
